@@ -25,6 +25,7 @@ from .confusion import confusion_matrix, harmonic_mean, per_class_accuracy, shot
 __all__ = ["LongTailMetrics", "worst_class_ratio"]
 
 WORST_FRACTION = 0.1
+CLASS_WEIGHTINGS = ("frequency", "count", "none")
 
 
 class LongTailMetrics:
@@ -72,6 +73,8 @@ class LongTailMetrics:
         self.group_masks = shot_group_masks(self.train_counts, many_threshold, few_threshold)
         self.ece_bins = int(ece_bins)
         self.class_weights = class_weights
+        if isinstance(class_weights, str) and class_weights not in CLASS_WEIGHTINGS:
+            raise ValueError(f"unknown class_weights {class_weights!r}; valid: {', '.join(CLASS_WEIGHTINGS)} or a list of K weights")
         if not (class_weights is None or isinstance(class_weights, str)):
             weights = torch.as_tensor(class_weights, dtype=torch.float64).flatten()
             if weights.numel() != num_classes:
@@ -194,23 +197,19 @@ class LongTailMetrics:
             "confusion_spectral_norm": self._confusion_spectral_norm(confusion),
         }
 
-    def _confusion_spectral_norm(self, confusion: torch.Tensor) -> float | None:
+    def _confusion_spectral_norm(self, confusion: torch.Tensor) -> float:
         """||H W||_2 with H the hard off-diagonal confusion in paper orientation (pred x true,
         column j divided by the number of class-j samples) and W = diag(class weights)."""
-        try:
-            from ..regularizers import bounds
-        except ImportError:  # the CAR bound utilities are a sibling layer-1 module
-            return None
+        # Imported here, not at module level: metrics should stay importable on their own, and
+        # bounds owns the orientation (transpose) and the class-weight definitions.
+        from ..regularizers import bounds
+
         if self.class_weights is None or isinstance(self.class_weights, str):
-            weighting = self.class_weights or "frequency"
-            if weighting == "none":
-                weights = torch.ones(self.num_classes, dtype=torch.float64)
-            else:
-                weights = bounds.class_weights(self.train_counts, weighting=weighting)
+            weights = bounds.class_weights(self.train_counts, weighting=self.class_weights or "frequency")
         else:
             weights = self.class_weights
         hard = bounds.hard_confusion(confusion)
-        return float(bounds.weighted_spectral_norm(hard.double(), torch.as_tensor(weights, dtype=torch.float64)))
+        return float(bounds.weighted_spectral_norm(hard, weights))
 
 
 def worst_class_ratio(test_metrics: Mapping | float, train_metrics: Mapping | float) -> float | None:
