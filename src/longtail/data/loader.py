@@ -1,0 +1,241 @@
+"""In-memory batched data pipeline: the whole dataset as one uint8 tensor on the training device.
+
+The airbench / hlb-CIFAR10 pattern (design.md): for datasets that fit in memory (CIFAR,
+MNIST-type, the embedded default) there is no per-image Python work at all. Each batch is an
+index into the resident uint8 tensor, augmented with batched tensor ops
+(:mod:`longtail.data.transforms`), converted to float and normalised on the device. On a GPU this
+removes the data loader from the critical path; on a CPU it is still several times faster than
+PIL transforms in worker processes (benchmarks/pipeline.md).
+
+Determinism and resumption: the order comes from the sampler, whose draw depends only on
+(seed, epoch); a batch's augmentation uses a generator seeded from (seed, epoch, batch index).
+So ``set_epoch(epoch, start_batch=k)`` skips the first k batches without computing them, and the
+batches that follow are bit-identical to those of an uninterrupted run on the same device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Iterator, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import Sampler
+
+from longtail.data.samplers import ClassPowerSampler, derive_seed
+from longtail.data.transforms import (
+    BatchAugment,
+    apply_cutout,
+    crop_flip,
+    normalize,
+    resize_images,
+    sample_crop_flip,
+    sample_cutout,
+)
+
+__all__ = ["InMemoryLoader"]
+
+
+def _channel_statistics(images: torch.Tensor, chunk_size: int = 8192) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of a uint8 (N, C, H, W) tensor on the 0..1 scale (float64 sums, chunked)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, images.shape[0], chunk_size):
+        chunk = images[start : start + chunk_size].to(torch.float64) / 255.0
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp(min=1e-12).sqrt()
+    return mean.float().cpu(), std.float().cpu()
+
+
+class InMemoryLoader:
+    """Batches ``(normalised float images, int64 labels)`` from a resident uint8 image tensor.
+
+    Args:
+        data: an ``InMemoryImages`` (anything with uint8 ``images`` (N, C, H, W), int64 ``labels``
+            (N,) and optionally ``mean`` / ``std``), or a uint8 image tensor with ``labels=`` given.
+        batch_size: samples per batch.
+        sampler: a torch ``Sampler`` over dataset indices (e.g. from
+            :func:`longtail.data.samplers.build_sampler`; its ``len`` is this rank's share).
+            ``None``: sequential order, or a seeded permutation per epoch when ``shuffle=True``.
+        augment: ``True`` for the CIFAR protocol (random crop with padding 4 + horizontal flip),
+            a :class:`~longtail.data.transforms.BatchAugment` for other options, ``False``/``None``
+            for none (evaluation).
+        device: where the images live and batches are produced (default: where ``images`` are).
+        channels_last: return batches in ``torch.channels_last`` memory format (faster convs on GPU).
+        drop_last: drop the last partial batch (training); kept by default (evaluation).
+        seed: base seed of the augmentation (and of ``shuffle``).
+        labels, mean, std: for a plain image tensor. ``mean`` / ``std`` are per channel on the 0..1
+            scale; when neither the data nor the call gives them they are computed from the images.
+        shuffle: without a sampler, draw a fresh permutation per epoch from (seed, epoch).
+        resize_to: (H, W) to resize the stored images to, once, at construction (e.g. (32, 32)
+            for 28x28 Fashion-MNIST into a CIFAR ResNet).
+        repeat_channels: repeat single-channel images to this many channels per batch (3 for
+            ImageNet-style backbones); the statistics are repeated with them.
+        dtype: floating dtype of the produced images.
+
+    The defaults (no sampler, no augmentation, keep the last batch) are evaluation mode. Call
+    ``set_epoch(epoch)`` before each training epoch; ``len(loader)`` is the number of batches in
+    a full epoch (also after ``set_epoch(epoch, start_batch=k)``, so LR schedules keep their length).
+    """
+
+    def __init__(
+        self,
+        data,
+        batch_size: int = 128,
+        sampler: Optional[Sampler] = None,
+        augment: Union[bool, BatchAugment, None] = False,
+        device: Union[str, torch.device, None] = None,
+        channels_last: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        *,
+        labels: Optional[torch.Tensor] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        shuffle: bool = False,
+        resize_to: Optional[Tuple[int, int]] = None,
+        repeat_channels: Optional[int] = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if isinstance(data, torch.Tensor):
+            images = data
+            if labels is None:
+                raise ValueError("InMemoryLoader(images_tensor, ...) needs labels=...")
+        else:
+            images = data.images
+            labels = data.labels if labels is None else labels
+            mean = getattr(data, "mean", None) if mean is None else mean
+            std = getattr(data, "std", None) if std is None else std
+        labels = torch.as_tensor(labels)
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must have shape ({images.shape[0]},) to match the images, got {tuple(labels.shape)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+        self.device = torch.device(device) if device is not None else images.device
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.images = images.to(self.device)
+        if resize_to is not None:
+            # Once here rather than per batch: resizing is deterministic, and the per-batch crop
+            # should happen at the network's input size.
+            self.images = resize_images(self.images, resize_to)
+        self.labels = labels.to(self.device, dtype=torch.long)
+        channels = self.images.shape[1]
+
+        if mean is None or std is None:
+            computed_mean, computed_std = _channel_statistics(self.images)
+            mean = computed_mean if mean is None else mean
+            std = computed_std if std is None else std
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).flatten().tolist()
+        self.std = torch.as_tensor(std, dtype=torch.float32).flatten().tolist()
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"mean / std need one value per channel ({channels}), got {self.mean} / {self.std}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+
+        if repeat_channels is not None and int(repeat_channels) != channels:
+            if channels != 1:
+                raise ValueError(f"repeat_channels only applies to single-channel images, these have {channels}")
+        self.repeat_channels = int(repeat_channels) if repeat_channels is not None else None
+
+        if augment is True:
+            augment = BatchAugment()
+        elif augment is False:
+            augment = None
+        if augment is not None and not isinstance(augment, BatchAugment):
+            raise ValueError(f"augment must be a bool or a BatchAugment, got {augment!r}")
+        self.augment: Optional[BatchAugment] = augment
+
+        if sampler is None and shuffle:
+            sampler = ClassPowerSampler(self.labels.cpu(), q=1.0, seed=seed)
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.channels_last = bool(channels_last)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.epoch = 0
+        self.start_batch = 0
+        self._iterations_this_epoch = 0
+        self._warned_same_epoch = False
+
+    # -- epoch control -------------------------------------------------------------------------
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (passed on to the sampler) and the batch to start from when resuming."""
+        if not 0 <= int(start_batch) <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
+        self._iterations_this_epoch = 0
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+
+    def _num_indices(self) -> int:
+        return len(self.sampler) if self.sampler is not None else self.images.shape[0]
+
+    def __len__(self) -> int:
+        count = self._num_indices()
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    def _epoch_indices(self) -> torch.Tensor:
+        if self.sampler is None:
+            return torch.arange(self.images.shape[0], device=self.device)
+        if isinstance(self.sampler, ClassPowerSampler):
+            indices = self.sampler.rank_indices()  # skips a round trip through a Python list
+        else:
+            indices = torch.as_tensor(list(iter(self.sampler)), dtype=torch.long)
+        return indices.to(self.device, non_blocking=True)
+
+    # -- batches -------------------------------------------------------------------------------
+    def batch_generator(self, batch_index: int) -> torch.Generator:
+        """The generator of one batch's augmentation: seeded from (seed, epoch, batch index) only."""
+        return torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.epoch, batch_index))
+
+    def make_batch(self, indices: torch.Tensor, batch_index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Gather, augment and normalise the images at ``indices`` (dataset positions, on the device)."""
+        images = self.images.index_select(0, indices)
+        labels = self.labels.index_select(0, indices)
+        augment = self.augment
+        generator = self.batch_generator(batch_index) if augment is not None else None
+        if augment is not None and (augment.crop_padding > 0 or augment.flip):
+            top, left, flipped = sample_crop_flip(
+                images.shape[0], augment.crop_padding, augment.flip_probability if augment.flip else 0.0, generator
+            )
+            images = crop_flip(images, augment.crop_padding, top, left, flipped if augment.flip else None, augment.padding_mode)
+        batch = normalize(images, self.mean, self.std, self.dtype)
+        if augment is not None and augment.cutout_size > 0:
+            # After normalisation, as in DeVries & Taylor: the hole is the dataset mean colour.
+            center_y, center_x = sample_cutout(batch.shape[0], batch.shape[2], batch.shape[3], generator)
+            batch = apply_cutout(batch, augment.cutout_size, center_y, center_x)
+        if self.repeat_channels is not None and self.repeat_channels != batch.shape[1]:
+            batch = batch.expand(-1, self.repeat_channels, -1, -1)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return batch.contiguous(memory_format=memory_format), labels
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        randomised = self.augment is not None or self.sampler is not None
+        if randomised and self._iterations_this_epoch > 0 and not self._warned_same_epoch:
+            warnings.warn(
+                "InMemoryLoader iterated again without set_epoch(): this repeats the previous epoch's "
+                "order and augmentation exactly. Call loader.set_epoch(epoch) before every epoch.",
+                stacklevel=2,
+            )
+            self._warned_same_epoch = True
+        self._iterations_this_epoch += 1
+        indices = self._epoch_indices()
+        for batch_index in range(self.start_batch, len(self)):
+            batch_indices = indices[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+            yield self.make_batch(batch_indices, batch_index)
+
+    def __repr__(self) -> str:
+        return (
+            f"InMemoryLoader(images={tuple(self.images.shape)}, batch_size={self.batch_size}, "
+            f"sampler={self.sampler!r}, augment={self.augment!r}, device={self.device}, "
+            f"channels_last={self.channels_last}, drop_last={self.drop_last}, seed={self.seed}, epoch={self.epoch})"
+        )
