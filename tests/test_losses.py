@@ -216,11 +216,31 @@ def test_ldam_on_hand_computed_cosine_logits():
     adjusted = cosine.numpy().copy()
     adjusted[np.arange(12), targets.numpy()] -= margins[targets.numpy()]
     expected = -np_log_softmax(30 * adjusted)[np.arange(12), targets.numpy()]
-    got = L.build_loss("ldam", COUNTS, reduction="none")(cosine, targets)
+    # default: logits are s * cos (CosineHead(scale=30)); the loss subtracts s * m_y
+    got = L.build_loss("ldam", COUNTS, reduction="none")(30 * cosine, targets)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10)
-    # a head that already scales by s = 30 gives the same number with logits_prescaled=True
-    prescaled = L.LDAMLoss(COUNTS, logits_prescaled=True, reduction="none")(30 * cosine, targets)
-    np.testing.assert_allclose(prescaled.numpy(), expected, rtol=1e-10)
+    # raw cosines (LDAM-DRW's NormedLinear) with logits_prescaled=False give the same number
+    raw = L.LDAMLoss(COUNTS, logits_prescaled=False, reduction="none")(cosine, targets)
+    np.testing.assert_allclose(raw.numpy(), expected, rtol=1e-10)
+    # a mismatched reading is refused instead of silently scaling twice
+    with pytest.raises(ValueError, match="raw cosines in"):
+        L.LDAMLoss(COUNTS, logits_prescaled=False)(30 * cosine, targets)
+    with pytest.raises(ValueError, match="LDAM expects s"):
+        L.build_loss("ldam_drw", COUNTS)(100 * cosine, targets)
+    with pytest.raises(ValueError, match="LDAM expects s"):
+        L.CCAR(COUNTS, base=L.LDAMLoss(COUNTS))(100 * cosine, targets)
+
+
+def test_ldam_with_the_project_cosine_head():
+    heads = pytest.importorskip("longtail.models.heads")
+    torch.manual_seed(2)
+    head = heads.CosineHead(6, K, scale=30.0).double()
+    features = torch.randn(10, 6, dtype=torch.float64)
+    targets = torch.arange(10) % K
+    cosine = F.normalize(features, dim=1) @ F.normalize(head.weight.detach(), dim=1).T  # by hand
+    margins = L.ldam_margins(COUNTS)
+    expected = F.cross_entropy(30 * (cosine - F.one_hot(targets, K) * margins), targets)
+    torch.testing.assert_close(L.build_loss("ldam", COUNTS)(head(features), targets), expected.float(), rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- logit adjustment / balanced softmax

@@ -153,6 +153,8 @@ class CCAR(PerSampleLoss):
 
     def validate(self, logits, targets):
         soft = super().validate(logits, targets)
+        if isinstance(self.base, PerSampleLoss) and type(self.base).validate is not PerSampleLoss.validate:
+            self.base.validate(logits, targets)  # base-specific checks (e.g. LDAM's logit range)
         if soft and not getattr(self.base, "supports_soft_targets", True):
             raise ValueError(f"the CCAR base {type(self.base).__name__} needs class-index targets")
         return soft

@@ -3,10 +3,17 @@
     m_j    = C / N_j ** 0.25,  C chosen so that max_j m_j = max_margin (0.5)
     loss_i = CE( s * (cos - m_{y_i} onehot(y_i)) , y_i ),  s = 30
 
-The logits are expected to be *cosine similarities* cos(theta) in [-1, 1], from a cosine-normalised
-classifier without scale (``longtail.models.heads.CosineHead(scale=1)``), as in the LDAM-DRW code.
-If your head already multiplies by s (``CosineHead(scale=30)``), pass ``logits_prescaled=True``: the
-loss then subtracts s * m_y from the given logits and does not scale again (the same number).
+LDAM needs a cosine-normalised classifier. Which logits it receives:
+
+* ``logits_prescaled=True`` (default): logits are ``s * cos`` as produced by this project's
+  ``longtail.models.heads.CosineHead(scale=s)`` / ``create_model(..., head="cosine", head_scale=30)``.
+  The loss computes ``z - s * m_y`` (= s * (cos - m_y)); ``scale`` must equal the head's scale.
+* ``logits_prescaled=False``: logits are raw cosines in [-1, 1] (LDAM-DRW's ``NormedLinear``, or
+  ``CosineHead(...).cosine(x)``); the loss computes ``s * (cos - m_y)`` itself.
+
+Both give the same number. Because the two readings differ by a factor s, the loss checks the logits
+lie in the range the chosen reading implies (|z| <= s, resp. |cos| <= 1) and raises a ValueError
+otherwise (e.g. a linear head, or cosine logits scaled twice).
 
 Soft targets q subtract q_c m_c from every logit (the one-hot case is the formula above).
 The DRW variant (LDAM-DRW) is :class:`~longtail.losses.DeferredReweighting` around this loss.
@@ -21,6 +28,9 @@ import torch
 from .._checks import ClassCounts, as_class_counts
 from .base import SoftmaxLoss
 
+# float32 cosines can exceed 1 by rounding; allow a little more than that.
+_RANGE_TOLERANCE = 1e-3
+
 
 def ldam_margins(class_counts: ClassCounts, max_margin: float = 0.5) -> torch.Tensor:
     """Per-class margins m_j = C / N_j ** 0.25 with C set so max_j m_j = ``max_margin`` (float64)."""
@@ -32,14 +42,14 @@ def ldam_margins(class_counts: ClassCounts, max_margin: float = 0.5) -> torch.Te
 
 
 class LDAMLoss(SoftmaxLoss):
-    """LDAM on cosine logits with ``max_margin`` (0.5) and ``scale`` s (30)."""
+    """LDAM with ``max_margin`` (0.5) and ``scale`` s (30) on cosine-classifier logits."""
 
     def __init__(
         self,
         class_counts: ClassCounts,
         max_margin: float = 0.5,
         scale: float = 30.0,
-        logits_prescaled: bool = False,
+        logits_prescaled: bool = True,
         class_weights: Optional[torch.Tensor] = None,
         reduction: str = "mean",
     ):
@@ -57,5 +67,18 @@ class LDAMLoss(SoftmaxLoss):
             reduction=reduction,
         )
         self.max_margin = max_margin
-        self.logit_scale = scale
+        self.logit_scale = float(scale)
         self.logits_prescaled = logits_prescaled
+
+    def validate(self, logits, targets):
+        soft = super().validate(logits, targets)
+        bound = self.logit_scale if self.logits_prescaled else 1.0
+        largest = float(logits.detach().abs().max()) if logits.numel() else 0.0
+        if largest > bound * (1 + _RANGE_TOLERANCE):
+            expected = f"s * cos in [-{bound:g}, {bound:g}] (CosineHead(scale={bound:g}))" if self.logits_prescaled \
+                else "raw cosines in [-1, 1]"
+            raise ValueError(
+                f"LDAM expects {expected} but got |logit| = {largest:.4g}. Use a cosine-normalised head "
+                f"and set logits_prescaled / scale to match it"
+            )
+        return soft

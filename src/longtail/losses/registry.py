@@ -48,12 +48,12 @@ def _cb_focal(class_counts, beta=0.9999, gamma=2.0, reduction="mean"):
     return ClassBalancedLoss(class_counts, beta=beta, gamma=gamma, reduction=reduction)
 
 
-def _ldam(class_counts, max_margin=0.5, scale=30.0, logits_prescaled=False, reduction="mean"):
+def _ldam(class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, reduction="mean"):
     return LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction)
 
 
 def _ldam_drw(
-    class_counts, max_margin=0.5, scale=30.0, logits_prescaled=False, switch_epoch=160, beta=0.9999, reduction="mean"
+    class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, switch_epoch=160, beta=0.9999, reduction="mean"
 ):
     loss = LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction)
     return DeferredReweighting(loss, class_counts, switch_epoch=switch_epoch, beta=beta)
