@@ -187,6 +187,7 @@ def test_confusion_spectral_norm_matches_numpy():
     weights = np.maximum(lambdas / lambdas.mean(), 1e-3)
     expected = np.linalg.svd(hard * weights[None, :], compute_uv=False).max()
     assert metrics.compute()["confusion_spectral_norm"] == pytest.approx(expected, rel=1e-6)
+    assert metrics.compute(spectral_norm=False)["confusion_spectral_norm"] is None
     unweighted = LongTailMetrics(7, train_counts=train_counts, class_weights="none")
     unweighted.update(logits, targets)
     assert unweighted.compute()["confusion_spectral_norm"] == pytest.approx(

@@ -46,10 +46,11 @@ def per_class_accuracy(counts_true_pred: torch.Tensor) -> tuple[torch.Tensor, to
     Classes without samples get NaN recall; every summary below ignores them, as scikit-learn's
     balanced accuracy does.
     """
-    counts = counts_true_pred.double()
-    support = counts.sum(dim=1)
+    # Row sums and the diagonal first, then float64: converting a K = 8142 matrix would cost 0.5 GB.
+    support = counts_true_pred.sum(dim=1).double()
     present = support > 0
-    recall = torch.where(present, counts.diagonal() / support.clamp_min(1), torch.full_like(support, float("nan")))
+    correct = counts_true_pred.diagonal().double()
+    recall = torch.where(present, correct / support.clamp_min(1), torch.full_like(support, float("nan")))
     return recall, present
 
 
