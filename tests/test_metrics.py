@@ -153,7 +153,7 @@ def test_class_without_test_samples_is_none_and_ignored():
 
 def test_bf16_logits_reset_and_errors():
     logits, targets = _random_predictions(num_samples=64)
-    metrics = LongTailMetrics(7, train_counts=[10] * 7)
+    metrics = LongTailMetrics(7, train_counts=[10] * 7).to("cpu")
     metrics.update(logits.bfloat16(), targets)
     assert metrics.compute()["num_samples"] == 64
     metrics.reset()

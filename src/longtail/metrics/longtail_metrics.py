@@ -108,6 +108,12 @@ class LongTailMetrics:
         for name, value in self._state().items():
             setattr(self, name, value.to(device))
 
+    def to(self, device: torch.device | str) -> "LongTailMetrics":
+        """Keep the state on ``device`` (like ``nn.Module.to``; returns self). ``update`` would move
+        it to the logits' device anyway; moving it up front avoids that copy on the first batch."""
+        self._move_state(torch.device(device))
+        return self
+
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add a batch: ``logits`` (B, K) (any float dtype), ``targets`` (B,) class indices."""
