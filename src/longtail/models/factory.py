@@ -173,6 +173,8 @@ def load_pretrained_weights(
         for source_key, target_key in zip(source_tensors, target_backbone):
             mapping[source_key] = target_key
         source_classifier = source_tensors[len(target_backbone):]
+        # What is left over must be a classifier (weight + bias, or as many tensors as the model's
+        # classifier has); more than that means the file holds a bigger network.
         if len(source_classifier) > max(len(target_classifier), 2):
             raise ValueError(
                 f"pretrained file {str(path)!r} has {len(source_classifier)} more tensors than the model's "
