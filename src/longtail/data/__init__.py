@@ -1,0 +1,46 @@
+"""Data for long-tailed recognition (methods.md sections 4 and 5).
+
+Datasets half (this file's exports): long-tailed splits with the LDAM-DRW generator
+(``longtail_counts``, ``make_longtail`` -> ``LongTailSplit``), in-memory image sets
+(``InMemoryImages``: CIFAR, MNIST-type, the embedded ``fashion-mnist-lt``), file datasets
+(``ListFileDataset`` for ImageNet-LT / Places-LT / iNaturalist lists, ``ImageFolderDataset``),
+``analyze`` for any labelled set, and the registry ``available_datasets`` / ``build_dataset``.
+"""
+
+from .analyze import DatasetReport, analyze, gini_coefficient
+from .builtin import BuiltinDataError, load_builtin
+from .cifar import SafeUnpickler, UnsafePickleError, load_cifar, safe_load_pickle
+from .idx import IdxFormatError, read_idx, read_idx_pair
+from .imagefolder import ImageFolderDataset
+from .images import InMemoryImages
+from .imbalance import LongTailSplit, index_hash, longtail_counts, make_longtail
+from .listfile import FileImageDataset, ListFileDataset, ListFileError, read_list_file
+from .registry import available_datasets, build_dataset, dataset_options
+
+__all__ = [
+    "BuiltinDataError",
+    "DatasetReport",
+    "FileImageDataset",
+    "IdxFormatError",
+    "ImageFolderDataset",
+    "InMemoryImages",
+    "ListFileDataset",
+    "ListFileError",
+    "LongTailSplit",
+    "SafeUnpickler",
+    "UnsafePickleError",
+    "analyze",
+    "available_datasets",
+    "build_dataset",
+    "dataset_options",
+    "gini_coefficient",
+    "index_hash",
+    "load_builtin",
+    "load_cifar",
+    "longtail_counts",
+    "make_longtail",
+    "read_idx",
+    "read_idx_pair",
+    "read_list_file",
+    "safe_load_pickle",
+]
