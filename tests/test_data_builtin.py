@@ -109,6 +109,10 @@ def test_registry_names_splits_and_options():
         build_dataset("fashion-mnist-lt", "val")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['imb_factor'\].*imbalance_factor=100"):
         build_dataset("cifar100-lt", imb_factor=0.01)
+    with pytest.raises(ValueError, match="valid profiles: exp, step"):
+        build_dataset("fashion-mnist-lt", profile="linear")  # checked before any file is looked for
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        build_dataset("cifar10-lt", root="/nonexistent", seed=-1)
     assert dataset_options("cifar10-lt") == {"download": False, "imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None}
 
 

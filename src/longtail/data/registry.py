@@ -28,7 +28,7 @@ from .idx import (
 )
 from .imagefolder import ImageFolderDataset
 from .images import InMemoryImages
-from .imbalance import make_longtail
+from .imbalance import longtail_counts, make_longtail
 from .listfile import ListFileDataset, file_sha256
 
 _LT_OPTIONS = {"imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None}
@@ -90,6 +90,13 @@ def _load_idx(kind: str, split: str, root: Any) -> InMemoryImages:
     )
 
 
+def _check_lt_options(imbalance_factor: Any, profile: Any, seed: Any) -> None:
+    """Reject bad LT options before any file is read (same messages as make_longtail)."""
+    longtail_counts(2, 2, imbalance_factor, profile)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+
 def _apply_longtail(
     data: InMemoryImages, name: str, imbalance_factor: Any, profile: str, seed: int, max_per_class: Any
 ) -> InMemoryImages:
@@ -108,7 +115,9 @@ def _build_idx(kind: str) -> Callable[..., InMemoryImages]:
 
 def _build_idx_lt(kind: str) -> Callable[..., InMemoryImages]:
     def build(split: str, root: Any, imbalance_factor: Any, profile: str, seed: int, max_per_class: Any) -> InMemoryImages:
-        is_default = (float(imbalance_factor), profile, seed, max_per_class) == (100.0, "exp", 0, None)
+        _check_lt_options(imbalance_factor, profile, seed)
+        # Only the exact embedded configuration may skip the idx files (IF given as 100 or 100.0 alike).
+        is_default = (imbalance_factor in (100, 100.0), profile, seed, max_per_class) == (True, "exp", 0, None)
         if kind == "fashion-mnist" and root is None and is_default:
             return builtin.load_builtin(split)  # the embedded copy: no download
         if kind == "fashion-mnist" and root is None:
@@ -139,6 +148,8 @@ def _build_idx_lt(kind: str) -> Callable[..., InMemoryImages]:
 
 def _build_cifar(kind: str, longtail: bool) -> Callable[..., InMemoryImages]:
     def build(split: str, root: Any, download: bool = False, **lt: Any) -> InMemoryImages:
+        if longtail:
+            _check_lt_options(lt["imbalance_factor"], lt["profile"], lt["seed"])
         data = load_cifar(root, kind, split, download=download)
         if not longtail or split != "train":
             return data
@@ -197,6 +208,8 @@ def _build_imagefolder(
     split: str, root: Any, transform: Any, extensions: Any, classes: Any, imbalance_factor: Any, profile: str, seed: int,
     max_per_class: Any,
 ) -> ImageFolderDataset:
+    if imbalance_factor is not None:
+        _check_lt_options(imbalance_factor, profile, seed)
     if root is None:
         raise ValueError("imagefolder needs root= a folder laid out as root/<split>/<class>/<images> (or split='all')")
     root = Path(root)
