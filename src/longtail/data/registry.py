@@ -29,7 +29,7 @@ from .idx import (
 from .imagefolder import ImageFolderDataset
 from .images import InMemoryImages
 from .imbalance import longtail_counts, make_longtail
-from .listfile import ListFileDataset, file_sha256
+from .listfile import ListFileDataset
 
 _LT_OPTIONS = {"imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None}
 
