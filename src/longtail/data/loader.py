@@ -5,7 +5,9 @@ MNIST-type, the embedded default) there is no per-image Python work at all. Each
 index into the resident uint8 tensor, augmented with batched tensor ops
 (:mod:`longtail.data.transforms`), converted to float and normalised on the device. On a GPU this
 removes the data loader from the critical path; on a CPU it is still several times faster than
-PIL transforms in worker processes (benchmarks/pipeline.md).
+PIL transforms in worker processes (benchmarks/pipeline.md). On an oversubscribed CPU (more busy
+processes than cores) use ``torch.set_num_threads(1)``: the batch ops are small, and two OpenMP
+threads waiting on each other at barriers were measured ~10x slower than one thread.
 
 Determinism and resumption: the order comes from the sampler, whose draw depends only on
 (seed, epoch); a batch's augmentation uses a generator seeded from (seed, epoch, batch index).
