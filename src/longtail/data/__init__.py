@@ -5,6 +5,10 @@ Datasets half (this file's exports): long-tailed splits with the LDAM-DRW genera
 (``InMemoryImages``: CIFAR, MNIST-type, the embedded ``fashion-mnist-lt``), file datasets
 (``ListFileDataset`` for ImageNet-LT / Places-LT / iNaturalist lists, ``ImageFolderDataset``),
 ``analyze`` for any labelled set, and the registry ``available_datasets`` / ``build_dataset``.
+
+Batch half: DDP-correct samplers (``build_sampler``), the in-memory batched pipeline
+(``InMemoryLoader`` with ``BatchAugment``), torchvision-v2 file pipelines
+(``build_file_transforms``) and batch mixers (``Mixup``, ``CutMix``, ``build_mixer``).
 """
 
 from .analyze import DatasetReport, analyze, gini_coefficient
@@ -15,9 +19,26 @@ from .imagefolder import ImageFolderDataset
 from .images import InMemoryImages
 from .imbalance import LongTailSplit, index_hash, longtail_counts, make_longtail
 from .listfile import FileImageDataset, ListFileDataset, ListFileError, read_list_file
+from .loader import InMemoryLoader
+from .mixing import CutMix, Mixup, available_mixers, build_mixer, cutmix_box, paste_box
 from .registry import available_datasets, build_dataset, dataset_options
+from .samplers import ClassPowerSampler, ProgressiveSampler, available_samplers, build_sampler
+from .transforms import BatchAugment, build_file_transforms
 
 __all__ = [
+    "BatchAugment",
+    "ClassPowerSampler",
+    "CutMix",
+    "InMemoryLoader",
+    "Mixup",
+    "ProgressiveSampler",
+    "available_mixers",
+    "available_samplers",
+    "build_file_transforms",
+    "build_mixer",
+    "build_sampler",
+    "cutmix_box",
+    "paste_box",
     "BuiltinDataError",
     "DatasetReport",
     "FileImageDataset",

@@ -1,0 +1,238 @@
+"""The `longtail` command: train, evaluate, compare, and list what is available.
+
+Exit codes: 0 success; 1 a failure during work (non-finite loss, I/O); 2 a usage / configuration
+/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input detected before work starts; printed without a traceback, exit code 2."""
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="shipped recipe, `protocol` or `protocol/method` (see `longtail recipes`); "
+                                         "default: fashion-mnist-lt")
+    parser.add_argument("--config", help="YAML config file (may name a shipped recipe as `base:`)")
+    parser.add_argument("--method", help="method preset applied on top of the recipe (see `longtail recipes`)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="dotted overrides, e.g. optim.lr=0.05 loss.name=ccar_bs regularizer.name=car")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from longtail.engine.config import describe_keys
+
+    parser = argparse.ArgumentParser(
+        prog="longtail", description="Long-tailed image recognition: train, evaluate and compare methods.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train one model from a recipe",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one model. With no arguments: the embedded Fashion-MNIST-LT default recipe "
+                    "(a few minutes on a laptop CPU).",
+        epilog="configuration keys (set with section.key=value):\n" + describe_keys())
+    _add_config_arguments(train)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    evaluate = commands.add_parser("eval", help="re-evaluate a run directory or checkpoint")
+    evaluate.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
+    evaluate.add_argument("--split", default="test", choices=("test", "train", "val"),
+                          help="which split to evaluate (default: test)")
+    evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+    recipes = commands.add_parser("recipes", help="list the shipped recipes and method presets")
+    recipes.add_argument("--show", metavar="RECIPE", help="print the resolved config of one recipe")
+
+    compare = commands.add_parser(
+        "compare", help="run a grid of methods x seeds and write comparison tables and plots",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_arguments(compare)
+    compare.add_argument("--methods", required=True, help="comma-separated method presets, e.g. ce,la,bs,ccar_bs")
+    compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    compare.add_argument("--imbalance-factors", default=None, help="comma-separated imbalance factors (optional)")
+    compare.add_argument("--reference", default=None, help="method the deltas are measured against (default: first)")
+    compare.add_argument("--output", default=None, help="comparison directory (default: runs/compare-<recipe>)")
+    compare.add_argument("--jobs", type=int, default=1, help="cells to run at the same time (processes)")
+    compare.add_argument("--devices", default=None,
+                         help="comma-separated devices to spread cells over, e.g. cuda:0,cuda:1")
+    compare.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                         help="same seed => same split, initialisation and data order for every method (default on)")
+
+    data = commands.add_parser("data", help="list datasets, or analyse one (class counts, imbalance, groups)")
+    data.add_argument("name", nargs="?", help="dataset to analyse")
+    data.add_argument("--root", default=None)
+    data.add_argument("--imbalance-factor", type=float, default=None)
+
+    commands.add_parser("losses", help="list the loss names")
+    commands.add_parser("models", help="list the model names")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "compare": cmd_compare,
+               "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
+    try:
+        return handler(args) or 0
+    except UsageError as error:
+        print(f"longtail {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _resolve_config(args):
+    from longtail.engine.config import ConfigError, build_config
+
+    try:
+        return build_config(args.recipe, args.config, args.overrides, args.method)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
+def cmd_train(args) -> int:
+    from longtail.engine.checkpoint import CheckpointError
+    from longtail.engine.config import ConfigError, dump_yaml
+    from longtail.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run
+    from longtail.report.tables import results_table
+
+    if args.resume:
+        if args.recipe or args.config or args.overrides or args.method:
+            raise UsageError("--resume continues a run with its saved config; give no recipe, config or overrides")
+        try:
+            config, label = config_of_run(Path(args.resume))
+        except (CheckpointError, ConfigError) as error:
+            raise UsageError(str(error)) from None
+    else:
+        config, label = _resolve_config(args)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if args.print_config:
+        print(dump_yaml(config), end="")
+        return 0
+    if main_process:
+        print(f"# recipe: {label}\n" + dump_yaml(config), end="", flush=True)
+    try:
+        trainer = Trainer(config, label, Path(args.resume) if args.resume else None)
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
+        # building data / model / loss failed: bad config or data, nothing was trained
+        raise UsageError(str(error)) from None
+    try:
+        results = trainer.fit()
+    except NonFiniteLossError as error:
+        print(f"longtail train: error: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as stop:
+        if main_process:
+            print(f"longtail train: interrupted; checkpoint saved in {trainer.run_dir / 'checkpoints'}. "
+                  f"Continue with: longtail train --resume {trainer.run_dir}", file=sys.stderr)
+        return int(stop.code)
+    finally:
+        trainer.close()
+    if main_process:
+        print(results_table(results))
+        print(f"run directory: {trainer.run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from longtail.engine.checkpoint import CheckpointError
+    from longtail.engine.evaluate import evaluate_checkpoint
+    from longtail.report.tables import results_table
+
+    try:
+        results = evaluate_checkpoint(Path(args.target), args.split, args.device)
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    print(results_table({args.split: results}))
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from longtail.engine.config import (ConfigError, available_protocols, build_config, dump_yaml, load_methods,
+                                        protocol_methods, _read_yaml, RECIPE_DIR)
+
+    if args.show:
+        try:
+            config, _ = build_config(args.show)
+        except ConfigError as error:
+            raise UsageError(str(error)) from None
+        print(dump_yaml(config), end="")
+        return 0
+    methods = load_methods()
+    print("Recipes (use `longtail train --recipe NAME`; NAME is a protocol or protocol/method):\n")
+    for protocol in available_protocols():
+        data = _read_yaml(RECIPE_DIR / "protocols" / f"{protocol}.yaml")
+        print(f"{protocol}: {data.get('description', '')}")
+        paper = data.get("paper", {}) or {}
+        for method in protocol_methods(protocol):
+            target = paper.get(method)
+            aim = f"  (paper: {target})" if target else ""
+            print(f"    {protocol}/{method}{aim}")
+    print("\nMethod presets (also for `longtail compare --methods`):")
+    for name, preset in sorted(methods.items()):
+        print(f"  {name}: {preset.get('description', '')}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from longtail.engine.compare import run_comparison
+    from longtail.engine.config import ConfigError
+
+    try:
+        output = run_comparison(args)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    print(f"comparison written to {output}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from longtail import data
+
+    if not args.name:
+        print("\n".join(data.available_datasets()))
+        return 0
+    options = {}
+    if args.imbalance_factor is not None:
+        options["imbalance_factor"] = args.imbalance_factor
+    try:
+        dataset = data.build_dataset(args.name, "train", root=args.root, **options)
+    except (ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    report = data.analyze(dataset.labels)
+    print(report)
+    return 0
+
+
+def cmd_losses(args) -> int:
+    from longtail.losses import available_losses
+
+    print("\n".join(available_losses()))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from longtail.models import available_models
+
+    print("\n".join(available_models()))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

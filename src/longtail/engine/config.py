@@ -1,0 +1,427 @@
+"""Typed run configuration: dataclasses, YAML recipes and dotted command-line overrides.
+
+A run is fully described by one :class:`RunConfig`. It is built in three layers, later ones
+winning: the dataclass defaults, a recipe (a shipped protocol plus an optional method preset, or a
+user YAML file), then ``section.key=value`` overrides from the command line. Every key is checked
+against the dataclass fields and every value against the field's type *before* any work starts,
+so a typo costs a second, not a training run.
+
+Loss and regularizer sections are open: besides ``name`` they take the keyword options of the
+chosen component (``loss.omega=0.5``), which the component's own builder validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work started (the CLI exits with code 2)."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class DataConfig:
+    name: str = _help("dataset name (see `longtail data`)", "fashion-mnist-lt")
+    root: Optional[str] = _help("dataset directory (not needed for the embedded default)", None)
+    imbalance_factor: Optional[float] = _help(
+        "build the long-tailed split with this imbalance factor (datasets that take one)", None)
+    profile: str = _help("imbalance profile: exp | step", "exp")
+    split_seed: int = _help("seed of the long-tailed split (LDAM-DRW generator)", 0)
+    validation_per_class: int = _help(
+        "hold out this many training images per class as a validation split (0 = none); "
+        "tuning and checkpoint selection use it, never the test set", 0)
+    sampler: str = _help("instance | sqrt | class_balanced | progressive | power", "instance")
+    sampler_q: Optional[float] = _help("exponent q of the power sampler", None)
+    batch_size: int = _help("global batch size (split evenly over processes)", 128)
+    eval_batch_size: int = _help("batch size for evaluation", 512)
+    crop_padding: int = _help("random-crop padding in pixels (0 = no crop)", 4)
+    flip: bool = _help("random horizontal flip", True)
+    cutout: int = _help("Cutout square side in pixels (0 = off)", 0)
+    image_size: Optional[int] = _help("resize images to this side (None = native)", None)
+    randaugment: bool = _help("RandAugment (file datasets)", False)
+    workers: int = _help("DataLoader workers (file datasets)", 2)
+    mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
+    mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
+    mixing_prob: float = _help("probability that a batch is mixed", 1.0)
+    mixing_until_epoch: Optional[int] = _help("stop mixing from this epoch on (None = never)", None)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help("model name (see `longtail models`)", "small_cnn")
+    head: str = _help("classifier head: linear | cosine", "linear")
+    head_scale: float = _help("scale s of the cosine head", 30.0)
+    pretrained: Optional[str] = _help("local weights file to fine-tune from", None)
+    channels_last: bool = _help("use channels_last memory format", True)
+    compile: bool = _help("torch.compile the model", False)
+
+
+@dataclass
+class OptimConfig:
+    name: str = _help("sgd | adamw", "sgd")
+    lr: float = _help("base learning rate (for the global batch size)", 0.1)
+    momentum: float = _help("SGD momentum", 0.9)
+    nesterov: bool = _help("Nesterov momentum", False)
+    weight_decay: float = _help("weight decay", 5e-4)
+    epochs: int = _help("training epochs", 200)
+    warmup_epochs: float = _help("linear warm-up length in epochs", 5.0)
+    schedule: str = _help("multistep | cosine | constant", "multistep")
+    milestones: list = _help("epochs at which the multistep schedule changes the lr", None, lambda: [160, 180])
+    milestone_factors: list = _help(
+        "lr multiplier (of the base lr) from each milestone on", None, lambda: [0.01, 0.0001])
+    min_lr: float = _help("final lr of the cosine schedule", 0.0)
+    grad_accumulation: int = _help("accumulate gradients over this many batches", 1)
+    clip_grad_norm: Optional[float] = _help("clip the gradient norm to this value", None)
+
+
+@dataclass
+class ComponentConfig:
+    """A named component plus its keyword options (validated by the component's builder)."""
+
+    name: str = "none"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = _help("seed of initialisation, data order and augmentation", 0)
+    device: str = _help("auto | cpu | cuda | cuda:N", "auto")
+    precision: str = _help("fp32 | bf16 | fp16 (autocast)", "fp32")
+    eval_every: int = _help("evaluate on the test split every N epochs (0 = final only)", 0)
+    checkpoint_every: int = _help("write the resumable checkpoint every N epochs", 1)
+    eval_train: bool = _help("also evaluate the training set (eval transforms) at the end", True)
+    output_dir: str = _help("where run directories are created", "runs")
+    run_name: Optional[str] = _help("run directory name (default: recipe + time)", None)
+    progress: bool = _help("show a progress bar", True)
+    threads: Optional[int] = _help("torch CPU threads (None = torch default)", None)
+    deterministic: bool = _help("use deterministic algorithms (bit-exact resume)", True)
+
+
+@dataclass
+class RunConfig:
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="ce"))
+    regularizer: ComponentConfig = field(default_factory=ComponentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+OPEN_SECTIONS = ("loss", "regularizer")
+TYPED_SECTIONS = ("data", "model", "optim", "train")
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+# ----------------------------------------------------------------------------- type checking
+
+
+def _check_value(value: Any, annotation: Any, key: str) -> Any:
+    """Return ``value`` converted to ``annotation`` or raise a ConfigError naming ``key``."""
+    if isinstance(annotation, str):
+        annotation = eval_annotation(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [a for a in options if a is not type(None)]
+        return _check_value(value, inner[0], key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif annotation is list or origin is list:
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            return list(value)
+        raise ConfigError(f"{key} must be a list of numbers like [160, 180], got {value!r}")
+    elif annotation is dict:
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - every field type is handled above
+        raise TypeError(f"unsupported annotation {annotation} for {key}")
+    expected = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key} must be of type {expected}, got {value!r} ({type(value).__name__})")
+
+
+def eval_annotation(text: str) -> Any:
+    return {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict,
+            "Optional[str]": Optional[str], "Optional[int]": Optional[int],
+            "Optional[float]": Optional[float]}[text]
+
+
+def _section_fields(section_cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(section_cls)}
+
+
+def apply_mapping(config: RunConfig, mapping: dict, source: str) -> None:
+    """Merge a nested mapping (from YAML) into ``config`` in place, checking keys and types."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(mapping).__name__}")
+    for section, values in mapping.items():
+        if section in ("base", "method"):
+            continue  # consumed by the recipe loader
+        if section == "description":
+            config.description = str(values)
+            continue
+        if section in OPEN_SECTIONS:
+            if isinstance(values, str):
+                values = {"name": values}
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: '{section}' must be a mapping with a 'name', got {values!r}")
+            component: ComponentConfig = getattr(config, section)
+            for key, value in values.items():
+                set_override(config, f"{section}.{key}", value, source)
+            continue
+        if section not in TYPED_SECTIONS:
+            valid = ", ".join(("description",) + TYPED_SECTIONS + OPEN_SECTIONS)
+            raise ConfigError(f"{source}: unknown section '{section}'; valid sections: {valid}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{section}' must be a mapping, got {values!r}")
+        for key, value in values.items():
+            set_override(config, f"{section}.{key}", value, source)
+
+
+def set_override(config: RunConfig, dotted: str, value: Any, source: str = "override") -> None:
+    """Set ``section.key`` to ``value`` with key and type checks."""
+    parts = dotted.split(".")
+    section = parts[0]
+    if section in OPEN_SECTIONS:
+        component: ComponentConfig = getattr(config, section)
+        if len(parts) == 2 and parts[1] == "name":
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: {dotted} must be a name, got {value!r}")
+            if value != component.name:
+                component.options = {}  # options belong to the previous component
+            component.name = value
+            return
+        if len(parts) == 2:
+            component.options[parts[1]] = value
+            return
+        if len(parts) == 3 and parts[1] == "options":
+            component.options[parts[2]] = value
+            return
+        raise ConfigError(f"{source}: '{dotted}' is not a valid key; use {section}.name or {section}.<option>")
+    if section not in TYPED_SECTIONS or len(parts) != 2:
+        valid = ", ".join(TYPED_SECTIONS + OPEN_SECTIONS)
+        raise ConfigError(f"{source}: '{dotted}' is not a valid key; keys look like section.key with section in: {valid}")
+    section_obj = getattr(config, section)
+    fields = _section_fields(type(section_obj))
+    key = parts[1]
+    if key not in fields:
+        raise ConfigError(
+            f"{source}: unknown key '{dotted}'; valid keys in '{section}': {', '.join(fields)}"
+        )
+    setattr(section_obj, key, _check_value(value, fields[key].type, f"{source}: {dotted}"))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is read as YAML (numbers, booleans, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=0.05)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override '{text}': cannot read value {raw!r}: {error}") from error
+    return key.strip(), value
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def available_protocols() -> list[str]:
+    return sorted(p.stem for p in (RECIPE_DIR / "protocols").glob("*.yaml"))
+
+
+def load_methods() -> dict:
+    with open(RECIPE_DIR / "methods.yaml", encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def available_recipes() -> list[str]:
+    """Every shipped recipe: each protocol alone and combined with each method it lists."""
+    names = []
+    for protocol in available_protocols():
+        names.append(protocol)
+        names.extend(f"{protocol}/{method}" for method in protocol_methods(protocol))
+    return names
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError as error:
+        raise ConfigError(f"config file not found: {path}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def protocol_methods(protocol: str) -> list[str]:
+    data = _read_yaml(RECIPE_DIR / "protocols" / f"{protocol}.yaml")
+    return list(data.get("methods", []))
+
+
+def method_overrides(method: str, protocol: Optional[str] = None) -> dict:
+    """The section mapping a method preset adds (protocol-specific entries win)."""
+    methods = load_methods()
+    if method not in methods:
+        raise ConfigError(f"unknown method '{method}'; valid methods: {', '.join(sorted(methods))}")
+    preset = dict(methods[method])
+    per_protocol = preset.pop("per_protocol", {}) or {}
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in preset.items()}
+    if protocol and protocol in per_protocol:
+        for section, values in per_protocol[protocol].items():
+            if isinstance(values, dict) and isinstance(merged.get(section), dict):
+                merged[section].update(values)
+            else:
+                merged[section] = values
+    return merged
+
+
+def load_recipe(name: str) -> tuple[RunConfig, str]:
+    """Build the config of a shipped recipe ``protocol`` or ``protocol/method``."""
+    protocol, _, method = name.partition("/")
+    if protocol not in available_protocols():
+        raise ConfigError(
+            f"unknown recipe '{name}'; run `longtail recipes` for the list. Protocols: "
+            f"{', '.join(available_protocols())}"
+        )
+    config = RunConfig()
+    data = _read_yaml(RECIPE_DIR / "protocols" / f"{protocol}.yaml")
+    data.pop("methods", None)
+    data.pop("paper", None)
+    apply_mapping(config, data, f"recipe {protocol}")
+    if method:
+        apply_mapping(config, method_overrides(method, protocol), f"method {method}")
+    return config, name
+
+
+def build_config(
+    recipe: Optional[str] = None,
+    config_file: Optional[str] = None,
+    overrides: Optional[list[str]] = None,
+    method: Optional[str] = None,
+) -> tuple[RunConfig, str]:
+    """Defaults <- recipe or YAML file <- method preset <- overrides. Returns (config, label)."""
+    if recipe and config_file:
+        raise ConfigError("give either --recipe or --config, not both")
+    if config_file:
+        config = RunConfig()
+        data = _read_yaml(Path(config_file))
+        base = data.get("base")
+        if base:
+            config, _ = load_recipe(str(base))
+        apply_mapping(config, data, str(config_file))
+        label = Path(config_file).stem
+    else:
+        config, label = load_recipe(recipe or "fashion-mnist-lt")
+    if method:
+        protocol = label.partition("/")[0]
+        apply_mapping(config, method_overrides(method, protocol), f"method {method}")
+        label = f"{protocol}/{method}"
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_override(config, key, value)
+    validate(config)
+    return config, label
+
+
+def config_from_dict(mapping: dict) -> RunConfig:
+    """Rebuild a RunConfig from its saved ``to_dict()`` form (e.g. inside a checkpoint)."""
+    config = RunConfig()
+    mapping = dict(mapping)
+    for section in OPEN_SECTIONS:
+        values = mapping.pop(section, None)
+        if values is not None:
+            setattr(config, section, ComponentConfig(name=values["name"], options=dict(values.get("options", {}))))
+    apply_mapping(config, mapping, "saved config")
+    validate(config)
+    return config
+
+
+_CHOICES = {
+    "data.profile": ("exp", "step"),
+    "data.mixing": ("none", "mixup", "cutmix"),
+    "model.head": ("linear", "cosine"),
+    "optim.name": ("sgd", "adamw"),
+    "optim.schedule": ("multistep", "cosine", "constant"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+}
+
+
+def validate(config: RunConfig) -> None:
+    """Cross-field checks that single-key type checks cannot do."""
+    for dotted, choices in _CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value not in choices:
+            raise ConfigError(f"{dotted}={value!r} is not valid; choose one of: {', '.join(choices)}")
+    optim = config.optim
+    if len(optim.milestones) != len(optim.milestone_factors):
+        raise ConfigError(
+            f"optim.milestones {optim.milestones} and optim.milestone_factors "
+            f"{optim.milestone_factors} must have the same length"
+        )
+    positive = {"data.batch_size": config.data.batch_size, "data.eval_batch_size": config.data.eval_batch_size,
+                "optim.epochs": optim.epochs, "optim.grad_accumulation": optim.grad_accumulation,
+                "train.checkpoint_every": config.train.checkpoint_every}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if optim.lr <= 0:
+        raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
+    if not 0 <= config.data.mixing_prob <= 1:
+        raise ConfigError(f"data.mixing_prob must be in [0, 1], got {config.data.mixing_prob}")
+    device = config.train.device
+    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+        raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+def describe_keys() -> str:
+    """Every key with its default and help text, for `longtail train --help`."""
+    lines = []
+    for section in TYPED_SECTIONS:
+        cls = type(getattr(RunConfig(), section))
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {section}.{f.name} = {default!r}  -- {f.metadata.get('help', '')}")
+    lines.append("loss:\n  loss.name = 'ce'  -- loss name (see `longtail losses`); loss.<option>=value passes options")
+    lines.append("regularizer:\n  regularizer.name = 'none'  -- none | car; regularizer.<option>=value passes options")
+    return "\n".join(lines)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,59 @@
+"""Evaluation: run a model over a loader into LongTailMetrics; re-evaluate a saved checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from longtail.metrics import LongTailMetrics
+
+
+def autocast_context(device: torch.device, precision: str):
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader, class_counts, device: torch.device, precision: str = "fp32") -> LongTailMetrics:
+    """Accumulate the model's predictions on ``loader``; summed over processes when distributed."""
+    metrics = LongTailMetrics(len(class_counts), class_counts)
+    was_training = model.training
+    model.eval()
+    for images, labels in loader:
+        with autocast_context(device, precision):
+            logits = model(images)
+        metrics.update(logits.float(), labels)
+    metrics.all_reduce()
+    model.train(was_training)
+    return metrics
+
+
+def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
+    """Re-evaluate the model of a run directory (its last checkpoint) or of a checkpoint file."""
+    from longtail.engine.checkpoint import class_counts_hash, load_checkpoint, CheckpointError
+    from longtail.engine.components import build_model
+    from longtail.engine.config import config_from_dict
+    from longtail.engine.data_setup import build_data
+    from longtail.engine.distributed import DistributedContext, select_device
+    from longtail.engine.trainer import CHECKPOINT_NAME
+
+    target = Path(target)
+    path = target / "checkpoints" / CHECKPOINT_NAME if target.is_dir() else target
+    state = load_checkpoint(path)
+    config = config_from_dict(state["config"])
+    config.train.eval_train = split == "train"
+    torch_device = select_device(device)
+    data = build_data(config, torch_device, DistributedContext())
+    if class_counts_hash(data.class_counts) != state["class_counts_hash"]:
+        raise CheckpointError(f"{path}: the dataset now gives different class counts than the run was trained on")
+    if split not in data.eval_loaders:
+        raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
+    model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
+    model.load_state_dict(state["model"])
+    return evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
+                           config.train.precision).compute()

@@ -1,0 +1,395 @@
+"""The training loop: one run from a RunConfig to a self-describing run directory.
+
+Resumability is by construction: a training epoch's sample order, augmentation and mixing depend
+only on ``(seed, epoch, batch index)``, and a checkpoint holds every other piece of state (model,
+optimizer, grad scaler, loss schedule, CAR's EMA confusion and singular vectors, RNG states,
+position). Resuming from a checkpoint therefore replays the remaining steps bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from longtail.engine import checkpoint as ckpt
+from longtail.engine.components import build_loss_fn, build_model, build_regularizer, build_optimizer
+from longtail.engine.config import RunConfig, config_from_dict, dump_yaml
+from longtail.engine.data_setup import DataBundle, build_data
+from longtail.engine.distributed import DistributedContext, broadcast_object, init_distributed, shutdown
+from longtail.engine.runinfo import create_run_dir, environment_info
+from longtail.engine.schedules import learning_rate
+from longtail.engine.evaluate import autocast_context, evaluate_loader
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN / inf loss; the last good checkpoint is left untouched."""
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGINT / SIGTERM arrived; a checkpoint was saved and the process exits."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0          # epoch to run next (or being run)
+    batch: int = 0          # next batch index inside ``epoch``
+    global_step: int = 0
+    history: list = field(default_factory=list)
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a request the loop honours at the next step boundary."""
+
+    def __init__(self):
+        self.signal_number: Optional[int] = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not in the main thread (e.g. called from a library); no handler
+                pass
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.signal_number is not None:  # second signal: the user insists
+            raise KeyboardInterrupt
+        self.signal_number = signum
+        print(f"\nreceived signal {signum}: finishing this step, saving a checkpoint, then exiting "
+              f"(send it again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)  # torch.compile wrapper
+
+
+def _set_epoch_everywhere(epoch: int, *objects) -> None:
+    for obj in objects:
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+class Trainer:
+    """Builds every component from a config and runs training + final evaluation."""
+
+    def __init__(self, config: RunConfig, label: str, resume_dir: Optional[Path] = None):
+        self.config = config
+        self.label = label
+        self.context, self.device = init_distributed(config.train.device)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(config.train.seed + self.context.rank * 0)  # same init on every rank
+        self.data: DataBundle = build_data(config, self.device, self.context)
+        self.class_counts = self.data.class_counts
+        self.num_classes = len(self.class_counts)
+        self.model = build_model(config, self.num_classes, self.data.in_channels, self.device)
+        self.train_model = self.model
+        if self.context.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.model.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.loss_fn = build_loss_fn(config, self.class_counts, self.device)
+        self.regularizer = build_regularizer(config, self.class_counts, self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        self.state = TrainState()
+        self.run_dir = self._prepare_run_dir(resume_dir)
+        self.writer = None
+        self.confusions = {}
+
+    # ------------------------------------------------------------------ run directory / state
+
+    def _prepare_run_dir(self, resume_dir: Optional[Path]) -> Path:
+        if resume_dir is not None:
+            run_dir = Path(resume_dir)
+            self._load(run_dir / "checkpoints" / CHECKPOINT_NAME)
+            return run_dir
+        run_dir = None
+        if self.context.is_main:
+            run_dir = create_run_dir(self.config, self.label)
+            ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(self.config))
+            ckpt.atomic_write_json(run_dir / "class_counts.json", {
+                "classes": self.data.classes,
+                "train_counts": [int(c) for c in self.class_counts],
+                "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
+                "split": self.data.split_info,
+            })
+            ckpt.atomic_write_json(run_dir / "environment.json", environment_info(self.device, self.context))
+        return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
+
+    def _checkpoint_state(self) -> dict:
+        return {
+            "format": 1,
+            "label": self.label,
+            "config": self.config.to_dict(),
+            "class_counts": [int(c) for c in self.class_counts],
+            "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
+            "classes": list(self.data.classes),
+            "in_channels": self.data.in_channels,
+            "epoch": self.state.epoch,
+            "batch": self.state.batch,
+            "global_step": self.state.global_step,
+            "history": self.state.history,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss": self.loss_fn.state_dict(),
+            "regularizer": self.regularizer.state_dict() if self.regularizer is not None else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
+
+    def save(self) -> None:
+        if self.context.is_main:
+            ckpt.save_checkpoint(self.run_dir / "checkpoints" / CHECKPOINT_NAME, self._checkpoint_state())
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        expected = ckpt.class_counts_hash(self.class_counts)
+        if state.get("class_counts_hash") != expected:
+            raise ckpt.CheckpointError(
+                f"{path} was trained on different class counts than this config's dataset "
+                f"(hash {state.get('class_counts_hash')} vs {expected}); it cannot be resumed here")
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loss_fn.load_state_dict(state["loss"])
+        if self.regularizer is not None and state.get("regularizer") is not None:
+            self.regularizer.load_state_dict(state["regularizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]))
+
+    # ------------------------------------------------------------------ training
+
+    def _lr(self, epoch_position: float) -> float:
+        optim = self.config.optim
+        return learning_rate(optim.lr, epoch_position, optim.epochs, optim.schedule, optim.warmup_epochs,
+                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr)
+
+    def _stop_requested(self, stop: _StopFlag) -> bool:
+        """True on every rank as soon as any rank got a signal (ranks must stop at the same step)."""
+        flag = stop.signal_number is not None
+        if self.context.enabled:
+            tensor = torch.tensor([float(flag)], device=self.device)
+            dist.all_reduce(tensor)
+            flag = bool(tensor.item() > 0)
+        return flag
+
+    def _check_finite(self, terms: dict) -> None:
+        values = torch.stack([t.detach().float() for t in terms.values()])
+        bad = (~torch.isfinite(values)).any().float()
+        if self.context.enabled:
+            dist.all_reduce(bad)
+        if bad.item() > 0:
+            described = ", ".join(f"{name}={value.item():.6g}" for name, value in zip(terms, values))
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.state.epoch}, batch {self.state.batch} "
+                f"(global step {self.state.global_step}): {described}. Training stopped; the last good "
+                f"checkpoint in {self.run_dir / 'checkpoints'} is intact. Lower optim.lr, enable "
+                f"optim.clip_grad_norm, or use train.precision=fp32.")
+
+    def train_epoch(self, stop: _StopFlag) -> dict:
+        config = self.config
+        epoch = self.state.epoch
+        loader = self.data.train_loader
+        steps = self.data.steps_per_epoch
+        _set_epoch_everywhere(epoch, self.loss_fn)
+        loader.set_epoch(epoch, start_batch=self.state.batch)
+        self.train_model.train()
+        accumulation = config.optim.grad_accumulation
+        totals = {"loss": 0.0, "base_loss": 0.0, "regularizer": 0.0}
+        seen, started = 0, time.perf_counter()
+        progress = self._progress(steps, initial=self.state.batch)
+        for images, targets in loader:
+            batch_index = self.state.batch
+            lr = self._lr(epoch + batch_index / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images, targets = self.data.mix(images, targets, epoch, batch_index)
+            boundary = (batch_index + 1) % accumulation == 0 or batch_index + 1 == steps
+            sync = contextlib.nullcontext() if boundary or not self.context.enabled else self.train_model.no_sync()
+            with sync:
+                with autocast_context(self.device, config.train.precision):
+                    logits = self.train_model(images)
+                logits = logits.float()
+                base_loss = self.loss_fn(logits, targets)
+                terms = {"base_loss": base_loss}
+                if self.regularizer is not None:
+                    terms["regularizer"] = self.regularizer(logits, targets)
+                loss = sum(terms.values())
+                self._check_finite(terms)
+                self.scaler.scale(loss / accumulation).backward()
+            if boundary:
+                if config.optim.clip_grad_norm:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), config.optim.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            batch_size = images.shape[0]
+            seen += batch_size
+            totals["loss"] += loss.item() * batch_size
+            totals["base_loss"] += base_loss.item() * batch_size
+            if "regularizer" in terms:
+                totals["regularizer"] += terms["regularizer"].item() * batch_size
+            self.state.batch += 1
+            self.state.global_step += 1
+            if progress is not None:
+                progress.update(1)
+                if self.state.batch % 10 == 0 or self.state.batch == steps:
+                    rate = seen * self.context.world_size / max(time.perf_counter() - started, 1e-9)
+                    progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
+            if boundary and self._stop_requested(stop):
+                self.save()
+                raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
+        if progress is not None:
+            progress.close()
+        elapsed = time.perf_counter() - started
+        record = {"epoch": epoch, "lr": self._lr(epoch + 1 - 1e-9),
+                  "images_per_s": seen * self.context.world_size / max(elapsed, 1e-9), "seconds": elapsed}
+        record.update({k: v / max(seen, 1) for k, v in totals.items()})
+        if self.regularizer is not None:
+            record["spectral_norm"] = float(self.regularizer.spectral_norm)
+        return record
+
+    def _progress(self, steps: int, initial: int):
+        if not (self.config.train.progress and self.context.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=steps, initial=initial, desc=f"epoch {self.state.epoch + 1}/{self.config.optim.epochs}",
+                    leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    def fit(self) -> dict:
+        epochs = self.config.optim.epochs
+        self._open_writer()
+        try:
+            with _StopFlag() as stop:
+                while self.state.epoch < epochs:
+                    record = self.train_epoch(stop)
+                    epoch = self.state.epoch
+                    eval_every = self.config.train.eval_every
+                    if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
+                        record["test"] = self._summary(self.evaluate("test"))
+                    self.state.history.append(record)
+                    self.state.epoch += 1
+                    self.state.batch = 0
+                    self._log_epoch(record)
+                    if (epoch + 1) % self.config.train.checkpoint_every == 0 or epoch + 1 == epochs:
+                        self.save()
+                    if self._stop_requested(stop):
+                        raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
+            return self.finish()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+    # ------------------------------------------------------------------ evaluation & outputs
+
+    def evaluate(self, split: str) -> dict:
+        metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
+                                  self.config.train.precision)
+        self.confusions[split] = metrics.confusion.cpu().numpy()
+        return metrics.compute()
+
+    @staticmethod
+    def _summary(result: dict) -> dict:
+        return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
+
+    def finish(self) -> dict:
+        results = {"label": self.label, "epochs": self.config.optim.epochs}
+        for split in self.data.eval_loaders:
+            if split == "train" and not self.config.train.eval_train:
+                continue
+            results[split] = self.evaluate(split)
+        if "train" in results:
+            from longtail.metrics import worst_class_ratio
+
+            results["worst_class_test_train_ratio"] = worst_class_ratio(results["test"], results["train"])
+        history = self.state.history
+        results["train_images_per_s"] = (sum(h["images_per_s"] for h in history) / len(history)) if history else None
+        results["train_seconds"] = sum(h["seconds"] for h in history)
+        if self.context.is_main:
+            ckpt.atomic_write_json(self.run_dir / "metrics.json", results)
+            from longtail.report.plots import write_run_plots
+
+            write_run_plots(self.run_dir, results, self.class_counts, self.confusions.get("test"))
+        return results
+
+    def _open_writer(self) -> None:
+        if not self.context.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a declared dependency; tolerate a slim install
+            return
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.state.epoch)
+
+    def _log_epoch(self, record: dict) -> None:
+        if not self.context.is_main:
+            return
+        # history.jsonl is rewritten from the checkpointed history: a resumed run never duplicates lines.
+        lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
+        ckpt.atomic_write_text(self.run_dir / "history.jsonl", lines)
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "epoch" and math.isfinite(value):
+                    self.writer.add_scalar(f"train/{key}", value, record["epoch"])
+            for key, value in record.get("test", {}).items():
+                if isinstance(value, (int, float)) and value is not None:
+                    self.writer.add_scalar(f"test/{key}", value, record["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        shutdown(self.context)
+
+
+def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> tuple[Path, dict]:
+    """Train one run; returns (run directory, final results)."""
+    trainer = Trainer(config, label, resume_dir)
+    try:
+        results = trainer.fit()
+        return trainer.run_dir, results
+    finally:
+        trainer.close()
+
+
+def config_of_run(run_dir: Path) -> tuple[RunConfig, str]:
+    """The config and label a run directory was started with (read from its checkpoint)."""
+    state = ckpt.load_checkpoint(Path(run_dir) / "checkpoints" / CHECKPOINT_NAME)
+    return config_from_dict(state["config"]), state["label"]

@@ -1,0 +1,1 @@
+"""Tables and plots of run and comparison results (layer 2)."""

@@ -1,0 +1,66 @@
+"""Run plots: per-class accuracy against training count, confusion matrix, reliability diagram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MAX_CONFUSION_CLASSES = 200  # beyond this an image of the matrix is unreadable
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_run_plots(run_dir: Path, results: dict, class_counts, confusion=None) -> None:
+    plt = _pyplot()
+    plots = Path(run_dir) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    test = results["test"]
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for split, marker in (("test", "o"), ("train", "x")):
+        if split in results:
+            accuracy = results[split]["per_class_accuracy"]
+            points = [(n, 100 * a) for n, a in zip(class_counts, accuracy) if a is not None]
+            axis.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=split, s=18)
+    axis.set_xscale("log")
+    axis.set_xlabel("training images of the class (log scale)")
+    axis.set_ylabel("per-class accuracy (%)")
+    axis.set_title(f"{results.get('label', '')}: per-class accuracy")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(plots / "per_class_accuracy.png", dpi=120)
+    plt.close(figure)
+
+    reliability = test["reliability"]
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    edges = reliability["bin_edges"]
+    centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
+    accuracy = [a if a is not None else 0.0 for a in reliability["bin_accuracy"]]
+    axis.bar(centers, accuracy, width=edges[1] - edges[0], edgecolor="black", alpha=0.7, label="accuracy")
+    axis.plot([0, 1], [0, 1], "k--", label="perfect calibration")
+    axis.set_xlabel("confidence")
+    axis.set_ylabel("accuracy")
+    axis.set_title(f"reliability (ECE {100 * test['ece']:.2f}%)")
+    axis.legend(loc="upper left")
+    figure.tight_layout()
+    figure.savefig(plots / "reliability.png", dpi=120)
+    plt.close(figure)
+
+    if confusion is not None and confusion.shape[0] <= MAX_CONFUSION_CLASSES:
+        row_sums = confusion.sum(axis=1, keepdims=True)
+        normalised = confusion / row_sums.clip(min=1)
+        figure, axis = plt.subplots(figsize=(6, 5))
+        image = axis.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
+        axis.set_xlabel("predicted class")
+        axis.set_ylabel("true class (sorted by index; index 0 = most frequent for LT splits)")
+        axis.set_title("test confusion (rows normalised)")
+        figure.colorbar(image)
+        figure.tight_layout()
+        figure.savefig(plots / "confusion.png", dpi=120)
+        plt.close(figure)
