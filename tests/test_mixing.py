@@ -153,3 +153,11 @@ def test_uint8_images_give_float_targets():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     mixed, targets = CutMix()(images, torch.tensor([0, 1, 2, 3]), 4, torch.Generator().manual_seed(0))
     assert mixed.dtype == torch.uint8 and targets.dtype == torch.float32
+
+
+def test_mix_targets_with_a_scalar_or_per_sample_lambda():
+    labels_a, labels_b = torch.tensor([0, 1, 2]), torch.tensor([1, 1, 0])
+    scalar = mix_targets(labels_a, labels_b, 0.25, 3)
+    assert torch.allclose(scalar, torch.tensor([[0.25, 0.75, 0.0], [0.0, 1.0, 0.0], [0.75, 0.0, 0.25]]))
+    per_sample = mix_targets(labels_a, labels_b, torch.tensor([1.0, 0.5, 0.0]), 3)
+    assert torch.allclose(per_sample, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
