@@ -12,23 +12,9 @@ import pytest
 from longtail.data import IdxFormatError, build_dataset, make_longtail, read_idx, read_idx_pair
 from longtail.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD
 
+from conftest import idx_bytes, write_pair
+
 SHARED = Path(os.environ.get("LONGTAIL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = bytes([0, 0, 0x08, array.ndim])
-    return magic + b"".join(int(n).to_bytes(4, "big") for n in array.shape) + array.astype(np.uint8).tobytes()
-
-
-def write_pair(folder: Path, images: np.ndarray, labels: np.ndarray, split="train", gz=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    prefix = "train" if split == "train" else "t10k"
-    for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
-        data = idx_bytes(array)
-        if gz:
-            (folder / (name + ".gz")).write_bytes(gzip.compress(data))
-        else:
-            (folder / name).write_bytes(data)
 
 
 @pytest.mark.parametrize("gz", [True, False])

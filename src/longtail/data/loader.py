@@ -221,7 +221,8 @@ class InMemoryLoader:
         return batch.contiguous(memory_format=memory_format), labels
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        randomised = self.augment is not None or self.sampler is not None
+        # A fixed index list (e.g. an evaluation shard) is not random: re-iterating it is expected.
+        randomised = self.augment is not None or hasattr(self.sampler, "set_epoch")
         if randomised and self._iterations_this_epoch > 0 and not self._warned_same_epoch:
             warnings.warn(
                 "InMemoryLoader iterated again without set_epoch(): this repeats the previous epoch's "

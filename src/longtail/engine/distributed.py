@@ -61,6 +61,11 @@ def broadcast_object(obj, context: DistributedContext):
     return holder[0]
 
 
-def shutdown(context: DistributedContext) -> None:
+def shutdown(context: DistributedContext, synchronize: bool = True) -> None:
+    """Destroy the process group. ``synchronize``: leave together (a rank tearing down gloo while
+    rank 0 still writes outputs aborts the peer); off when this rank alone is failing, where a
+    barrier would wait for peers that never come."""
     if context.enabled and dist.is_initialized():
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()

@@ -210,6 +210,15 @@ class Trainer:
             flag = bool(tensor.item() > 0)
         return flag
 
+    def _loss_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> dict:
+        # Checked collectively first: the library refuses non-finite logits with a ValueError, and
+        # under DDP every rank must take the same path through CAR's all-reduce.
+        self._check_finite({"logits": logits.detach().sum()})
+        terms = {"base_loss": self.loss_fn(logits, targets)}
+        if self.regularizer is not None:
+            terms["regularizer"] = self.regularizer(logits, targets)
+        return terms
+
     def _check_finite(self, terms: dict) -> None:
         values = torch.stack([t.detach().float() for t in terms.values()])
         bad = (~torch.isfinite(values)).any().float()
@@ -247,12 +256,10 @@ class Trainer:
                 with autocast_context(self.device, config.train.precision):
                     logits = self.train_model(images)
                 logits = logits.float()
-                base_loss = self.loss_fn(logits, targets)
-                terms = {"base_loss": base_loss}
-                if self.regularizer is not None:
-                    terms["regularizer"] = self.regularizer(logits, targets)
-                loss = sum(terms.values())
+                terms = self._loss_terms(logits, targets)
                 self._check_finite(terms)
+                base_loss = terms["base_loss"]
+                loss = sum(terms.values())
                 self.scaler.scale(loss / accumulation).backward()
             if boundary:
                 if config.optim.clip_grad_norm:
@@ -376,7 +383,8 @@ class Trainer:
             self.writer.flush()
 
     def close(self) -> None:
-        shutdown(self.context)
+        # Inside a `finally`, sys.exc_info() tells whether this rank is leaving because of an error.
+        shutdown(self.context, synchronize=sys.exc_info()[0] is None)
 
 
 def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> tuple[Path, dict]:

@@ -1,0 +1,56 @@
+"""Shared test helpers: real on-disk files written by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The idx format of MNIST / Fashion-MNIST: magic (0, 0, 8 = uint8, ndim), big-endian dims, data."""
+    magic = bytes([0, 0, 0x08, array.ndim])
+    return magic + b"".join(int(n).to_bytes(4, "big") for n in array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_pair(folder: Path, images: np.ndarray, labels: np.ndarray, split="train", gz=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "train" if split == "train" else "t10k"
+    for name, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+        data = idx_bytes(array)
+        if gz:
+            (folder / (name + ".gz")).write_bytes(gzip.compress(data))
+        else:
+            (folder / name).write_bytes(data)
+
+
+def _first_per_class(images: np.ndarray, labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(10)])
+    chosen.sort()
+    return images[chosen], labels[chosen]
+
+
+@pytest.fixture(scope="session")
+def tiny_idx_root(tmp_path_factory) -> Path:
+    """A small MNIST-format dataset of real Fashion-MNIST images (taken from the embedded copy):
+    40 training and 20 test images per class, as idx .gz files. With data.name=mnist-lt and
+    data.imbalance_factor=10 it gives a 10-class long-tailed set of ~170 images: runs in seconds."""
+    from longtail.data import load_builtin
+
+    root = tmp_path_factory.mktemp("tiny-idx")
+    for split, per_class in (("train", 40), ("test", 20)):
+        data = load_builtin(split)
+        images, labels = _first_per_class(data.images[:, 0].numpy(), data.labels.numpy(), per_class)
+        write_pair(root, images, labels, split=split)
+    return root
+
+
+def tiny_run_overrides(root: Path, output_dir: Path, epochs: int = 2) -> list[str]:
+    """Overrides of a seconds-long CPU training run on ``tiny_idx_root``."""
+    return [
+        "data.name=mnist-lt", f"data.root={root}", "data.imbalance_factor=10", "data.batch_size=16",
+        "data.eval_batch_size=64", f"optim.epochs={epochs}", "optim.warmup_epochs=0", "optim.lr=0.02",
+        f"train.output_dir={output_dir}", "train.progress=false", "train.threads=1",
+    ]

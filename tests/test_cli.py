@@ -1,0 +1,104 @@
+"""`longtail` end to end on real images written to disk: train, eval, bad input, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_run_overrides
+from longtail.cli import main
+from longtail.engine.checkpoint import load_checkpoint
+
+
+def only_run_dir(output: Path) -> Path:
+    runs = [p for p in output.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_train_writes_a_self_describing_run_and_eval_reproduces_it(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "runs"
+    code = main(["train", "--method", "car_ccar_bs", *tiny_run_overrides(tiny_idx_root, output, epochs=2),
+                 "train.eval_every=1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| test |" in printed and "run directory:" in printed
+    run = only_run_dir(output)
+    for name in ("config.yaml", "class_counts.json", "environment.json", "metrics.json", "history.jsonl",
+                 "checkpoints/last.pt", "plots/per_class_accuracy.png", "plots/reliability.png", "plots/confusion.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    counts = json.loads((run / "class_counts.json").read_text())
+    assert counts["train_counts"] == [int(40 * 10 ** (-i / 9)) for i in range(10)]  # LDAM-DRW exp profile
+    assert len(counts["split"]["longtail"]["index_hash"]) == 64
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert "spectral_norm" in history[0] and "regularizer" in history[0] and "test" in history[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "many_accuracy", "medium_accuracy", "few_accuracy", "worst_class_accuracy",
+                "worst_10pct_accuracy", "balanced_accuracy", "ece", "nll", "per_class_accuracy"):
+        assert key in metrics["test"], key
+    assert metrics["test"]["num_samples"] == 200 and metrics["train"]["num_samples"] == sum(counts["train_counts"])
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert checkpoint["epoch"] == 2 and checkpoint["regularizer"] is not None
+    assert checkpoint["config"]["loss"]["name"] == "ccar_bs"
+
+    assert main(["eval", str(run), "--split", "test"]) == 0
+    table = capsys.readouterr().out
+    overall = f"{100 * metrics['test']['accuracy']:.2f}"
+    assert f"| test | {overall} |" in table
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["optim.lrr=0.1"], "unknown key 'optim.lrr'"),
+    (["loss.name=magic"], "unknown loss"),
+    (["loss.name=focal", "loss.gammma=2"], "gammma"),
+    (["model.name=resnet9000"], "resnet9000"),
+    (["data.name=imagenet-lt", "data.imbalance_factor=null", "data.root=/nonexistent"], "/nonexistent"),
+    (["regularizer.name=car", "regularizer.alpha=-1"], "alpha"),
+])
+def test_bad_config_exits_2_before_any_work(tiny_idx_root, tmp_path, capsys, arguments, message):
+    output = tmp_path / "runs"
+    code = main(["train", *tiny_run_overrides(tiny_idx_root, output), *arguments])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert message in error, error
+    assert not output.exists() or not any(output.iterdir())
+
+
+def test_unknown_recipe_and_missing_data_exit_2(tmp_path, capsys):
+    assert main(["train", "--recipe", "nope"]) == 2
+    assert "longtail recipes" in capsys.readouterr().err
+    assert main(["train", "data.name=mnist-lt", f"data.root={tmp_path}", f"train.output_dir={tmp_path}/r"]) == 2
+    assert "idx" in capsys.readouterr().err.lower()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "runs"
+    # A sane lr in epoch 0 (a good checkpoint is written), then lr x 1e12 from epoch 1: the loss blows up.
+    code = main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=3), "optim.schedule=multistep",
+                 "optim.milestones=[1]", "optim.milestone_factors=[1.0e+12]", "train.eval_train=false"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "non-finite loss at epoch 1" in error and ("base_loss=" in error or "logits=" in error) and "last good checkpoint" in error
+    run = only_run_dir(output)
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert checkpoint["epoch"] == 1 and checkpoint["batch"] == 0
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())
+    assert not (run / "metrics.json").exists()
+
+
+def test_listing_commands_and_help(capsys):
+    assert main(["recipes"]) == 0
+    listing = capsys.readouterr().out
+    assert "cifar100-lt-r32/ccar_bs" in listing and "paper: IF 200/100/50: 46.20 / 48.91 / 51.94" in listing
+    assert main(["losses"]) == 0 and "ccar_la" in capsys.readouterr().out
+    assert main(["models"]) == 0 and "resnet32" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "optim.lr = 0.1" in text and "regularizer.<option>" in text

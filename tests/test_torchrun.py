@@ -1,0 +1,39 @@
+"""`longtail train` under torchrun: 2 CPU processes (gloo) complete one run with one set of outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import tiny_run_overrides
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_cpu_processes(tiny_idx_root, tmp_path):
+    output = tmp_path / "runs"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "longtail", "train",
+               "--method", "car_bs", "data.sampler=class_balanced",
+               *tiny_run_overrides(tiny_idx_root, output, epochs=2), "train.device=cpu"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [p for p in output.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # rank 0 alone creates and writes the run directory
+    run = runs[0]
+    assert json.loads((run / "environment.json").read_text())["world_size"] == 2
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Evaluation is sharded over the 2 ranks and summed back: every test image counted exactly once.
+    assert metrics["test"]["num_samples"] == 200
+    assert result.stdout.count("run directory:") == 1
