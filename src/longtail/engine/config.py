@@ -196,9 +196,12 @@ def apply_mapping(config: RunConfig, mapping: dict, source: str) -> None:
                 values = {"name": values}
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: '{section}' must be a mapping with a 'name', got {values!r}")
-            component: ComponentConfig = getattr(config, section)
             for key, value in values.items():
-                set_override(config, f"{section}.{key}", value, source)
+                if key == "options" and isinstance(value, dict):  # the saved form: {name, options: {...}}
+                    for option, option_value in value.items():
+                        set_override(config, f"{section}.{option}", option_value, source)
+                else:
+                    set_override(config, f"{section}.{key}", value, source)
             continue
         if section not in TYPED_SECTIONS:
             valid = ", ".join(("description",) + TYPED_SECTIONS + OPEN_SECTIONS)

@@ -64,3 +64,41 @@ def write_run_plots(run_dir: Path, results: dict, class_counts, confusion=None) 
         figure.tight_layout()
         figure.savefig(plots / "confusion.png", dpi=120)
         plt.close(figure)
+
+
+def write_comparison_plots(output: Path, rows: list, class_counts) -> None:
+    """Per-class accuracy against class size (one line per method) and overall vs worst-class bars."""
+    plt = _pyplot()
+    for factor in dict.fromkeys(r["imbalance_factor"] for r in rows):
+        group = [r for r in rows if r["imbalance_factor"] == factor]
+        suffix = "" if factor is None else f"_if{factor:g}"
+        order = sorted(range(len(class_counts)), key=lambda j: -class_counts[j])
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for row in group:
+            accuracy = row["per_class_accuracy"]
+            axis.plot([class_counts[j] for j in order], [100 * (accuracy[j] or 0.0) for j in order],
+                      marker="o", markersize=3, label=row["method"])
+        axis.set_xscale("log")
+        axis.invert_xaxis()
+        axis.set_xlabel("training images of the class (log scale; head on the left)")
+        axis.set_ylabel("per-class test accuracy (%, mean over seeds)")
+        axis.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        figure.savefig(Path(output) / f"per_class_accuracy{suffix}.png", dpi=120)
+        plt.close(figure)
+
+        figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(group)), 4))
+        positions = range(len(group))
+        overall = [100 * (r["accuracy"]["mean"] or 0) for r in group]
+        worst = [100 * (r["worst_class_accuracy"]["mean"] or 0) for r in group]
+        axis.bar([p - 0.2 for p in positions], overall, width=0.4, label="overall",
+                 yerr=[100 * (r["accuracy"]["std"] or 0) for r in group])
+        axis.bar([p + 0.2 for p in positions], worst, width=0.4, label="worst class",
+                 yerr=[100 * (r["worst_class_accuracy"]["std"] or 0) for r in group])
+        axis.set_xticks(list(positions))
+        axis.set_xticklabels([r["method"] for r in group], rotation=45, ha="right", fontsize=8)
+        axis.set_ylabel("test accuracy (%)")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(Path(output) / f"overall_vs_worst{suffix}.png", dpi=120)
+        plt.close(figure)

@@ -1,0 +1,57 @@
+"""`longtail compare`: grid of cells, aggregate tables checked against the cells' own metrics, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+from conftest import tiny_run_overrides
+from longtail.cli import main
+
+
+def test_compare_grid_tables_and_resume(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--methods", "ce,bs,ccar_bs", "--seeds", "0,1", "--reference", "ce",
+                 "--output", str(output), *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1),
+                 "train.eval_train=false"]
+    assert main(arguments) == 0
+    assert "6 cells, 0 already finished, 6 to run" in capsys.readouterr().out
+    cells = {p.name: json.loads((p / "metrics.json").read_text())["test"] for p in (output / "cells").iterdir()
+             if p.is_dir()}
+    assert sorted(cells) == sorted(f"{m}-seed{s}" for m in ("ce", "bs", "ccar_bs") for s in (0, 1))
+
+    # Paired: the same seed gives every method the same long-tailed split and initial data order.
+    hashes = {json.loads((output / "cells" / name / "class_counts.json").read_text())["split"]["longtail"]["index_hash"]
+              for name in cells}
+    assert len(hashes) == 1
+
+    rows = {row["method"]: row for row in json.loads((output / "comparison.json").read_text())["rows"]}
+    for method in ("ce", "bs", "ccar_bs"):
+        overall = [cells[f"{method}-seed{s}"]["accuracy"] for s in (0, 1)]
+        worst = [cells[f"{method}-seed{s}"]["worst_class_accuracy"] for s in (0, 1)]
+        assert rows[method]["accuracy"]["mean"] == statistics.mean(overall)
+        assert abs(rows[method]["accuracy"]["std"] - statistics.stdev(overall)) < 1e-12
+        assert rows[method]["worst_class_accuracy"]["mean"] == statistics.mean(worst)
+        reference = statistics.mean(cells[f"ce-seed{s}"]["accuracy"] for s in (0, 1))
+        assert abs(rows[method]["accuracy"]["delta"] - (statistics.mean(overall) - reference)) < 1e-12
+        wins = sum(cells[f"{method}-seed{s}"]["accuracy"] > cells[f"ce-seed{s}"]["accuracy"] for s in (0, 1))
+        assert rows[method]["overall_wins_vs_reference"] == wins
+    assert rows["ce"]["accuracy"]["delta"] == 0 and rows["ce"]["overall_wins_vs_reference"] == 0
+
+    table = (output / "comparison.md").read_text()
+    best = max(rows.values(), key=lambda r: r["accuracy"]["mean"])
+    assert f"| {best['method']} | **{100 * best['accuracy']['mean']:.2f}" in table
+    with open(output / "comparison.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    assert (output / "per_class_accuracy.png").is_file() and (output / "overall_vs_worst.png").is_file()
+
+    # Interrupted comparison: delete one finished cell; only that one runs again, in a subprocess.
+    before = (output / "cells" / "ce-seed0" / "metrics.json").stat().st_mtime_ns
+    for path in sorted((output / "cells" / "bs-seed1").rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    assert main([*arguments, "--jobs", "2"]) == 0
+    assert "6 cells, 5 already finished, 1 to run" in capsys.readouterr().out
+    assert (output / "cells" / "ce-seed0" / "metrics.json").stat().st_mtime_ns == before
+    rerun = json.loads((output / "cells" / "bs-seed1" / "metrics.json").read_text())["test"]
+    assert rerun == cells["bs-seed1"]  # a subprocess reproduces the in-process cell exactly
