@@ -20,7 +20,7 @@ REGULARIZERS = ("none", "car")
 def build_model(config: RunConfig, num_classes: int, in_channels: int, device: torch.device) -> nn.Module:
     spec = config.model
     model = create_model(spec.name, num_classes, in_channels=in_channels, head=spec.head,
-                         head_scale=spec.head_scale, pretrained=spec.pretrained)
+                         head_scale=spec.head_scale, pretrained=spec.pretrained, **spec.options)
     model = model.to(device)
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -67,6 +67,7 @@ class ModelConfig:
     pretrained: Optional[str] = _help("local weights file to fine-tune from", None)
     channels_last: bool = _help("use channels_last memory format", True)
     compile: bool = _help("torch.compile the model", False)
+    options: dict = _help("model-specific keyword options, e.g. {width: 16} for small_cnn", None, dict)
 
 
 @dataclass
