@@ -18,7 +18,8 @@ being copied into each loss):
 
   with per-class weights w (weighted CE, class-balanced, DRW) and focal exponent gamma; label
   smoothing replaces q by (1 - eps) q + eps / K. For class-index targets without smoothing this is
-  ``-w_y (1 - p_y) ** gamma log p_y`` computed with a gather (no one-hot is built).
+  ``-w_y (1 - p_y) ** gamma log p_y`` with ``-log p_y`` from PyTorch's fused ``F.cross_entropy``
+  (no one-hot is built).
 
 Which p_t is reported (used by CCAR):
   * class-index targets: p_t = p_y, the softmax of the very logits ``a`` the loss scores (so for LA /
@@ -224,18 +225,19 @@ class SoftmaxLoss(PerSampleLoss):
             z = z * self.scale
         if offset is not None:
             z = z + offset
-        log_probs = F.log_softmax(z, dim=1)
 
         if not soft_targets and self.label_smoothing == 0.0:
-            # Fast path: gather the true class only, no one-hot.
-            log_p_true = log_probs.gather(1, targets.unsqueeze(1)).squeeze(1)
-            loss = -log_p_true
+            # Fast path: PyTorch's fused log_softmax + NLL (about half the time and memory traffic of
+            # log_softmax + gather on large K); log p_t = -CE_i exactly, gradient included.
+            loss = F.cross_entropy(z, targets, reduction="none")
+            log_p_true = -loss
             if self.gamma:
                 loss = loss * self._focal_factor(log_p_true)
             if weights is not None:
                 loss = loss * weights[targets]
             return loss, log_p_true
 
+        log_probs = F.log_softmax(z, dim=1)
         if soft_targets:
             log_p_true = soft_log_p_true(log_probs, q)
         else:
