@@ -55,3 +55,21 @@ def test_compare_grid_tables_and_resume(tiny_idx_root, tmp_path, capsys):
     assert (output / "cells" / "ce-seed0" / "metrics.json").stat().st_mtime_ns == before
     rerun = json.loads((output / "cells" / "bs-seed1" / "metrics.json").read_text())["test"]
     assert rerun == cells["bs-seed1"]  # a subprocess reproduces the in-process cell exactly
+
+
+def test_method_specs_carry_their_own_overrides(tiny_idx_root, tmp_path):
+    from argparse import Namespace
+
+    from longtail.engine.compare import plan_cells
+
+    args = Namespace(methods="ccar_ce,ccar_ce:loss.omega=0.25,car:regularizer.alpha=1.0:regularizer.beta=0.9",
+                     seeds="3", imbalance_factors="10,20", paired=True, recipe=None, config=None, output=None,
+                     overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
+    cells, _ = plan_cells(args)
+    by_name = {cell.name: cell for cell in cells}
+    assert sorted(by_name) == sorted(f"{m}-if{f}-seed3" for f in (10, 20) for m in
+                                     ("ccar_ce", "ccar_ce_loss.omega-0.25", "car_regularizer.alpha-1.0_regularizer.beta-0.9"))
+    assert by_name["ccar_ce_loss.omega-0.25-if10-seed3"].config.loss.options == {"omega": 0.25}
+    car = by_name["car_regularizer.alpha-1.0_regularizer.beta-0.9-if20-seed3"].config
+    assert car.regularizer.options == {"alpha": 1.0, "beta": 0.9} and car.data.imbalance_factor == 20
+    assert car.train.seed == 3

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from longtail.engine.config import (ConfigError, available_protocols, available_recipes, build_config,
                                     config_from_dict, load_methods, parse_override)
+from longtail.engine.components import build_loss_fn
 from longtail.engine.schedules import learning_rate
 from longtail.losses import build_loss
 from longtail.models import available_models
@@ -86,7 +88,7 @@ def test_every_shipped_recipe_resolves_to_buildable_components():
     for recipe in recipes:
         config, _ = build_config(recipe)
         assert config.model.name in available_models(), recipe
-        build_loss(config.loss.name, counts, **config.loss.options)
+        build_loss_fn(config, counts, torch.device("cpu"))
         if config.regularizer.name == "car":
             CAR(counts, **config.regularizer.options)
         assert config_from_dict(config.to_dict()) == config
@@ -98,9 +100,13 @@ def test_cifar_protocol_is_the_published_one():
     assert config.optim.milestones == [160, 180] and config.optim.milestone_factors == [0.01, 0.0001]
     ldam, _ = build_config("cifar100-lt-r32/ldam_drw")
     assert ldam.optim.weight_decay == 2e-4 and ldam.optim.milestone_factors == [0.1, 0.01]
-    assert ldam.loss.options["switch_epoch"] == 160
-    short, _ = build_config("fashion-mnist-lt/ldam_drw")
-    assert short.loss.options["switch_epoch"] < short.optim.epochs
+    assert ldam.loss.options["switch_fraction"] == 0.8
+    assert build_loss_fn(ldam, [500, 5], torch.device("cpu")).switch_epoch == 160
+    short, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["optim.epochs=6"])
+    assert build_loss_fn(short, [500, 5], torch.device("cpu")).switch_epoch == 5
+    both, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["loss.switch_epoch=3"])
+    with pytest.raises(ConfigError, match="not both"):
+        build_loss_fn(both, [500, 5], torch.device("cpu"))
 
 
 def test_every_method_preset_is_described_and_used():

@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ LOWER_IS_BETTER = {"ece"}
 
 @dataclass
 class Cell:
-    method: str
+    method: str  # a method spec: preset name, optionally with ``:key=value`` overrides
     seed: int
     imbalance_factor: Optional[float]
     config: RunConfig
@@ -41,7 +42,17 @@ class Cell:
     @property
     def name(self) -> str:
         factor = "" if self.imbalance_factor is None else f"-if{self.imbalance_factor:g}"
-        return f"{self.method}{factor}-seed{self.seed}"
+        method = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.method.replace("=", "-"))
+        return f"{method}{factor}-seed{self.seed}"
+
+
+def parse_method(spec: str) -> tuple[str, list[str]]:
+    """``ccar_ce:loss.omega=0.5:optim.lr=0.1`` -> ("ccar_ce", ["loss.omega=0.5", "optim.lr=0.1"])."""
+    preset, *overrides = spec.split(":")
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"method spec {spec!r}: each ':'-separated override must look like section.key=value")
+    return preset, overrides
 
 
 def _split_list(text: Optional[str], cast) -> list:
@@ -69,12 +80,13 @@ def plan_cells(args) -> tuple[list[Cell], Path]:
         for method in methods:
             for seed in seeds:
                 run_seed = seed if args.paired else _unpaired_seed(method, seed)
-                overrides = list(args.overrides or []) + [f"train.seed={run_seed}"]
+                preset, method_overrides = parse_method(method)
+                overrides = list(args.overrides or []) + method_overrides + [f"train.seed={run_seed}"]
                 if factor is not None:
                     overrides.append(f"data.imbalance_factor={factor}")
                 if not args.paired:
                     overrides.append(f"data.split_seed={run_seed}")
-                config, label = build_config(args.recipe, args.config, overrides, method)
+                config, label = build_config(args.recipe, args.config, overrides, preset)
                 cells.append(Cell(method, seed, factor, config, label))
     protocol = (args.recipe or (Path(args.config).stem if args.config else "fashion-mnist-lt")).split("/")[0]
     output = Path(args.output) if args.output else Path(cells[0].config.train.output_dir) / f"compare-{protocol}"

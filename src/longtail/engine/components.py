@@ -29,6 +29,15 @@ def build_model(config: RunConfig, num_classes: int, in_channels: int, device: t
 
 def build_loss_fn(config: RunConfig, class_counts, device: torch.device) -> nn.Module:
     options = dict(config.loss.options)
+    if "switch_fraction" in options:
+        # Engine-level option: a schedule switch (DRW) placed relative to the protocol's length,
+        # so one method preset means "80% of training" on a 200-epoch and a 6-epoch protocol alike.
+        fraction = options.pop("switch_fraction")
+        if not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+            raise ConfigError(f"loss.switch_fraction must be a number in [0, 1], got {fraction!r}")
+        if "switch_epoch" in options:
+            raise ConfigError("give loss.switch_epoch or loss.switch_fraction, not both")
+        options["switch_epoch"] = int(round(fraction * config.optim.epochs))
     return build_loss(config.loss.name, class_counts, **options).to(device)
 
 

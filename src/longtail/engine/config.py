@@ -422,7 +422,8 @@ def describe_keys() -> str:
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"  {section}.{f.name} = {default!r}  -- {f.metadata.get('help', '')}")
-    lines.append("loss:\n  loss.name = 'ce'  -- loss name (see `longtail losses`); loss.<option>=value passes options")
+    lines.append("loss:\n  loss.name = 'ce'  -- loss name (see `longtail losses`); loss.<option>=value passes options;\n"
+                 "  loss.switch_fraction = f  -- place a DRW switch at fraction f of optim.epochs")
     lines.append("regularizer:\n  regularizer.name = 'none'  -- none | car; regularizer.<option>=value passes options")
     return "\n".join(lines)
 
