@@ -102,3 +102,20 @@ def test_listing_commands_and_help(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "optim.lr = 0.1" in text and "regularizer.<option>" in text
+
+
+def test_trainer_options_together(tiny_idx_root, tmp_path, capsys):
+    """bf16 autocast, AdamW, grad accumulation, clipping, progressive sampler, mixup, validation split."""
+    output = tmp_path / "runs"
+    code = main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=2), "train.precision=bf16",
+                 "optim.name=adamw", "optim.lr=0.001", "optim.grad_accumulation=2", "optim.clip_grad_norm=1.0",
+                 "data.sampler=progressive", "data.mixing=mixup", "data.validation_per_class=2",
+                 "loss.name=ccar_la", "regularizer.name=car"])
+    assert code == 0, capsys.readouterr().err
+    run = only_run_dir(output)
+    metrics = json.loads((run / "metrics.json").read_text())
+    counts = json.loads((run / "class_counts.json").read_text())["train_counts"]
+    # Two images per class held out for validation, never trained on; the test set is untouched.
+    assert counts == [int(40 * 10 ** (-i / 9)) - 2 for i in range(10)]
+    assert metrics["val"]["num_samples"] == 20 and metrics["test"]["num_samples"] == 200
+    assert "| val |" in capsys.readouterr().out
