@@ -87,7 +87,7 @@ def test_every_shipped_recipe_resolves_to_buildable_components():
     counts = [500, 200, 50, 10, 5]
     for recipe in recipes:
         config, _ = build_config(recipe)
-        assert config.model.name in available_models(), recipe
+        assert config.model.name in available_models() or config.model.name.startswith("timm:"), recipe
         build_loss_fn(config, counts, torch.device("cpu"))
         if config.regularizer.name == "car":
             CAR(counts, **config.regularizer.options)
@@ -102,6 +102,8 @@ def test_cifar_protocol_is_the_published_one():
     assert ldam.optim.weight_decay == 2e-4 and ldam.optim.milestone_factors == [0.1, 0.01]
     assert ldam.loss.options["switch_fraction"] == 0.8
     assert build_loss_fn(ldam, [500, 5], torch.device("cpu")).switch_epoch == 160
+    vit, _ = build_config("imagenet-lt-vits-ft/ldam_drw")
+    assert vit.optim.weight_decay == 0.05 and vit.model.head == "cosine"
     short, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["optim.epochs=6"])
     assert build_loss_fn(short, [500, 5], torch.device("cpu")).switch_epoch == 5
     both, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["loss.switch_epoch=3"])
