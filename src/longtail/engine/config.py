@@ -51,6 +51,8 @@ class DataConfig:
     flip: bool = _help("random horizontal flip", True)
     cutout: int = _help("Cutout square side in pixels (0 = off)", 0)
     image_size: Optional[int] = _help("resize images to this side (None = native)", None)
+    channels: Optional[int] = _help(
+        "repeat single-channel images to this many channels (3 for ImageNet-pretrained backbones)", None)
     randaugment: bool = _help("RandAugment (file datasets)", False)
     workers: int = _help("DataLoader workers (file datasets)", 2)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")

@@ -146,7 +146,7 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
         train_set = train_set.subset(train_positions, name=train_set.name, longtail_split=train_set.longtail_split)
     resize = (spec.image_size, spec.image_size) if spec.image_size else None
     common = dict(device=device, channels_last=config.model.channels_last, resize_to=resize,
-                  mean=train_set.mean, std=train_set.std)
+                  mean=train_set.mean, std=train_set.std, repeat_channels=spec.channels)
     augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout)
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
@@ -160,7 +160,8 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
     eval_loaders = {"test": evaluation(test_set), "train": evaluation(train_set)}
     if train_positions is not None:
         eval_loaders["val"] = evaluation(validation_set)
-    return DataBundle(train_loader, len(train_loader), eval_loaders, [], [], train_set.images.shape[1], {})
+    channels = spec.channels or train_set.images.shape[1]
+    return DataBundle(train_loader, len(train_loader), eval_loaders, [], [], channels, {})
 
 
 class FileBatches:

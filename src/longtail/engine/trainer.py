@@ -113,6 +113,9 @@ class Trainer:
         self.class_counts = self.data.class_counts
         self.num_classes = len(self.class_counts)
         self.model = build_model(config, self.num_classes, self.data.in_channels, self.device)
+        report = getattr(self.model, "pretrained_report", None)
+        if report is not None and self.context.is_main:
+            print(f"pretrained weights: {report}", flush=True)
         self.train_model = self.model
         if self.context.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
