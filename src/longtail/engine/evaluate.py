@@ -56,4 +56,4 @@ def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto")
     model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
     model.load_state_dict(state["model"])
     return evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
-                           config.train.precision).compute()
+                           config.train.precision).compute(spectral_norm=split == "test")
