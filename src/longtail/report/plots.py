@@ -73,11 +73,15 @@ def write_comparison_plots(output: Path, rows: list, class_counts) -> None:
         group = [r for r in rows if r["imbalance_factor"] == factor]
         suffix = "" if factor is None else f"_if{factor:g}"
         order = sorted(range(len(class_counts)), key=lambda j: -class_counts[j])
-        figure, axis = plt.subplots(figsize=(7, 4.5))
-        for row in group:
+        figure, axis = plt.subplots(figsize=(8, 5))
+        # tab20 + cycling markers: a dozen methods stay distinguishable (the default cycle repeats at 10).
+        colors = plt.get_cmap("tab20").colors
+        markers = "os^vD<>p*hX"
+        for index, row in enumerate(group):
             accuracy = row["per_class_accuracy"]
             axis.plot([class_counts[j] for j in order], [100 * (accuracy[j] or 0.0) for j in order],
-                      marker="o", markersize=3, label=row["method"])
+                      marker=markers[index % len(markers)], markersize=4, linewidth=1.2,
+                      color=colors[index % len(colors)], label=row["method"])
         axis.set_xscale("log")
         axis.invert_xaxis()
         axis.set_xlabel("training images of the class (log scale; head on the left)")
