@@ -7,7 +7,10 @@ Both train ResNet-32 at batch 128 on CIFAR-shaped data with the CIFAR-100-LT IF 
 - classic: torchvision-style Dataset with PIL per-image RandomCrop(32, 4) + flip + ToTensor +
   Normalize, DataLoader with 2 workers, fp32, contiguous memory format; the same number of steps.
 
-    python benchmarks/bench_train.py [--epochs 1] [--repeats 1]
+    python benchmarks/bench_train.py [--epochs 1] [--rounds 3]
+
+The two sides alternate for --rounds rounds (this VM's step time drifts by +-20 % over minutes)
+and the medians are reported.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import statistics
 import platform
 import subprocess
 import sys
@@ -39,12 +43,12 @@ def write_cifar100(root: Path, seed: int = 0) -> None:
         pickle.dump({b"fine_label_names": [f"c{i}".encode() for i in range(100)]}, handle)
 
 
-def run_longtail(root: Path, output: Path, epochs: int, threads: int) -> dict:
+def run_longtail(root: Path, output: Path, epochs: int, threads: int, name: str) -> dict:
     command = [sys.executable, "-m", "longtail", "train", "--recipe", "cifar100-lt-r32/ce", f"data.root={root}",
                f"optim.epochs={epochs}", "train.eval_train=false", f"train.output_dir={output}",
-               "train.progress=false", "train.run_name=bench", f"train.threads={threads}"]
+               "train.progress=false", f"train.run_name={name}", f"train.threads={threads}"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    history = [json.loads(line) for line in (output / "bench" / "history.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (output / name / "history.jsonl").read_text().splitlines()]
     seconds = sum(h["seconds"] for h in history)
     images = sum(h["images_per_s"] * h["seconds"] for h in history)
     return {"images_per_s": images / seconds, "seconds": seconds, "images": images}
@@ -100,18 +104,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    ours, classic = [], []
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory) / "data"
         write_cifar100(root)
-        ours = run_longtail(root, Path(directory) / "runs", args.epochs, args.threads)
-        steps = round(ours["images"] / 128)
-        classic = run_classic(root, steps, args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}")
-    print(f"longtail train : {ours['images_per_s']:8.1f} images/s ({ours['images']:.0f} images in {ours['seconds']:.1f} s)")
-    print(f"classic loop   : {classic['images_per_s']:8.1f} images/s ({classic['images']} images in {classic['seconds']:.1f} s)")
-    print(f"speed-up       : {ours['images_per_s'] / classic['images_per_s']:.2f}x")
+        for round_index in range(args.rounds):
+            ours.append(run_longtail(root, Path(directory) / "runs", args.epochs, args.threads, f"bench{round_index}"))
+            steps = round(ours[-1]["images"] / 128)
+            classic.append(run_classic(root, steps, args.threads))
+    ours_rate = statistics.median(r["images_per_s"] for r in ours)
+    classic_rate = statistics.median(r["images_per_s"] for r in classic)
+    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} torch threads, "
+          f"torch {torch.__version__}; {args.rounds} alternating rounds, medians")
+    def rounds(results):
+        return ", ".join(f"{r['images_per_s']:.0f}" for r in results)
+
+    print(f"longtail train : {ours_rate:8.1f} images/s  (rounds: {rounds(ours)})")
+    print(f"classic loop   : {classic_rate:8.1f} images/s  (rounds: {rounds(classic)})")
+    print(f"speed-up       : {ours_rate / classic_rate:.2f}x")
 
 
 if __name__ == "__main__":
