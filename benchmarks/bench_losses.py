@@ -104,7 +104,7 @@ def bench_training_step(rounds: int, repeats: int, lines: list) -> float:
     variants = {name: step(criterion) for name, criterion in criteria.items()}
     interleaved(variants, rounds=1, repeats=2)  # warm-up
     times = interleaved(variants, rounds=rounds, repeats=repeats)
-    lines.append(f"### Training step: ResNet-32 (CIFAR, K = 100), batch 128, forward + backward + SGD step\n")
+    lines.append("### Training step: ResNet-32 (CIFAR, K = 100), batch 128, forward + backward + SGD step\n")
     lines.append(f"{rounds} interleaved rounds x {repeats} steps per variant; median over rounds of each round's median.\n")
     lines.append("| loss | step time (ms), median | IQR over rounds (ms) | CCAR+BS vs this, paired median [IQR] |")
     lines.append("|---|---:|---:|---:|")

@@ -139,3 +139,31 @@ def test_fine_tune_from_real_pretrained_weights(tiny_idx_root, tmp_path, capsys)
     assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=1), "model.name=timm:efficientnet_lite0",
                  f"model.pretrained={tmp_path / 'missing.pth'}", "data.channels=3"]) == 2
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_train_on_an_image_folder_of_real_files(tmp_path, capsys):
+    """The file-dataset path: PNG files on disk, torchvision-v2 transforms, DataLoader, imagefolder dataset."""
+    from PIL import Image
+
+    from longtail.data import load_builtin
+
+    data = load_builtin("test")
+    root = tmp_path / "images"
+    for split, per_class in (("train", [12, 8, 6, 4, 3]), ("test", [4] * 5)):
+        for label, count in enumerate(per_class):
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True)
+            positions = (data.labels == label).nonzero().flatten()[:count]
+            for index in positions.tolist():
+                Image.fromarray(data.images[index, 0].numpy()).save(folder / f"{index}.png")
+    output = tmp_path / "runs"
+    code = main(["train", "data.name=imagefolder", f"data.root={root}", "data.imbalance_factor=null",
+                 "data.image_size=32", "data.workers=0", "data.batch_size=8", "optim.epochs=1", "optim.lr=0.01",
+                 "optim.warmup_epochs=0", f"train.output_dir={output}", "train.progress=false", "train.threads=1"])
+    assert code == 0, capsys.readouterr().err
+    run = only_run_dir(output)
+    counts = json.loads((run / "class_counts.json").read_text())
+    assert counts["train_counts"] == [12, 8, 6, 4, 3]
+    assert counts["classes"] == [f"c{label}" for label in range(5)]  # classes = sorted folder names
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["num_samples"] == 20 and metrics["train"]["num_samples"] == 33

@@ -10,7 +10,6 @@ from longtail.engine.config import (ConfigError, available_protocols, available_
                                     config_from_dict, load_methods, parse_override)
 from longtail.engine.components import build_loss_fn
 from longtail.engine.schedules import learning_rate
-from longtail.losses import build_loss
 from longtail.models import available_models
 from longtail.regularizers import CAR
 

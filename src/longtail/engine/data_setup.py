@@ -9,7 +9,7 @@ trainer does not care which one it has.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -172,7 +172,7 @@ class FileBatches:
     boundaries is exact in data order.)
     """
 
-    def __init__(self, dataset, batch_size, sampler, device, channels_last, workers, drop_last, shuffle_seed=None):
+    def __init__(self, dataset, batch_size, sampler, device, channels_last, workers, drop_last):
         self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
         self.device, self.channels_last, self.workers, self.drop_last = device, channels_last, workers, drop_last
         self.start_batch = 0
@@ -198,7 +198,6 @@ class FileBatches:
 
 
 def _from_files(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
-    from torch.utils.data import Subset
 
     spec = config.data
     if train_positions is not None:

@@ -28,7 +28,7 @@ from longtail.engine import checkpoint as ckpt
 from longtail.engine.components import build_loss_fn, build_model, build_regularizer, build_optimizer
 from longtail.engine.config import RunConfig, config_from_dict, dump_yaml
 from longtail.engine.data_setup import DataBundle, build_data
-from longtail.engine.distributed import DistributedContext, broadcast_object, init_distributed, shutdown
+from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.runinfo import create_run_dir, environment_info
 from longtail.engine.schedules import learning_rate
 from longtail.engine.evaluate import autocast_context, evaluate_loader

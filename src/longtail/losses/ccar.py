@@ -41,7 +41,7 @@ the paper's formula and never the default.
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F
