@@ -80,8 +80,9 @@ def check_logits_and_targets(
             raise ValueError(f"targets have {targets.shape[0]} entries but logits have {batch} rows")
         if targets.dtype.is_floating_point or targets.dtype == torch.bool:
             raise ValueError(f"class-index targets must be an integer tensor, got dtype {targets.dtype}")
-        if batch and (int(targets.min()) < 0 or int(targets.max()) >= classes):
-            bad = ((targets < 0) | (targets >= classes)).nonzero()[0].item()
+        out_of_range = (targets < 0) | (targets >= classes)
+        if bool(out_of_range.any()):  # one host sync; the position is looked up only on failure
+            bad = out_of_range.nonzero()[0].item()
             raise ValueError(
                 f"target {int(targets[bad])} at position {bad} is out of range for {classes} classes "
                 f"(valid labels are 0..{classes - 1})"

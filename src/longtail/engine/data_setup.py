@@ -117,17 +117,12 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     sampler = build_sampler(spec.sampler, labels, num_replicas=context.world_size, rank=context.rank,
                             seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
     batch = _per_rank_batch(config, context.world_size)
-    if in_memory:
-        bundle = _in_memory(config, train_set, test_set, sampler, batch, device, context, validation_positions,
-                            None if validation_positions is None else train_positions)
-    else:
-        bundle = _from_files(config, train_set, test_set, sampler, batch, device, context, validation_positions,
-                             None if validation_positions is None else train_positions)
-    bundle.class_counts = class_counts.tolist()
-    bundle.classes = list(train_set.classes)
-    bundle.split_info = split_info
-    bundle.mix = _mixing(config, num_classes)
-    return bundle
+    build_loaders = _in_memory if in_memory else _from_files
+    train_loader, eval_loaders, in_channels = build_loaders(
+        config, train_set, test_set, sampler, batch, device, context, validation_positions,
+        None if validation_positions is None else train_positions)
+    return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
+                      in_channels, split_info, mix=_mixing(config, num_classes))
 
 
 def _file_options(config: RunConfig, name: str, train: bool) -> dict:
@@ -160,8 +155,7 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
     eval_loaders = {"test": evaluation(test_set), "train": evaluation(train_set)}
     if train_positions is not None:
         eval_loaders["val"] = evaluation(validation_set)
-    channels = spec.channels or train_set.images.shape[1]
-    return DataBundle(train_loader, len(train_loader), eval_loaders, [], [], channels, {})
+    return train_loader, eval_loaders, spec.channels or train_set.images.shape[1]
 
 
 class FileBatches:
@@ -215,7 +209,7 @@ def _from_files(config, train_set, test_set, sampler, batch, device, context, va
     if config.train.eval_train:
         train_eval = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=False))
         eval_loaders["train"] = evaluation(train_eval)
-    return DataBundle(train_loader, len(train_loader), eval_loaders, [], [], 3, {})
+    return train_loader, eval_loaders, 3  # file images are decoded as RGB
 
 
 def _mixing(config: RunConfig, num_classes: int) -> Callable:

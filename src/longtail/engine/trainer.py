@@ -91,12 +91,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)  # torch.compile wrapper
 
 
-def _set_epoch_everywhere(epoch: int, *objects) -> None:
-    for obj in objects:
-        if obj is not None and hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
-
-
 class Trainer:
     """Builds every component from a config and runs training + final evaluation."""
 
@@ -240,11 +234,14 @@ class Trainer:
         epoch = self.state.epoch
         loader = self.data.train_loader
         steps = self.data.steps_per_epoch
-        _set_epoch_everywhere(epoch, self.loss_fn)
+        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules
+            self.loss_fn.set_epoch(epoch)
         loader.set_epoch(epoch, start_batch=self.state.batch)
         self.train_model.train()
         accumulation = config.optim.grad_accumulation
-        totals = {"loss": 0.0, "base_loss": 0.0, "regularizer": 0.0}
+        # Summed on the device and read once per epoch: a per-step .item() would stall a GPU.
+        totals = {name: torch.zeros((), dtype=torch.float64, device=self.device)
+                  for name in ("loss", "base_loss", "regularizer")}
         seen, started = 0, time.perf_counter()
         progress = self._progress(steps, initial=self.state.batch)
         for images, targets in loader:
@@ -273,10 +270,10 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             batch_size = images.shape[0]
             seen += batch_size
-            totals["loss"] += loss.item() * batch_size
-            totals["base_loss"] += base_loss.item() * batch_size
+            totals["loss"] += loss.detach() * batch_size
+            totals["base_loss"] += base_loss.detach() * batch_size
             if "regularizer" in terms:
-                totals["regularizer"] += terms["regularizer"].item() * batch_size
+                totals["regularizer"] += terms["regularizer"].detach() * batch_size
             self.state.batch += 1
             self.state.global_step += 1
             if progress is not None:
@@ -292,7 +289,7 @@ class Trainer:
         elapsed = time.perf_counter() - started
         record = {"epoch": epoch, "lr": self._lr(epoch + 1 - 1e-9),
                   "images_per_s": seen * self.context.world_size / max(elapsed, 1e-9), "seconds": elapsed}
-        record.update({k: v / max(seen, 1) for k, v in totals.items()})
+        record.update({k: v.item() / max(seen, 1) for k, v in totals.items()})
         if self.regularizer is not None:
             record["spectral_norm"] = float(self.regularizer.spectral_norm)
         return record
