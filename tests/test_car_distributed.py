@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from longtail.engine.distributed import exit_worker
 from longtail.regularizers import CAR
 
 WORLD_SIZE = 2
@@ -101,6 +102,7 @@ def worker(rank, port, output_dir):
         torch.save(results, os.path.join(output_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    exit_worker(0)  # DDP outlives its process group; see exit_worker for the exit-time abort it avoids
 
 
 def free_port():
@@ -113,7 +115,7 @@ def free_port():
 def distributed_results(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("car_ddp"))
     mp.spawn(worker, args=(free_port(), output_dir), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(os.path.join(output_dir, f"rank{rank}.pt")) for rank in range(WORLD_SIZE)]
+    return [torch.load(os.path.join(output_dir, f"rank{rank}.pt"), weights_only=True) for rank in range(WORLD_SIZE)]
 
 
 @pytest.mark.parametrize("config_index", range(len(CONFIGS)))

@@ -90,10 +90,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     handler = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "compare": cmd_compare,
                "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
     try:
-        return handler(args) or 0
+        code = handler(args) or 0
     except UsageError as error:
         print(f"longtail {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        code = EXIT_USAGE
+    if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from longtail.engine.distributed import exit_worker
+
+        exit_worker(code)  # a torchrun worker: skip interpreter finalization (see exit_worker)
+    return code
 
 
 # --------------------------------------------------------------------------- commands

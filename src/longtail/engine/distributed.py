@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -69,3 +71,19 @@ def shutdown(context: DistributedContext, synchronize: bool = True) -> None:
         if synchronize:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a distributed worker process without Python's interpreter finalization.
+
+    DistributedDataParallel keeps its process group alive past ``destroy_process_group`` (a
+    reference held from C++, measured: the group's Python object outlives the module and a
+    ``gc.collect()``). A gloo / NCCL thread that then touches Python while the interpreter is being
+    torn down aborts the process with SIGABRT ("terminate called without an active exception";
+    pytorch/pytorch#179291), so a run that finished and wrote all its outputs could still exit -6
+    and make torchrun kill its peers. Call this only once every output is written (ours are
+    fsynced and renamed atomically): it flushes the standard streams and leaves with ``code``.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
