@@ -326,6 +326,47 @@ def test_drw_default_epoch_and_generic_wrap(batch):
         L.DeferredReweighting(torch.nn.CrossEntropyLoss(), COUNTS)
 
 
+def test_drw_defaults_to_the_weighted_mean_of_ldam_drw_code(batch):
+    # LDAM-DRW's code: F.cross_entropy(s * (cos - m_y), y, weight=w) with its default mean, which
+    # divides by sum_i w_{y_i}. The same call is the reference here.
+    logits, targets, _ = batch
+    cosine = torch.tanh(logits)
+    w = torch.tensor(np_weights(COUNTS, "effective_number"))
+    margins = torch.tensor(0.5 * np.asarray(COUNTS, dtype=np.float64) ** -0.25 / min(COUNTS) ** -0.25)
+    adjusted = 30 * (cosine - F.one_hot(targets, K) * margins)
+    loss = L.build_loss("ldam_drw", COUNTS, switch_epoch=2)
+    assert loss.reduction == "weighted_mean"
+    loss.set_epoch(1)
+    torch.testing.assert_close(loss(30 * cosine, targets), F.cross_entropy(adjusted, targets))
+    loss.set_epoch(2)
+    torch.testing.assert_close(loss(30 * cosine, targets), F.cross_entropy(adjusted, targets, weight=w))
+    ce_drw = L.build_loss("ce_drw", COUNTS, switch_epoch=0)
+    torch.testing.assert_close(ce_drw(logits, targets), F.cross_entropy(logits, targets, weight=w))
+
+
+@pytest.mark.parametrize("weighting", ["inverse", "sqrt"])
+def test_weighted_mean_reduction(batch, weighting):
+    logits, targets, soft = batch
+    w = np_weights(COUNTS, weighting)
+    loss = L.build_loss("weighted_ce", COUNTS, weighting=weighting, label_smoothing=0.1, reduction="weighted_mean")
+    reference = F.cross_entropy(logits, targets, weight=torch.tensor(w), label_smoothing=0.1)
+    torch.testing.assert_close(loss(logits, targets), reference)
+    # Soft targets: sum_i loss_i / sum_i sum_c q_ic w_c (PyTorch's probability-target mean divides by B).
+    loss = L.build_loss("weighted_ce", COUNTS, weighting=weighting, reduction="weighted_mean")
+    expected = np_softmax_loss(logits.numpy(), q=soft.numpy(), weights=w).sum() / (soft.numpy() @ w).sum()
+    assert loss(logits, soft).item() == pytest.approx(expected, rel=1e-12)
+    # Unweighted losses: weighted_mean is mean; CCAR normalises by its base loss's weights.
+    unweighted = L.build_loss("ce", COUNTS, reduction="weighted_mean")
+    torch.testing.assert_close(unweighted(logits, targets), F.cross_entropy(logits, targets))
+    base = L.WeightedCrossEntropy(COUNTS, weighting, reduction="none")
+    ccar = L.CCAR(COUNTS, base=base, reduction="weighted_mean")
+    per_sample = L.CCAR(COUNTS, base=base, reduction="none")(logits, targets)
+    torch.testing.assert_close(ccar(logits, targets), per_sample.sum() / torch.tensor(w)[targets].sum())
+    # All-zero weights in a batch: loss 0, not 0 / 0.
+    zero = L.SoftmaxLoss(class_weights=torch.zeros(K), num_classes=K, reduction="weighted_mean")
+    assert zero(logits, targets).item() == 0.0
+
+
 # ---------------------------------------------------------------- registry
 
 

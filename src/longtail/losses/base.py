@@ -45,7 +45,7 @@ from torch import nn
 
 from .._checks import check_logits_and_targets
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = ("mean", "weighted_mean", "sum", "none")
 
 
 def check_reduction(reduction: str) -> str:
@@ -54,14 +54,24 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
-def reduce_loss(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce a (B,) vector of per-sample losses: ``mean`` (over the batch), ``sum`` or ``none``.
+def reduce_loss(
+    per_sample: torch.Tensor, reduction: str, sample_weights: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Reduce a (B,) vector of per-sample losses.
 
-    ``mean`` is the plain batch mean, also for class-weighted losses. (``F.cross_entropy(weight=w)``
-    divides by ``sum_i w_{y_i}`` instead; with weights normalised to sum to K, spec section 4, the
-    plain mean keeps the loss on the scale of unweighted CE, which is what that normalisation is for.)
+    * ``mean``: the plain batch mean, also for class-weighted losses. With weights normalised to sum
+      to K (spec section 4) it keeps the loss on the scale of unweighted CE; class-balanced loss's
+      reference code divides by the batch size too.
+    * ``weighted_mean``: ``sum_i loss_i / sum_i w_i`` with ``sample_weights`` w_i = sum_c q_ic w_c
+      (w_{y_i} for class indices), the normalisation of ``F.cross_entropy(weight=w)`` that LDAM-DRW's
+      code uses. Without class weights (``sample_weights`` None) it is ``mean``. A batch whose
+      weights are all 0 has loss 0 (not 0 / 0). Under DDP each rank normalises by its own shard.
+    * ``sum``, ``none``.
     """
-    if reduction == "mean":
+    if reduction == "weighted_mean" and sample_weights is not None:
+        total = sample_weights.sum().to(per_sample.dtype)
+        return per_sample.sum() / total.clamp_min(torch.finfo(total.dtype).tiny)
+    if reduction in ("mean", "weighted_mean"):
         return per_sample.mean()
     if reduction == "sum":
         return per_sample.sum()
@@ -114,13 +124,20 @@ class PerSampleLoss(nn.Module):
         """Per-sample losses (B,) and log p_t (B,) for already validated input."""
         raise NotImplementedError
 
+    def sample_weights(self, targets: torch.Tensor, soft_targets: bool) -> Optional[torch.Tensor]:
+        """Each sample's class weight sum_c q_c w_c, the ``weighted_mean`` denominator; None when the
+        loss has no class weights (then ``weighted_mean`` is ``mean``)."""
+        return None
+
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validated per-sample losses (B,) and log-probability of the true class (B,)."""
         return self.compute(logits, targets, self.validate(logits, targets))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        per_sample, _ = self.per_sample(logits, targets)
-        return reduce_loss(per_sample, self.reduction)
+        soft_targets = self.validate(logits, targets)
+        per_sample, _ = self.compute(logits, targets, soft_targets)
+        weights = self.sample_weights(targets, soft_targets) if self.reduction == "weighted_mean" else None
+        return reduce_loss(per_sample, self.reduction, weights)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction!r}"
@@ -196,6 +213,13 @@ class SoftmaxLoss(PerSampleLoss):
                     weights = weights.to(existing.device)
                     break
         self.class_weights = weights
+
+    def sample_weights(self, targets, soft_targets):
+        if self.class_weights is None:
+            return None
+        weights = self.class_weights.to(targets.device)
+        # Class-index targets: w_{y_i} whatever the label smoothing, as F.cross_entropy(weight=w) does.
+        return targets.to(weights.dtype) @ weights if soft_targets else weights[targets]
 
     @staticmethod
     def _cast(vector: Optional[torch.Tensor], like: torch.Tensor) -> Optional[torch.Tensor]:

@@ -89,7 +89,8 @@ class CCAR(PerSampleLoss):
         confidence_from: ``"adjusted"`` (default): p_t from the logits the base scores;
             ``"raw"``: p_t = softmax(z)_y of the unadjusted logits.
         detach_weight: treat Omega as a constant in the gradient (default False: Lemma 1 gradient).
-        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        reduction: ``"mean"``, ``"weighted_mean"`` (normalised by the base loss's class weights;
+            ``mean`` when it has none), ``"sum"`` or ``"none"``.
         frequency: ``"raw"`` (f_c = N_c / N, default) or ``"max_normalized"`` (variant).
     """
 
@@ -158,6 +159,10 @@ class CCAR(PerSampleLoss):
         if soft and not getattr(self.base, "supports_soft_targets", True):
             raise ValueError(f"the CCAR base {type(self.base).__name__} needs class-index targets")
         return soft
+
+    def sample_weights(self, targets, soft_targets):
+        base_weights = getattr(self.base, "sample_weights", None)
+        return base_weights(targets, soft_targets) if base_weights else None
 
     def _base_per_sample(self, logits, targets, soft_targets):
         if isinstance(self.base, PerSampleLoss):

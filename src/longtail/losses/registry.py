@@ -52,14 +52,16 @@ def _ldam(class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, reduc
     return LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction)
 
 
+# DRW defaults to LDAM-DRW's normalisation: its code calls F.cross_entropy(weight=w), a weighted mean.
 def _ldam_drw(
-    class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, switch_epoch=160, beta=0.9999, reduction="mean"
+    class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, switch_epoch=160, beta=0.9999,
+    reduction="weighted_mean",
 ):
     loss = LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction)
     return DeferredReweighting(loss, class_counts, switch_epoch=switch_epoch, beta=beta)
 
 
-def _ce_drw(class_counts, switch_epoch=160, beta=0.9999, reduction="mean"):
+def _ce_drw(class_counts, switch_epoch=160, beta=0.9999, reduction="weighted_mean"):
     return DeferredReweighting(CrossEntropy(class_counts, reduction=reduction), class_counts, switch_epoch, beta=beta)
 
 

@@ -61,6 +61,9 @@ class DeferredReweighting(PerSampleLoss):
     def compute(self, logits, targets, soft_targets):
         return self.loss.compute(logits, targets, soft_targets)
 
+    def sample_weights(self, targets, soft_targets):
+        return self.loss.sample_weights(targets, soft_targets)
+
     def extra_repr(self) -> str:
         return (
             f"switch_epoch={self.switch_epoch}, weighting={self.weighting!r}, beta={self.beta:g}, "
