@@ -59,6 +59,8 @@ def test_train_writes_a_self_describing_run_and_eval_reproduces_it(tiny_idx_root
     (["model.name=resnet9000"], "resnet9000"),
     (["data.name=imagenet-lt", "data.imbalance_factor=null", "data.root=/nonexistent"], "/nonexistent"),
     (["regularizer.name=car", "regularizer.alpha=-1"], "alpha"),
+    (["train.select_on=balanced_accuracy"], "data.validation_per_class"),
+    (["train.select_on=test_accuracy", "data.validation_per_class=2"], "worst_class_accuracy"),
 ])
 def test_bad_config_exits_2_before_any_work(tiny_idx_root, tmp_path, capsys, arguments, message):
     output = tmp_path / "runs"

@@ -16,8 +16,10 @@ from longtail.cli import main
 from longtail.engine.checkpoint import load_checkpoint
 
 EPOCHS = 30
-# CAR + CCAR (EMA state, power-iteration vectors) and mixing (per-batch randomness) make resumption non-trivial.
-METHOD = ["--method", "car_ccar_bs", "data.mixing=cutmix", "data.mixing_prob=0.5", "train.eval_train=false"]
+# CAR + CCAR (EMA state, power-iteration vectors), mixing (per-batch randomness) and selection on a
+# validation split (best epoch and its weights) make resumption non-trivial.
+METHOD = ["--method", "car_ccar_bs", "data.mixing=cutmix", "data.mixing_prob=0.5", "train.eval_train=false",
+          "data.validation_per_class=2", "train.select_on=balanced_accuracy"]
 
 
 def start(tiny_idx_root: Path, output: Path) -> subprocess.Popen:
@@ -50,6 +52,7 @@ def resume_and_compare(run: Path, reference: dict) -> None:
     assert main(["train", "--resume", str(run)]) == 0
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["test"] == reference["test"]
+    assert resumed["selected"] == reference["selected"]
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
 

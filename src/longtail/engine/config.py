@@ -98,6 +98,11 @@ class ComponentConfig:
     options: dict = field(default_factory=dict)
 
 
+# Validation metrics train.select_on can maximise (keys of LongTailMetrics.compute()).
+SELECTABLE_METRICS = ("accuracy", "balanced_accuracy", "worst_class_accuracy", "worst_10pct_accuracy",
+                      "harmonic_mean_recall")
+
+
 @dataclass
 class TrainConfig:
     seed: int = _help("seed of initialisation, data order and augmentation", 0)
@@ -106,6 +111,10 @@ class TrainConfig:
     eval_every: int = _help("evaluate on the test split every N epochs (0 = final only)", 0)
     checkpoint_every: int = _help("write the resumable checkpoint every N epochs", 1)
     eval_train: bool = _help("also evaluate the training set (eval transforms) at the end", True)
+    select_on: str = _help(
+        "which weights the final metrics come from: 'final' (the last epoch), or a validation metric to "
+        f"maximise ({', '.join(SELECTABLE_METRICS)}); the validation split (data.validation_per_class > 0) "
+        "is then evaluated after every epoch and the best epoch's weights are kept. Never the test set", "final")
     output_dir: str = _help("where run directories are created", "runs")
     run_name: Optional[str] = _help("run directory name (default: recipe + time)", None)
     progress: bool = _help("show a progress bar", True)
@@ -410,6 +419,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
     if not 0 <= config.data.mixing_prob <= 1:
         raise ConfigError(f"data.mixing_prob must be in [0, 1], got {config.data.mixing_prob}")
+    select_on = config.train.select_on
+    if select_on != "final":
+        if select_on not in SELECTABLE_METRICS:
+            raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
+                              f"{', '.join(SELECTABLE_METRICS)}")
+        if not config.data.validation_per_class:
+            raise ConfigError(f"train.select_on={select_on} selects on the validation split, and there is none; "
+                              f"set data.validation_per_class (e.g. 20) to hold out training images for it")
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")

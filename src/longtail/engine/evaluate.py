@@ -34,7 +34,8 @@ def evaluate_loader(model, loader, class_counts, device: torch.device, precision
 
 
 def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
-    """Re-evaluate the model of a run directory (its last checkpoint) or of a checkpoint file."""
+    """Re-evaluate the model of a run directory (its last checkpoint) or of a checkpoint file: the
+    weights its metrics.json reports (the last epoch's, or the validation-selected epoch's)."""
     from longtail.engine.checkpoint import class_counts_hash, load_checkpoint, CheckpointError
     from longtail.engine.components import build_model
     from longtail.engine.config import config_from_dict
@@ -54,6 +55,7 @@ def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto")
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
     model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
-    model.load_state_dict(state["model"])
+    # A run selecting on validation (train.select_on) reports its best epoch's weights; so does this.
+    model.load_state_dict(state.get("best_model") or state["model"])
     return evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
                            config.train.precision).compute(spectral_norm=split == "test")

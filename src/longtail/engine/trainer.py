@@ -50,6 +50,7 @@ class TrainState:
     batch: int = 0          # next batch index inside ``epoch``
     global_step: int = 0
     history: list = field(default_factory=list)
+    best: Optional[dict] = None  # train.select_on: {"epoch", "metric", "value"} of the best epoch so far
 
 
 class _StopFlag:
@@ -124,6 +125,7 @@ class Trainer:
         self.run_dir = self._prepare_run_dir(resume_dir)
         self.writer = None
         self.confusions = {}
+        self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
 
     # ------------------------------------------------------------------ run directory / state
 
@@ -159,6 +161,8 @@ class Trainer:
             "global_step": self.state.global_step,
             "history": self.state.history,
             "model": unwrap(self.model).state_dict(),
+            "best": self.state.best,
+            "best_model": self.best_weights,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "loss": self.loss_fn.state_dict(),
@@ -189,7 +193,9 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]))
+        self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]),
+                                state.get("best"))
+        self.best_weights = state.get("best_model")
 
     # ------------------------------------------------------------------ training
 
@@ -313,6 +319,9 @@ class Trainer:
                     eval_every = self.config.train.eval_every
                     if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
                         record["test"] = self._summary(self.evaluate("test"))
+                    if self.config.train.select_on != "final":
+                        record["val"] = self._summary(self.evaluate("val"))
+                        self._keep_if_best(epoch, record["val"])
                     self.state.history.append(record)
                     self.state.epoch += 1
                     self.state.batch = 0
@@ -336,12 +345,25 @@ class Trainer:
         self.confusions[split] = metrics.confusion.cpu().numpy()
         return metrics.compute(spectral_norm=spectral_norm)
 
+    def _keep_if_best(self, epoch: int, validation: dict) -> None:
+        """Remember this epoch's weights if its validation metric beats every earlier epoch (the first
+        of equal values wins). Every rank sees the same all-reduced value, so all decide alike."""
+        metric = self.config.train.select_on
+        value = validation[metric]
+        if self.state.best is None or value > self.state.best["value"]:
+            self.state.best = {"epoch": epoch, "metric": f"val/{metric}", "value": value}
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in unwrap(self.model).state_dict().items()}
+
     @staticmethod
     def _summary(result: dict) -> dict:
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
 
     def finish(self) -> dict:
         results = {"label": self.label, "epochs": self.config.optim.epochs}
+        if self.state.best is not None:
+            # Report the epoch chosen on the validation split; the checkpoint keeps the last weights.
+            unwrap(self.model).load_state_dict(self.best_weights)
+            results["selected"] = dict(self.state.best)
         for split in self.data.eval_loaders:
             if split == "train" and not self.config.train.eval_train:
                 continue
@@ -379,9 +401,10 @@ class Trainer:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key != "epoch" and math.isfinite(value):
                     self.writer.add_scalar(f"train/{key}", value, record["epoch"])
-            for key, value in record.get("test", {}).items():
-                if isinstance(value, (int, float)) and value is not None:
-                    self.writer.add_scalar(f"test/{key}", value, record["epoch"])
+            for split in ("test", "val"):
+                for key, value in record.get(split, {}).items():
+                    if isinstance(value, (int, float)):
+                        self.writer.add_scalar(f"{split}/{key}", value, record["epoch"])
             self.writer.flush()
 
     def close(self) -> None:

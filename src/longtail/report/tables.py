@@ -34,6 +34,10 @@ def results_table(results: dict) -> str:
             rows.append([split] + [format_percent(results[split].get(key)) for key, _ in SUMMARY_COLUMNS])
     table = markdown_table(header, rows)
     extra = []
+    selected = results.get("selected")
+    if selected:
+        extra.append(f"weights of epoch {selected['epoch'] + 1} of {results.get('epochs')}, chosen on "
+                     f"{selected['metric']} = {100 * selected['value']:.2f}%")
     test = results.get("test") or {}
     if test.get("confusion_spectral_norm") is not None:
         extra.append(f"weighted hard-confusion spectral norm (test): {test['confusion_spectral_norm']:.4f}")
