@@ -143,15 +143,18 @@ def test_fine_tune_from_real_pretrained_weights(tiny_idx_root, tmp_path, capsys)
     assert "missing.pth" in capsys.readouterr().err
 
 
-def test_train_on_an_image_folder_of_real_files(tmp_path, capsys):
-    """The file-dataset path: PNG files on disk, torchvision-v2 transforms, DataLoader, imagefolder dataset."""
+@pytest.mark.parametrize("with_val", [False, True])
+def test_train_on_an_image_folder_of_real_files(tmp_path, capsys, with_val):
+    """The file-dataset path: PNG files on disk, torchvision-v2 transforms, DataLoader, imagefolder dataset;
+    its own val/ folder, when there is one, serves train.select_on."""
     from PIL import Image
 
     from longtail.data import load_builtin
 
     data = load_builtin("test")
     root = tmp_path / "images"
-    for split, per_class in (("train", [12, 8, 6, 4, 3]), ("test", [4] * 5)):
+    splits = (("train", [12, 8, 6, 4, 3]), ("test", [4] * 5)) + ((("val", [2] * 5),) if with_val else ())
+    for split, per_class in splits:
         for label, count in enumerate(per_class):
             folder = root / split / f"c{label}"
             folder.mkdir(parents=True)
@@ -161,7 +164,8 @@ def test_train_on_an_image_folder_of_real_files(tmp_path, capsys):
     output = tmp_path / "runs"
     code = main(["train", "data.name=imagefolder", f"data.root={root}", "data.imbalance_factor=null",
                  "data.image_size=32", "data.workers=0", "data.batch_size=8", "optim.epochs=1", "optim.lr=0.01",
-                 "optim.warmup_epochs=0", f"train.output_dir={output}", "train.progress=false", "train.threads=1"])
+                 "optim.warmup_epochs=0", f"train.output_dir={output}", "train.progress=false", "train.threads=1",
+                 f"train.select_on={'accuracy' if with_val else 'final'}"])
     assert code == 0, capsys.readouterr().err
     run = only_run_dir(output)
     counts = json.loads((run / "class_counts.json").read_text())
@@ -169,3 +173,7 @@ def test_train_on_an_image_folder_of_real_files(tmp_path, capsys):
     assert counts["classes"] == [f"c{label}" for label in range(5)]  # classes = sorted folder names
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["num_samples"] == 20 and metrics["train"]["num_samples"] == 33
+    if with_val:
+        assert metrics["val"]["num_samples"] == 10 and metrics["selected"]["metric"] == "val/accuracy"
+    else:
+        assert "val" not in metrics and "selected" not in metrics

@@ -51,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="which split to evaluate (default: test)")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
+    posthoc = commands.add_parser(
+        "posthoc", help="post-hoc classifier of a trained run: tau-norm, logit adjustment or NCM (no training)",
+        description="Choose tau on the run's validation split (data.validation_per_class), then evaluate the test "
+                    "split once with it. tau_norm: classifier rows w_j / ||w_j|| ** tau, bias dropped (Kang et al.); "
+                    "logit_adjust: logits - tau log pi (Menon et al.); ncm: nearest class mean of the training "
+                    "features, cosine (Kang et al.), no tau. Writes RUN_DIR/posthoc_<method>.json.")
+    posthoc.add_argument("target", metavar="RUN_DIR")
+    posthoc.add_argument("--method", required=True, choices=("tau_norm", "logit_adjust", "ncm"))
+    posthoc.add_argument("--taus", default=None,
+                         help="comma-separated candidates (default 0,0.1,...,2); one value applies it without choosing")
+    posthoc.add_argument("--select-on", default="balanced_accuracy",
+                         help="validation metric to maximise (default balanced_accuracy)")
+    posthoc.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
     recipes = commands.add_parser("recipes", help="list the shipped recipes and method presets")
     recipes.add_argument("--show", metavar="RECIPE", help="print the resolved config of one recipe")
 
@@ -87,7 +101,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"train": cmd_train, "eval": cmd_eval, "recipes": cmd_recipes, "compare": cmd_compare,
+    handler = {"train": cmd_train, "eval": cmd_eval, "posthoc": cmd_posthoc, "recipes": cmd_recipes,
+               "compare": cmd_compare,
                "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
     try:
         code = handler(args) or 0
@@ -167,6 +182,39 @@ def cmd_eval(args) -> int:
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     print(results_table({args.split: results}))
+    return 0
+
+
+def cmd_posthoc(args) -> int:
+    from longtail.engine.checkpoint import CheckpointError, atomic_write_json
+    from longtail.engine.config import SELECTABLE_METRICS
+    from longtail.engine.posthoc import DEFAULT_TAUS, run_posthoc
+    from longtail.report.tables import format_percent, results_table
+
+    if args.select_on not in SELECTABLE_METRICS:
+        raise UsageError(f"--select-on {args.select_on!r} is not valid; choose one of: {', '.join(SELECTABLE_METRICS)}")
+    taus = DEFAULT_TAUS
+    if args.taus is not None:
+        try:
+            taus = [float(t) for t in args.taus.split(",")]
+        except ValueError:
+            raise UsageError(f"--taus must be comma-separated numbers like 0,0.5,1, got {args.taus!r}") from None
+    run_dir = Path(args.target)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a run directory (runs/<run>, holding checkpoints/last.pt)")
+    try:
+        result = run_posthoc(run_dir, args.method, taus, args.select_on, args.device)
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    for entry in result["sweep"]:
+        print(f"tau {entry['tau']:g}: val {args.select_on} {format_percent(entry['val'][args.select_on])}")
+    if result["tau"] is not None:
+        chosen = "chosen on the validation split" if result["sweep"] else "given"
+        print(f"tau = {result['tau']:g} ({chosen})")
+    print(results_table({"test": result["test"]}))
+    output = run_dir / f"posthoc_{args.method}.json"
+    atomic_write_json(output, result)
+    print(f"written: {output}")
     return 0
 
 

@@ -275,6 +275,11 @@ def available_datasets() -> list[str]:
     return sorted(_DATASETS)
 
 
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The splits ``name`` has (``build_dataset(name, split)``)."""
+    return tuple(_entry(name).splits)
+
+
 def dataset_options(name: str) -> dict[str, Any]:
     """The options ``name`` accepts, with their defaults."""
     return dict(_entry(name).options)

@@ -12,6 +12,7 @@ from torch import nn
 from longtail.engine.config import ConfigError, RunConfig
 from longtail.losses import build_loss
 from longtail.models import create_model
+from longtail.models.heads import LWSHead
 from longtail.regularizers import CAR
 
 REGULARIZERS = ("none", "car")
@@ -21,10 +22,67 @@ def build_model(config: RunConfig, num_classes: int, in_channels: int, device: t
     spec = config.model
     model = create_model(spec.name, num_classes, in_channels=in_channels, head=spec.head,
                          head_scale=spec.head_scale, pretrained=spec.pretrained, **spec.options)
+    if spec.decoupled != "none":
+        freeze_backbone(model)
+        if spec.decoupled == "lws":
+            model.head = LWSHead(model.head)  # freezes the classifier; only its per-class scales train
     model = model.to(device)
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Stage 2 of decoupled training: every part of the model but ``model.head`` stops learning,
+    batch-norm statistics included (see :func:`keep_frozen_parts_in_eval`)."""
+    for name, child in model.named_children():
+        if name != "head":
+            child.requires_grad_(False)
+
+
+def keep_frozen_parts_in_eval(model: nn.Module) -> None:
+    """After ``model.train()``: put the frozen backbone back in eval mode, so its batch-norm running
+    statistics stay those of stage 1 (the representation is fixed; only the classifier moves)."""
+    for name, child in model.named_children():
+        if name != "head" and not any(p.requires_grad for p in child.parameters()):
+            child.eval()
+
+
+def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool = True) -> str:
+    """Load the weights a finished run reports (its validation-selected ones if it selected) into
+    ``model``: the backbone, and the classifier unless ``load_head`` is False (cRT starts from a
+    fresh one). With an LWS head the classifier weights go under the scales. Returns a line for the log."""
+    from pathlib import Path
+
+    from longtail.engine.checkpoint import CheckpointError, class_counts_hash, load_checkpoint
+
+    path = Path(source)
+    path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if not path.exists():
+        raise FileNotFoundError(f"model.init_from={source}: no checkpoint at {path}; give a run directory "
+                                f"(runs/<run>) or a checkpoint file")
+    state = load_checkpoint(path)
+    if state.get("class_counts_hash") != class_counts_hash(class_counts):
+        raise CheckpointError(f"model.init_from={source} was trained on different class counts than this run's "
+                              f"data; stage 2 must use the same dataset and split")
+    weights = state.get("best_model") or state["model"]
+    target = model.head.base_head if isinstance(model.head, LWSHead) else model.head
+    head_prefix = "head."
+    body = {k: v for k, v in weights.items() if not k.startswith(head_prefix)}
+    head = {k[len(head_prefix):]: v for k, v in weights.items() if k.startswith(head_prefix)}
+    try:
+        missing, unexpected = model.load_state_dict(body, strict=False)
+        if load_head:
+            target.load_state_dict(head)
+    except RuntimeError as error:
+        raise CheckpointError(f"model.init_from={source}: its weights do not fit this model ({error}); use the "
+                              f"stage-1 run's model.name / options / head") from None
+    missing = [k for k in missing if not k.startswith(head_prefix)]
+    if missing or unexpected:
+        raise CheckpointError(f"model.init_from={source}: its weights do not fit this model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}); use the stage-1 run's model.name / options")
+    epoch = state["best"]["epoch"] + 1 if state.get("best") else state["epoch"]
+    return f"initialised from {path} (epoch {epoch})"
 
 
 def build_loss_fn(config: RunConfig, class_counts, device: torch.device) -> nn.Module:

@@ -67,6 +67,12 @@ class ModelConfig:
     head: str = _help("classifier head: linear | cosine", "linear")
     head_scale: float = _help("scale s of the cosine head", 30.0)
     pretrained: Optional[str] = _help("local weights file to fine-tune from", None)
+    init_from: Optional[str] = _help(
+        "run directory (or checkpoint) of a finished run on the same data whose weights start this one: "
+        "stage 2 of decoupled training", None)
+    decoupled: str = _help(
+        "none | crt (freeze the backbone, re-initialise and retrain the classifier) | lws (freeze backbone "
+        "and classifier, learn a per-class scale); both need model.init_from (Kang et al. 2020)", "none")
     channels_last: bool = _help("use channels_last memory format", True)
     compile: bool = _help("torch.compile the model", False)
     options: dict = _help("model-specific keyword options, e.g. {width: 16} for small_cnn", None, dict)
@@ -113,8 +119,9 @@ class TrainConfig:
     eval_train: bool = _help("also evaluate the training set (eval transforms) at the end", True)
     select_on: str = _help(
         "which weights the final metrics come from: 'final' (the last epoch), or a validation metric to "
-        f"maximise ({', '.join(SELECTABLE_METRICS)}); the validation split (data.validation_per_class > 0) "
-        "is then evaluated after every epoch and the best epoch's weights are kept. Never the test set", "final")
+        f"maximise ({', '.join(SELECTABLE_METRICS)}); the validation split (data.validation_per_class > 0, "
+        "or a file dataset's own val split) is then evaluated after every epoch and the best epoch's weights "
+        "are kept. Never the test set", "final")
     output_dir: str = _help("where run directories are created", "runs")
     run_name: Optional[str] = _help("run directory name (default: recipe + time)", None)
     progress: bool = _help("show a progress bar", True)
@@ -390,6 +397,7 @@ _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.mixing": ("none", "mixup", "cutmix"),
     "model.head": ("linear", "cosine"),
+    "model.decoupled": ("none", "crt", "lws"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("multistep", "cosine", "constant"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -424,9 +432,6 @@ def validate(config: RunConfig) -> None:
         if select_on not in SELECTABLE_METRICS:
             raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
                               f"{', '.join(SELECTABLE_METRICS)}")
-        if not config.data.validation_per_class:
-            raise ConfigError(f"train.select_on={select_on} selects on the validation split, and there is none; "
-                              f"set data.validation_per_class (e.g. 20) to hold out training images for it")
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")

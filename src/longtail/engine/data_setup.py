@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from longtail.data import InMemoryImages, build_dataset, dataset_options
+from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
 from longtail.data.loader import InMemoryLoader
 from longtail.data.mixing import build_mixer
 from longtail.data.samplers import build_sampler, derive_seed
@@ -121,6 +121,10 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     train_loader, eval_loaders, in_channels = build_loaders(
         config, train_set, test_set, sampler, batch, device, context, validation_positions,
         None if validation_positions is None else train_positions)
+    if config.train.select_on != "final" and "val" not in eval_loaders:
+        raise ConfigError(f"train.select_on={config.train.select_on} selects on the validation split, and "
+                          f"'{spec.name}' has none here; set data.validation_per_class (e.g. 20) to hold out "
+                          f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
                       in_channels, split_info, mix=_mixing(config, num_classes))
 
@@ -206,10 +210,28 @@ def _from_files(config, train_set, test_set, sampler, batch, device, context, va
                            spec.workers, False)
 
     eval_loaders = {"test": evaluation(test_set)}
+    validation_set = _file_validation_set(config)
+    if validation_set is not None:
+        eval_loaders["val"] = evaluation(validation_set)
     if config.train.eval_train:
         train_eval = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=False))
         eval_loaders["train"] = evaluation(train_eval)
     return train_loader, eval_loaders, 3  # file images are decoded as RGB
+
+
+def _file_validation_set(config: RunConfig):
+    """The dataset's own validation split (ImageNet-LT / Places-LT lists, an image folder's val/), or
+    None when it has none. Optional unless train.select_on needs it: a missing one is then an error."""
+    spec = config.data
+    if "val" not in dataset_splits(spec.name):
+        return None
+    try:
+        return build_dataset(spec.name, "val", root=spec.root, **_file_options(config, spec.name, train=False),
+                             **_dataset_kwargs(config))
+    except FileNotFoundError:
+        if config.train.select_on != "final":
+            raise
+        return None
 
 
 def _mixing(config: RunConfig, num_classes: int) -> Callable:

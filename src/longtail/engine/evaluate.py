@@ -33,9 +33,10 @@ def evaluate_loader(model, loader, class_counts, device: torch.device, precision
     return metrics
 
 
-def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
-    """Re-evaluate the model of a run directory (its last checkpoint) or of a checkpoint file: the
-    weights its metrics.json reports (the last epoch's, or the validation-selected epoch's)."""
+def load_trained(target: Path, device: str = "auto", with_train_split: bool = False):
+    """(model, data, config, device) of a run directory (its last checkpoint) or a checkpoint file,
+    with the weights its metrics.json reports: the last epoch's, or the validation-selected epoch's.
+    ``with_train_split``: also an evaluation loader over the training set (eval transforms)."""
     from longtail.engine.checkpoint import class_counts_hash, load_checkpoint, CheckpointError
     from longtail.engine.components import build_model
     from longtail.engine.config import config_from_dict
@@ -47,15 +48,21 @@ def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto")
     path = target / "checkpoints" / CHECKPOINT_NAME if target.is_dir() else target
     state = load_checkpoint(path)
     config = config_from_dict(state["config"])
-    config.train.eval_train = split == "train"
+    config.train.eval_train = with_train_split
     torch_device = select_device(device)
     data = build_data(config, torch_device, DistributedContext())
     if class_counts_hash(data.class_counts) != state["class_counts_hash"]:
         raise CheckpointError(f"{path}: the dataset now gives different class counts than the run was trained on")
+    model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
+    model.load_state_dict(state.get("best_model") or state["model"])
+    model.eval()
+    return model, data, config, torch_device
+
+
+def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
+    """Re-evaluate the model of a run directory or checkpoint file (see :func:`load_trained`)."""
+    model, data, config, torch_device = load_trained(target, device, with_train_split=split == "train")
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
-    model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
-    # A run selecting on validation (train.select_on) reports its best epoch's weights; so does this.
-    model.load_state_dict(state.get("best_model") or state["model"])
     return evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
                            config.train.precision).compute(spectral_norm=split == "test")

@@ -25,8 +25,9 @@ import torch.distributed as dist
 from torch import nn
 
 from longtail.engine import checkpoint as ckpt
-from longtail.engine.components import build_loss_fn, build_model, build_regularizer, build_optimizer
-from longtail.engine.config import RunConfig, config_from_dict, dump_yaml
+from longtail.engine.components import (build_loss_fn, build_model, build_optimizer, build_regularizer,
+                                        init_from_run, keep_frozen_parts_in_eval)
+from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dump_yaml
 from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.runinfo import create_run_dir, environment_info
@@ -98,6 +99,10 @@ class Trainer:
     def __init__(self, config: RunConfig, label: str, resume_dir: Optional[Path] = None):
         self.config = config
         self.label = label
+        if config.model.decoupled != "none" and not config.model.init_from:
+            # Checked here, not in the config: `--print-config` / `recipes --show` of crt / lws must work.
+            raise ConfigError(f"model.decoupled={config.model.decoupled} re-trains the classifier of a trained "
+                              f"model; set model.init_from=RUN_DIR (a finished run on the same data)")
         self.context, self.device = init_distributed(config.train.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
@@ -111,6 +116,11 @@ class Trainer:
         report = getattr(self.model, "pretrained_report", None)
         if report is not None and self.context.is_main:
             print(f"pretrained weights: {report}", flush=True)
+        if config.model.init_from and resume_dir is None:  # a resumed run has its own weights
+            report = init_from_run(self.model, config.model.init_from, self.class_counts,
+                                   load_head=config.model.decoupled != "crt")
+            if self.context.is_main:
+                print(report, flush=True)
         self.train_model = self.model
         if self.context.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
@@ -244,6 +254,8 @@ class Trainer:
             self.loss_fn.set_epoch(epoch)
         loader.set_epoch(epoch, start_batch=self.state.batch)
         self.train_model.train()
+        if config.model.decoupled != "none":
+            keep_frozen_parts_in_eval(self.model)
         accumulation = config.optim.grad_accumulation
         # Summed on the device and read once per epoch: a per-step .item() would stall a GPU.
         totals = {name: torch.zeros((), dtype=torch.float64, device=self.device)

@@ -1,0 +1,101 @@
+"""`longtail posthoc`: tau-norm, post-hoc logit adjustment and NCM on a trained run, tau chosen on
+validation; every reported test accuracy recomputed here with numpy from the model's features."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_run_overrides
+from longtail.cli import main
+from longtail.engine.evaluate import evaluate_checkpoint, load_trained
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_idx_root, tmp_path_factory):
+    output = tmp_path_factory.mktemp("posthoc")
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=3), "data.validation_per_class=2",
+                 "train.run_name=run"]) == 0
+    return output / "run"
+
+
+@pytest.fixture(scope="module")
+def features(trained):
+    """float64 numpy features and labels of every split, and the classifier weights."""
+    model, data, _, _ = load_trained(trained, "cpu", with_train_split=True)
+    out = {}
+    with torch.no_grad():
+        for split, loader in data.eval_loaders.items():
+            pairs = [(model.features(images), labels) for images, labels in loader]
+            out[split] = (torch.cat([f for f, _ in pairs]).double().numpy(), torch.cat([y for _, y in pairs]).numpy())
+    out["weight"] = model.head.weight.detach().double().numpy()
+    out["bias"] = model.head.bias.detach().double().numpy()
+    out["counts"] = np.asarray(data.class_counts, dtype=np.float64)
+    return out
+
+
+def run(trained, method, *extra) -> dict:
+    assert main(["posthoc", str(trained), "--method", method, *extra]) == 0
+    return json.loads((trained / f"posthoc_{method}.json").read_text())
+
+
+def accuracy(logits, labels) -> float:
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+def check_choice(result, taus):
+    curve = [entry["val"]["balanced_accuracy"] for entry in result["sweep"]]
+    assert [entry["tau"] for entry in result["sweep"]] == taus
+    assert result["tau"] == taus[curve.index(max(curve))]
+
+
+def test_logit_adjustment(trained, features):
+    taus = [0.0, 0.5, 1.0, 2.0]
+    result = run(trained, "logit_adjust", "--taus", ",".join(map(str, taus)))
+    check_choice(result, taus)
+    # tau = 0 is the model itself: the plain evaluation of the validation split.
+    plain = evaluate_checkpoint(trained, "val", "cpu")
+    assert result["sweep"][0]["val"]["balanced_accuracy"] == pytest.approx(plain["balanced_accuracy"], abs=1e-12)
+    x, y = features["test"]
+    log_prior = np.log(features["counts"] / features["counts"].sum())
+    logits = x @ features["weight"].T + features["bias"] - result["tau"] * log_prior
+    assert result["test"]["accuracy"] == pytest.approx(accuracy(logits, y), abs=1e-12)
+
+
+def test_tau_normalisation(trained, features):
+    taus = [0.0, 0.5, 1.0, 1.5]
+    result = run(trained, "tau_norm", "--taus", ",".join(map(str, taus)))
+    check_choice(result, taus)
+    w = features["weight"]
+    for entry in result["sweep"]:  # rows w_j / ||w_j|| ** tau, no bias
+        x, y = features["val"]
+        logits = x @ (w / np.linalg.norm(w, axis=1, keepdims=True) ** entry["tau"]).T
+        assert entry["val"]["accuracy"] == pytest.approx(accuracy(logits, y), abs=1e-12)
+    x, y = features["test"]
+    logits = x @ (w / np.linalg.norm(w, axis=1, keepdims=True) ** result["tau"]).T
+    assert result["test"]["accuracy"] == pytest.approx(accuracy(logits, y), abs=1e-12)
+
+
+def test_nearest_class_mean(trained, features):
+    result = run(trained, "ncm")
+    assert result["tau"] is None and result["sweep"] == []
+    x_train, y_train = features["train"]
+    means = np.stack([x_train[y_train == j].mean(axis=0) for j in range(len(features["counts"]))])
+    x, y = features["test"]
+    cosine = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
+    assert result["test"]["accuracy"] == pytest.approx(accuracy(cosine, y), abs=1e-12)
+
+
+def test_choosing_tau_needs_a_validation_split(tiny_idx_root, tmp_path, capsys):
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, tmp_path, epochs=1), "train.run_name=run",
+                 "model.head=cosine"]) == 0
+    capsys.readouterr()
+    assert main(["posthoc", str(tmp_path / "run"), "--method", "logit_adjust"]) == 2
+    assert "data.validation_per_class" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "posthoc_logit_adjust.json").exists()
+    assert main(["posthoc", str(tmp_path / "run"), "--method", "logit_adjust", "--taus", "1"]) == 0  # no choice
+    assert main(["posthoc", str(tmp_path / "run"), "--method", "tau_norm", "--taus", "1"]) == 2
+    assert "CosineHead" in capsys.readouterr().err
