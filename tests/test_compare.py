@@ -73,3 +73,35 @@ def test_method_specs_carry_their_own_overrides(tiny_idx_root, tmp_path):
     car = by_name["car_regularizer.alpha-1.0_regularizer.beta-0.9-if20-seed3"].config
     assert car.regularizer.options == {"alpha": 1.0, "beta": 0.9} and car.data.imbalance_factor == 20
     assert car.train.seed == 3
+
+
+def test_stage2_methods_start_from_their_stage1_cell(tiny_idx_root, tmp_path, capsys):
+    from longtail.engine.checkpoint import load_checkpoint
+
+    output = tmp_path / "cmp"
+    # crt before ce in the list: the stage-1 cells still run first; lws names its source explicitly.
+    arguments = ["compare", "--methods", "crt,ce,bs,lws:model.init_from=^bs", "--seeds", "1", "--output",
+                 str(output), *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"]
+    assert main([*arguments, "--jobs", "2"]) == 0
+    cells = output / "cells"
+    for seed in (1,):
+        for stage2, source in (("crt", "ce"), ("lws_model.init_from-_bs", "bs")):
+            run = cells / f"{stage2}-seed{seed}"
+            config = json.loads(json.dumps(load_checkpoint(run / "checkpoints" / "last.pt")["config"]))
+            assert config["model"]["init_from"] == str(cells / f"{source}-seed{seed}")
+            before = load_checkpoint(cells / f"{source}-seed{seed}" / "checkpoints" / "last.pt")["model"]
+            after = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+            assert all(torch_equal(before[k], after[k]) for k in before if not k.startswith("head."))
+    rows = [row["method"] for row in json.loads((output / "comparison.json").read_text())["rows"]]
+    assert rows == ["crt", "ce", "bs", "lws:model.init_from=^bs"]
+    capsys.readouterr()
+    assert main(["compare", "--methods", "ce,crt:model.init_from=^la", *arguments[3:]]) == 2
+    assert "names no other method" in capsys.readouterr().err
+    assert main(["compare", "--methods", "crt", *arguments[3:]]) == 2
+    assert "add one to --methods" in capsys.readouterr().err
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_arguments(compare)
     compare.add_argument("--methods", required=True,
                          help="comma-separated method presets, e.g. ce,la,bs,ccar_bs; a preset may carry its own "
-                              "overrides after colons: ccar_ce:loss.omega=0.5 or car:regularizer.alpha=1.0")
+                              "overrides after colons: ccar_ce:loss.omega=0.5 or car:regularizer.alpha=1.0. "
+                              "Stage-2 presets (crt, lws) start from the same-seed cell of the first stage-1 "
+                              "method, or of the one named by crt:model.init_from=^METHOD")
     compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     compare.add_argument("--imbalance-factors", default=None, help="comma-separated imbalance factors (optional)")
     compare.add_argument("--reference", default=None, help="method the deltas are measured against (default: first)")

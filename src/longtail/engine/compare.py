@@ -4,6 +4,10 @@ Cells live in ``OUTPUT/cells/<cell name>``; a cell with ``metrics.json`` is fini
 rerun, a cell with a checkpoint is resumed, so an interrupted comparison continues where it
 stopped. With ``--paired`` (default) seed s means the same long-tailed split, initialisation and
 data order for every method, so per-seed differences between methods are not sampling noise.
+
+Stage-2 methods (``crt``, ``lws``: ``model.decoupled``) start from the cell of a stage-1 method with
+the same seed and imbalance factor: ``crt:model.init_from=^bs`` names it, and by default it is the
+first stage-1 method of ``--methods``. Those cells run after the cells they start from.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Cell:
     imbalance_factor: Optional[float]
     config: RunConfig
     label: str
+    source: Optional["Cell"] = None  # stage 2: the cell whose trained model this one starts from
 
     @property
     def name(self) -> str:
@@ -94,7 +99,42 @@ def plan_cells(args) -> tuple[list[Cell], Path]:
         cell.config.train.output_dir = str(output / "cells")
         cell.config.train.run_name = cell.name
         cell.config.train.progress = False
+    _link_stage2_cells(cells, output)
     return cells, output
+
+
+def _link_stage2_cells(cells: list[Cell], output: Path) -> None:
+    """Point every stage-2 cell's ``model.init_from`` at its stage-1 cell (same seed and IF)."""
+    by_key = {(c.method, c.seed, c.imbalance_factor): c for c in cells}
+    stage1 = [c.method for c in cells if c.config.model.decoupled == "none"]
+    for cell in cells:
+        source = cell.config.model.init_from
+        if cell.config.model.decoupled == "none" and not (source or "").startswith("^"):
+            continue
+        if source and not source.startswith("^"):
+            continue  # an explicit run directory
+        method = source[1:] if source else (stage1[0] if stage1 else None)
+        if method is None:
+            raise ConfigError(f"{cell.method} trains on top of a stage-1 run; add one to --methods (e.g. ce,"
+                              f"{cell.method}) or give {cell.method}:model.init_from=^METHOD")
+        cell.source = by_key.get((method, cell.seed, cell.imbalance_factor))
+        if cell.source is None or cell.source is cell:
+            raise ConfigError(f"{cell.method}: model.init_from=^{method} names no other method of this comparison; "
+                              f"methods: {', '.join(dict.fromkeys(c.method for c in cells))}")
+        cell.config.model.init_from = str(output / "cells" / cell.source.name)
+    for cell in cells:
+        _stage(cell)  # refuses a cycle before anything runs
+
+
+def _stage(cell: Cell) -> int:
+    """0 for a cell trained from scratch, 1 + its source's stage otherwise."""
+    depth, seen = 0, set()
+    while cell.source is not None:
+        if cell.name in seen:
+            raise ConfigError(f"the model.init_from=^METHOD links of {cell.method} go round in a circle")
+        seen.add(cell.name)
+        cell, depth = cell.source, depth + 1
+    return depth
 
 
 def _cell_state(run_dir: Path) -> str:
@@ -148,6 +188,7 @@ def run_comparison(args) -> Path:
     print(f"{len(cells)} cells, {len(cells) - len(pending)} already finished, {len(pending)} to run", flush=True)
     devices = _split_list(args.devices, str)
     jobs = max(1, args.jobs)
+    pending.sort(key=_stage)  # stable: stage-1 cells first, in grid order
     if jobs == 1 and not devices:
         for index, cell in enumerate(pending, 1):
             print(f"[{index}/{len(pending)}] {cell.name}", flush=True)
@@ -155,12 +196,14 @@ def run_comparison(args) -> Path:
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(_run_subprocess, cell, output / "cells" / cell.name,
-                                   devices[i % len(devices)] if devices else None, threads): cell
-                       for i, cell in enumerate(pending)}
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
-                print(f"finished {futures[future].name}", flush=True)
+            for stage in sorted({_stage(c) for c in pending}):  # a stage starts when the one before is done
+                wave = [c for c in pending if _stage(c) == stage]
+                futures = {pool.submit(_run_subprocess, cell, output / "cells" / cell.name,
+                                       devices[i % len(devices)] if devices else None, threads): cell
+                           for i, cell in enumerate(wave)}
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()
+                    print(f"finished {futures[future].name}", flush=True)
     write_comparison(output, cells, args.reference or cells[0].method)
     return output
 
