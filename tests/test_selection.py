@@ -11,7 +11,7 @@ from longtail.cli import main
 from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.config import build_config
 from longtail.engine.evaluate import evaluate_checkpoint
-from longtail.engine.trainer import Trainer
+from longtail.engine.trainer import Trainer, config_of_run
 
 SELECTION = ["data.validation_per_class=2", "train.select_on=balanced_accuracy", "train.eval_train=false"]
 
@@ -33,6 +33,14 @@ def test_the_best_validation_epoch_is_reported_and_eval_reproduces_it(tiny_idx_r
     assert evaluate_checkpoint(run, "test", "cpu")["accuracy"] == metrics["test"]["accuracy"]
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
     assert checkpoint["best"] == metrics["selected"]
+    # Resuming the finished run restores the chosen weights from the checkpoint and reports them again.
+    config, label = config_of_run(run)
+    trainer = Trainer(config, label, resume_dir=run)
+    try:
+        resumed = trainer.fit()
+    finally:
+        trainer.close()
+    assert resumed["selected"] == metrics["selected"] and resumed["test"] == metrics["test"]
 
 
 def test_keeps_the_weights_of_the_first_best_epoch(tiny_idx_root, tmp_path):

@@ -132,10 +132,10 @@ class Trainer:
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         self.state = TrainState()
-        self.run_dir = self._prepare_run_dir(resume_dir)
+        self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
+        self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
         self.writer = None
         self.confusions = {}
-        self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
 
     # ------------------------------------------------------------------ run directory / state
 
