@@ -1,4 +1,5 @@
-"""`longtail train` under torchrun: 2 CPU processes (gloo) complete one run with one set of outputs."""
+"""`longtail train` under torchrun: 2 CPU processes (gloo) complete one run with one set of outputs,
+selecting the epoch on a validation split evaluated across both."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def test_torchrun_two_cpu_processes(tiny_idx_root, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nnodes=1", "--nproc_per_node=2",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "longtail", "train",
-               "--method", "car_bs", "data.sampler=class_balanced",
+               "--method", "car_bs", "data.sampler=class_balanced", "data.validation_per_class=2",
+               "train.select_on=balanced_accuracy",
                *tiny_run_overrides(tiny_idx_root, output, epochs=2), "train.device=cpu"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
@@ -35,5 +37,8 @@ def test_torchrun_two_cpu_processes(tiny_idx_root, tmp_path):
     assert json.loads((run / "environment.json").read_text())["world_size"] == 2
     metrics = json.loads((run / "metrics.json").read_text())
     # Evaluation is sharded over the 2 ranks and summed back: every test image counted exactly once.
-    assert metrics["test"]["num_samples"] == 200
+    assert metrics["test"]["num_samples"] == 200 and metrics["val"]["num_samples"] == 20
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    curve = [h["val"]["balanced_accuracy"] for h in history]
+    assert metrics["selected"]["epoch"] == curve.index(max(curve))  # on the val split of both ranks together
     assert result.stdout.count("run directory:") == 1
