@@ -60,6 +60,7 @@ def test_train_writes_a_self_describing_run_and_eval_reproduces_it(tiny_idx_root
     (["data.name=imagenet-lt", "data.imbalance_factor=null", "data.root=/nonexistent"], "/nonexistent"),
     (["regularizer.name=car", "regularizer.alpha=-1"], "alpha"),
     (["train.select_on=balanced_accuracy"], "data.validation_per_class"),
+    (["data.randaugment=true", "data.autoaugment=true"], "at most one"),
     (["train.select_on=test_accuracy", "data.validation_per_class=2"], "worst_class_accuracy"),
 ])
 def test_bad_config_exits_2_before_any_work(tiny_idx_root, tmp_path, capsys, arguments, message):
@@ -145,8 +146,8 @@ def test_fine_tune_from_real_pretrained_weights(tiny_idx_root, tmp_path, capsys)
 
 @pytest.mark.parametrize("with_val", [False, True])
 def test_train_on_an_image_folder_of_real_files(tmp_path, capsys, with_val):
-    """The file-dataset path: PNG files on disk, torchvision-v2 transforms, DataLoader, imagefolder dataset;
-    its own val/ folder, when there is one, serves train.select_on."""
+    """The file-dataset path: PNG files on disk, torchvision-v2 transforms (AutoAugment in one case),
+    DataLoader, imagefolder dataset; its own val/ folder, when there is one, serves train.select_on."""
     from PIL import Image
 
     from longtail.data import load_builtin
@@ -165,7 +166,7 @@ def test_train_on_an_image_folder_of_real_files(tmp_path, capsys, with_val):
     code = main(["train", "data.name=imagefolder", f"data.root={root}", "data.imbalance_factor=null",
                  "data.image_size=32", "data.workers=0", "data.batch_size=8", "optim.epochs=1", "optim.lr=0.01",
                  "optim.warmup_epochs=0", f"train.output_dir={output}", "train.progress=false", "train.threads=1",
-                 f"train.select_on={'accuracy' if with_val else 'final'}"])
+                 f"train.select_on={'accuracy' if with_val else 'final'}", f"data.autoaugment={with_val}"])
     assert code == 0, capsys.readouterr().err
     run = only_run_dir(output)
     counts = json.loads((run / "class_counts.json").read_text())

@@ -54,6 +54,7 @@ class DataConfig:
     channels: Optional[int] = _help(
         "repeat single-channel images to this many channels (3 for ImageNet-pretrained backbones)", None)
     randaugment: bool = _help("RandAugment (file datasets)", False)
+    autoaugment: bool = _help("AutoAugment, the ImageNet or CIFAR-10 policy by image size (file datasets)", False)
     workers: int = _help("DataLoader workers (file datasets)", 2)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
@@ -432,6 +433,8 @@ def validate(config: RunConfig) -> None:
         if select_on not in SELECTABLE_METRICS:
             raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
                               f"{', '.join(SELECTABLE_METRICS)}")
+    if config.data.randaugment and config.data.autoaugment:
+        raise ConfigError("data.randaugment and data.autoaugment are alternatives; switch on at most one")
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")

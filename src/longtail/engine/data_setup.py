@@ -135,7 +135,8 @@ def _file_options(config: RunConfig, name: str, train: bool) -> dict:
     spec = config.data
     style = "cifar" if (spec.image_size or 224) <= 64 else "imagenet"
     return {"transform": build_file_transforms(style, train=train, image_size=spec.image_size,
-                                               randaugment=spec.randaugment and train, crop_padding=spec.crop_padding)}
+                                               randaugment=spec.randaugment and train,
+                                               autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding)}
 
 
 def _in_memory(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
