@@ -22,6 +22,21 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used (missing, corrupt, or from a different setup)."""
 
 
+CHECKPOINT_NAME = "last.pt"  # runs/<run>/checkpoints/last.pt: the one resumable checkpoint of a run
+
+
+def run_checkpoint(target) -> Path:
+    """The checkpoint of a run directory, or ``target`` itself when it is a checkpoint file."""
+    target = Path(target)
+    return target / "checkpoints" / CHECKPOINT_NAME if target.is_dir() else target
+
+
+def reported_weights(state: dict) -> dict:
+    """The model weights a run's metrics.json reports: the validation-selected epoch's
+    (``train.select_on``) when the run selected, else the last epoch's."""
+    return state.get("best_model") or state["model"]
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

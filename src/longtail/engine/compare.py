@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from longtail.engine.checkpoint import atomic_write_json, atomic_write_text
+from longtail.engine.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
 from longtail.engine.config import ConfigError, RunConfig, build_config, dump_yaml
 from longtail.report.tables import SUMMARY_COLUMNS, format_percent, markdown_table
 
@@ -140,7 +140,7 @@ def _stage(cell: Cell) -> int:
 def _cell_state(run_dir: Path) -> str:
     if (run_dir / "metrics.json").is_file():
         return "done"
-    if (run_dir / "checkpoints" / "last.pt").is_file():
+    if (run_dir / "checkpoints" / CHECKPOINT_NAME).is_file():
         return "resume"
     return "new"
 

@@ -52,12 +52,10 @@ def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool =
     """Load the weights a finished run reports (its validation-selected ones if it selected) into
     ``model``: the backbone, and the classifier unless ``load_head`` is False (cRT starts from a
     fresh one). With an LWS head the classifier weights go under the scales. Returns a line for the log."""
-    from pathlib import Path
+    from longtail.engine.checkpoint import (CheckpointError, class_counts_hash, load_checkpoint, reported_weights,
+                                            run_checkpoint)
 
-    from longtail.engine.checkpoint import CheckpointError, class_counts_hash, load_checkpoint
-
-    path = Path(source)
-    path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    path = run_checkpoint(source)
     if not path.exists():
         raise FileNotFoundError(f"model.init_from={source}: no checkpoint at {path}; give a run directory "
                                 f"(runs/<run>) or a checkpoint file")
@@ -65,7 +63,7 @@ def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool =
     if state.get("class_counts_hash") != class_counts_hash(class_counts):
         raise CheckpointError(f"model.init_from={source} was trained on different class counts than this run's "
                               f"data; stage 2 must use the same dataset and split")
-    weights = state.get("best_model") or state["model"]
+    weights = reported_weights(state)
     target = model.head.base_head if isinstance(model.head, LWSHead) else model.head
     head_prefix = "head."
     body = {k: v for k, v in weights.items() if not k.startswith(head_prefix)}

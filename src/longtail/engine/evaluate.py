@@ -37,15 +37,14 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     """(model, data, config, device) of a run directory (its last checkpoint) or a checkpoint file,
     with the weights its metrics.json reports: the last epoch's, or the validation-selected epoch's.
     ``with_train_split``: also an evaluation loader over the training set (eval transforms)."""
-    from longtail.engine.checkpoint import class_counts_hash, load_checkpoint, CheckpointError
+    from longtail.engine.checkpoint import (CheckpointError, class_counts_hash, load_checkpoint, reported_weights,
+                                            run_checkpoint)
     from longtail.engine.components import build_model
     from longtail.engine.config import config_from_dict
     from longtail.engine.data_setup import build_data
     from longtail.engine.distributed import DistributedContext, select_device
-    from longtail.engine.trainer import CHECKPOINT_NAME
 
-    target = Path(target)
-    path = target / "checkpoints" / CHECKPOINT_NAME if target.is_dir() else target
+    path = run_checkpoint(target)
     state = load_checkpoint(path)
     config = config_from_dict(state["config"])
     config.train.eval_train = with_train_split
@@ -54,7 +53,7 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     if class_counts_hash(data.class_counts) != state["class_counts_hash"]:
         raise CheckpointError(f"{path}: the dataset now gives different class counts than the run was trained on")
     model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
-    model.load_state_dict(state.get("best_model") or state["model"])
+    model.load_state_dict(reported_weights(state))
     model.eval()
     return model, data, config, torch_device
 

@@ -34,7 +34,6 @@ from longtail.engine.runinfo import create_run_dir, environment_info
 from longtail.engine.schedules import learning_rate
 from longtail.engine.evaluate import autocast_context, evaluate_loader
 
-CHECKPOINT_NAME = "last.pt"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,7 +141,7 @@ class Trainer:
     def _prepare_run_dir(self, resume_dir: Optional[Path]) -> Path:
         if resume_dir is not None:
             run_dir = Path(resume_dir)
-            self._load(run_dir / "checkpoints" / CHECKPOINT_NAME)
+            self._load(ckpt.run_checkpoint(run_dir))
             return run_dir
         run_dir = None
         if self.context.is_main:
@@ -185,7 +184,7 @@ class Trainer:
 
     def save(self) -> None:
         if self.context.is_main:
-            ckpt.save_checkpoint(self.run_dir / "checkpoints" / CHECKPOINT_NAME, self._checkpoint_state())
+            ckpt.save_checkpoint(ckpt.run_checkpoint(self.run_dir), self._checkpoint_state())
 
     def _load(self, path: Path) -> None:
         state = ckpt.load_checkpoint(path, map_location="cpu")
@@ -436,5 +435,5 @@ def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> t
 
 def config_of_run(run_dir: Path) -> tuple[RunConfig, str]:
     """The config and label a run directory was started with (read from its checkpoint)."""
-    state = ckpt.load_checkpoint(Path(run_dir) / "checkpoints" / CHECKPOINT_NAME)
+    state = ckpt.load_checkpoint(ckpt.run_checkpoint(run_dir))
     return config_from_dict(state["config"]), state["label"]
