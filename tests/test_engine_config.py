@@ -37,7 +37,7 @@ def test_overrides_are_typed():
     ("optim.lr=fast", "optim.lr must be of type float, got 'fast'"),
     ("optim.epochs=2.5", "optim.epochs must be of type int"),
     ("data.flip=3", "data.flip must be of type bool"),
-    ("train.precision=fp8", "train.precision='fp8' is not valid; choose one of: fp32, bf16, fp16"),
+    ("train.precision=fp8", "train.precision='fp8' is not valid; choose one of: auto, fp32, bf16, fp16"),
     ("optim.milestones=[1]", "must have the same length"),
     ("lr", "must look like section.key=value"),
 ])

@@ -114,7 +114,10 @@ SELECTABLE_METRICS = ("accuracy", "balanced_accuracy", "worst_class_accuracy", "
 class TrainConfig:
     seed: int = _help("seed of initialisation, data order and augmentation", 0)
     device: str = _help("auto | cpu | cuda | cuda:N", "auto")
-    precision: str = _help("fp32 | bf16 | fp16 (autocast)", "fp32")
+    precision: str = _help(
+        "auto | fp32 | bf16 | fp16 (autocast of the model's forward; losses, CAR and metrics stay fp32). auto: "
+        "bf16 where the hardware runs it natively (CUDA compute capability 8.0+, CPUs with avx512_bf16 or "
+        "AMX), fp32 elsewhere; environment.json and metrics.json record the choice and why", "auto")
     eval_every: int = _help("evaluate on the test split every N epochs (0 = final only)", 0)
     checkpoint_every: int = _help("write the resumable checkpoint every N epochs", 1)
     eval_train: bool = _help("also evaluate the training set (eval transforms) at the end", True)
@@ -401,7 +404,7 @@ _CHOICES = {
     "model.decoupled": ("none", "crt", "lws"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("multistep", "cosine", "constant"),
-    "train.precision": ("fp32", "bf16", "fp16"),
+    "train.precision": ("auto", "fp32", "bf16", "fp16"),
 }
 
 

@@ -6,22 +6,15 @@ from pathlib import Path
 
 import torch
 
+from longtail.engine.precision import autocast_context, resolve_precision
 from longtail.metrics import LongTailMetrics
-
-
-def autocast_context(device: torch.device, precision: str):
-    import contextlib
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.no_grad()
 def evaluate_loader(model, loader, class_counts, device: torch.device, precision: str = "fp32") -> LongTailMetrics:
     """Accumulate the model's predictions on ``loader``; summed over processes when distributed."""
     metrics = LongTailMetrics(len(class_counts), class_counts)
+    precision = resolve_precision(precision, device).chosen  # once, not per batch
     was_training = model.training
     model.eval()
     for images, labels in loader:

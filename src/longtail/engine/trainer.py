@@ -32,7 +32,8 @@ from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.runinfo import create_run_dir, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import autocast_context, evaluate_loader
+from longtail.engine.evaluate import evaluate_loader
+from longtail.engine.precision import autocast_context, resolve_precision
 
 
 
@@ -103,6 +104,8 @@ class Trainer:
             raise ConfigError(f"model.decoupled={config.model.decoupled} re-trains the classifier of a trained "
                               f"model; set model.init_from=RUN_DIR (a finished run on the same data)")
         self.context, self.device = init_distributed(config.train.device)
+        # train.precision=auto resolved once for this device; the run directory records the choice.
+        self.precision = resolve_precision(config.train.precision, self.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         if config.train.deterministic:
@@ -129,7 +132,7 @@ class Trainer:
         self.loss_fn = build_loss_fn(config, self.class_counts, self.device)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
         self.optimizer = build_optimizer(config, self.model)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.chosen == "fp16")
         self.state = TrainState()
         self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
@@ -153,7 +156,9 @@ class Trainer:
                 "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
                 "split": self.data.split_info,
             })
-            ckpt.atomic_write_json(run_dir / "environment.json", environment_info(self.device, self.context))
+            environment = environment_info(self.device, self.context)
+            environment["precision"] = self.precision.to_dict()
+            ckpt.atomic_write_json(run_dir / "environment.json", environment)
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
     def _checkpoint_state(self) -> dict:
@@ -242,7 +247,7 @@ class Trainer:
                 f"non-finite loss at epoch {self.state.epoch}, batch {self.state.batch} "
                 f"(global step {self.state.global_step}): {described}. Training stopped; the last good "
                 f"checkpoint in {self.run_dir / 'checkpoints'} is intact. Lower optim.lr, enable "
-                f"optim.clip_grad_norm, or use train.precision=fp32.")
+                f"optim.clip_grad_norm, or use train.precision=fp32 (this run used {self.precision.chosen}).")
 
     def train_epoch(self, stop: _StopFlag) -> dict:
         config = self.config
@@ -270,7 +275,7 @@ class Trainer:
             boundary = (batch_index + 1) % accumulation == 0 or batch_index + 1 == steps
             sync = contextlib.nullcontext() if boundary or not self.context.enabled else self.train_model.no_sync()
             with sync:
-                with autocast_context(self.device, config.train.precision):
+                with autocast_context(self.device, self.precision.chosen):
                     logits = self.train_model(images)
                 logits = logits.float()
                 terms = self._loss_terms(logits, targets)
@@ -352,7 +357,7 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.config.train.precision)
+                                  self.precision.chosen)
         self.confusions[split] = metrics.confusion.cpu().numpy()
         return metrics.compute(spectral_norm=spectral_norm)
 
@@ -370,7 +375,7 @@ class Trainer:
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
 
     def finish(self) -> dict:
-        results = {"label": self.label, "epochs": self.config.optim.epochs}
+        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict()}
         if self.state.best is not None:
             # Report the epoch chosen on the validation split; the checkpoint keeps the last weights.
             unwrap(self.model).load_state_dict(self.best_weights)
