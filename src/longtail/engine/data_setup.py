@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
+from longtail.data.device_decode import DeviceDecodedLoader, DeviceFileTransform
 from longtail.data.loader import InMemoryLoader
 from longtail.data.mixing import build_mixer
 from longtail.data.samplers import build_sampler, derive_seed
@@ -129,14 +130,30 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                       in_channels, split_info, mix=_mixing(config, num_classes))
 
 
+def _file_transform_options(config: RunConfig, train: bool) -> dict:
+    """The arguments of the file pipeline: build_file_transforms and, on a GPU, DeviceFileTransform."""
+    spec = config.data
+    style = "cifar" if (spec.image_size or 224) <= 64 else "imagenet"
+    return dict(style=style, train=train, image_size=spec.image_size, randaugment=spec.randaugment and train,
+                autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding)
+
+
 def _file_options(config: RunConfig, name: str, train: bool) -> dict:
     if "transform" not in dataset_options(name):
         return {}
-    spec = config.data
-    style = "cifar" if (spec.image_size or 224) <= 64 else "imagenet"
-    return {"transform": build_file_transforms(style, train=train, image_size=spec.image_size,
-                                               randaugment=spec.randaugment and train,
-                                               autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding)}
+    return {"transform": build_file_transforms(**_file_transform_options(config, train))}
+
+
+def _file_batches(config, dataset, batch_size, sampler, device, drop_last, train):
+    """On a GPU, files are decoded (nvJPEG) and augmented there (longtail.data.device_decode); on a
+    CPU, by the per-image pipeline in DataLoader workers."""
+    if device.type == "cuda" and hasattr(dataset, "paths"):
+        transform = DeviceFileTransform(**_file_transform_options(config, train))
+        return DeviceDecodedLoader(dataset, batch_size, sampler, device, transform, seed=config.train.seed,
+                                   workers=config.data.workers, drop_last=drop_last,
+                                   channels_last=config.model.channels_last)
+    return FileBatches(dataset, batch_size, sampler, device, config.model.channels_last, config.data.workers,
+                       drop_last)
 
 
 def _in_memory(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
@@ -203,12 +220,11 @@ def _from_files(config, train_set, test_set, sampler, batch, device, context, va
         raise ConfigError("data.validation_per_class is for in-memory datasets; file datasets ship a val split "
                           "(evaluate it with `longtail eval RUN --split val`)")
     drop_last = len(sampler) % batch == 1
-    train_loader = FileBatches(train_set, batch, sampler, device, config.model.channels_last, spec.workers, drop_last)
+    train_loader = _file_batches(config, train_set, batch, sampler, device, drop_last, train=True)
 
     def evaluation(dataset):
         share = _rank_share(len(dataset), context.rank, context.world_size)
-        return FileBatches(dataset, spec.eval_batch_size, share, device, config.model.channels_last,
-                           spec.workers, False)
+        return _file_batches(config, dataset, spec.eval_batch_size, share, device, False, train=False)
 
     eval_loaders = {"test": evaluation(test_set)}
     validation_set = _file_validation_set(config)
