@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 
-def write_cifar100(root: Path, seed: int = 0) -> None:
+def write_cifar100(root: Path, seed: int = 0, train_per_class: int = 500, test_per_class: int = 100) -> None:
+    """Real CIFAR-100 python pickles (random pixels) under root/cifar-100-python."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
-    for split, per_class in (("train", 500), ("test", 100)):
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = np.repeat(np.arange(100), per_class)
         data = rng.integers(0, 256, size=(labels.size, 3072), dtype=np.uint8)
         with open(folder / split, "wb") as handle:
