@@ -8,7 +8,9 @@ predictions made from the run directory alone must reproduce them image for imag
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -53,10 +55,13 @@ def trained(tmp_path_factory):
     write_folder(data_root / "val", [3] * 5, offset=100)
     write_folder(data_root / "test", [8] * 5, offset=200)
     output = base / "runs"
-    assert main(["train", "data.name=imagefolder", f"data.root={data_root}", "data.image_size=28",
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "data.name=imagefolder", f"data.root={data_root}", "data.image_size=28",
                  "data.workers=0", "data.batch_size=16", "optim.epochs=4", "optim.lr=0.05", "optim.warmup_epochs=0",
                  "train.select_on=accuracy", f"train.output_dir={output}", "train.progress=false",
-                 "train.threads=1", "train.run_name=lt-run"]) == 0
+                 "train.threads=1", "train.run_name=lt-run"])
+    assert code == 0
     run = output / "lt-run"
     for method, taus in (("logit_adjust", "0,0.5,1"), ("tau_norm", "0,1"), ("ncm", None)):
         assert main(["posthoc", str(run), "--method", method, "--device", "cpu",
@@ -64,7 +69,7 @@ def trained(tmp_path_factory):
     new_images = base / "new-images"
     shutil.copytree(data_root / "test", new_images)
     shutil.rmtree(data_root)  # everything below must work from the run directory alone
-    return {"run": run, "images": new_images, "base": base,
+    return {"run": run, "images": new_images, "base": base, "train_output": printed.getvalue(),
             "metrics": json.loads((run / "metrics.json").read_text())}
 
 
@@ -75,6 +80,22 @@ def read_csv(path: Path) -> list:
 
 def accuracy_of(rows) -> float:
     return float(np.mean([row["prediction"] == Path(row["path"]).parent.name for row in rows]))
+
+
+def test_results_and_the_printed_table_name_the_classes(trained):
+    metrics = trained["metrics"]
+    assert metrics["classes"] == CLASSES
+    assert [row["class"] for row in metrics["per_class"]] == CLASSES
+    assert [row["train_images"] for row in metrics["per_class"]] == [30, 16, 9, 5, 3]  # the files written
+    assert [row["test_images"] for row in metrics["per_class"]] == [8] * 5
+    assert [row["test_accuracy"] for row in metrics["per_class"]] == metrics["test"]["per_class_accuracy"]
+    for split in ("test", "val", "train"):
+        assert metrics[split]["worst_class_name"] == CLASSES[metrics[split]["worst_class"]]
+    printed = trained["train_output"]
+    assert "| class | train images | test acc | test images | val acc | val images |" in printed
+    accuracy = metrics["per_class"][3]["test_accuracy"]
+    assert f"| sandal | 5 | {100 * accuracy:.2f} | 8 |" in printed
+    assert f"worst class (test): {metrics['test']['worst_class_name']} " in printed
 
 
 def test_predict_from_the_run_directory_alone_matches_the_trainers_evaluation(trained, tmp_path, capsys):
@@ -201,6 +222,7 @@ def test_eval_data_root_scores_another_folder(trained, tmp_path, capsys):
     assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 0
     out = capsys.readouterr().out
     assert f"| test | {100 * trained['metrics']['test']['accuracy']:.2f} |" in out and "scored 40 images" in out
+    assert "| ankle boot | 30 |" in out  # the per-class table, with the run's training counts
     shutil.rmtree(other / "test" / "sandal")  # a class without images here: scored without it, said so
     assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 0
     assert "1 of the run's 5 classes have no folder here (sandal)" in capsys.readouterr().out

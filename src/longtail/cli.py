@@ -164,7 +164,7 @@ def cmd_train(args) -> int:
     from longtail.engine.checkpoint import CheckpointError
     from longtail.engine.config import ConfigError, dump_yaml
     from longtail.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run
-    from longtail.report.tables import results_table
+    from longtail.report.tables import per_class_table, results_table
 
     if args.resume:
         if args.recipe or args.config or args.overrides or args.method:
@@ -200,14 +200,15 @@ def cmd_train(args) -> int:
         trainer.close()
     if main_process:
         print(results_table(results))
+        print(per_class_table(results))
         print(f"run directory: {trainer.run_dir}")
     return 0
 
 
 def cmd_eval(args) -> int:
     from longtail.engine.checkpoint import CheckpointError
-    from longtail.engine.evaluate import evaluate_checkpoint
-    from longtail.report.tables import results_table
+    from longtail.engine.evaluate import evaluate_run, name_classes
+    from longtail.report.tables import per_class_table, results_table
 
     if args.data_root is not None:
         from longtail.engine.inference import InferenceError, evaluate_data_root, load_run
@@ -217,14 +218,17 @@ def cmd_eval(args) -> int:
             results, notes = evaluate_data_root(loaded, args.data_root, args.split)
         except InferenceError as error:
             raise UsageError(str(error)) from None
+        results = name_classes({args.split: results}, loaded.classes, loaded.class_counts)
         print("\n".join(notes))
-        print(results_table({args.split: results}))
+        print(results_table(results))
+        print(per_class_table(results))
         return 0
     try:
-        results = evaluate_checkpoint(Path(args.target), args.split, args.device)
+        results = evaluate_run(Path(args.target), args.split, args.device)
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
-    print(results_table({args.split: results}))
+    print(results_table(results))
+    print(per_class_table(results))
     return 0
 
 
