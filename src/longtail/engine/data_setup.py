@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
 from longtail.data.loader import InMemoryLoader
 from longtail.data.mixing import build_mixer
+from longtail.data.preprocess import Preprocessing
 from longtail.data.samplers import build_sampler, derive_seed
-from longtail.data.transforms import BatchAugment, build_file_transforms
+from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
 from longtail.engine.config import ConfigError, RunConfig
 
 # A separate stream of seeds for batch mixing, so mixing never shares random numbers with augmentation.
@@ -36,6 +37,7 @@ class DataBundle:
     split_info: dict
     mix: Callable = field(default=lambda images, targets, epoch, batch: (images, targets))
     metric_options: dict = field(default_factory=dict)
+    preprocessing: Preprocessing = None  # what every evaluation loader applies (preprocessing.json)
 
 
 def _dataset_kwargs(config: RunConfig) -> dict:
@@ -118,7 +120,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                             seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
     batch = _per_rank_batch(config, context.world_size)
     build_loaders = _in_memory if in_memory else _from_files
-    train_loader, eval_loaders, in_channels = build_loaders(
+    train_loader, eval_loaders, in_channels, preprocessing = build_loaders(
         config, train_set, test_set, sampler, batch, device, context, validation_positions,
         None if validation_positions is None else train_positions)
     if config.train.select_on != "final" and "val" not in eval_loaders:
@@ -126,17 +128,24 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                           f"'{spec.name}' has none here; set data.validation_per_class (e.g. 20) to hold out "
                           f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
-                      in_channels, split_info, mix=_mixing(config, num_classes))
+                      in_channels, split_info, mix=_mixing(config, num_classes), preprocessing=preprocessing)
 
 
 def _file_options(config: RunConfig, name: str, train: bool) -> dict:
     if "transform" not in dataset_options(name):
         return {}
     spec = config.data
-    style = "cifar" if (spec.image_size or 224) <= 64 else "imagenet"
-    return {"transform": build_file_transforms(style, train=train, image_size=spec.image_size,
-                                               randaugment=spec.randaugment and train,
-                                               autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding)}
+    return {"transform": build_file_transforms(_file_preprocessing(config), train=train, crop_padding=spec.crop_padding,
+                                               flip=spec.flip, cutout=spec.cutout, randaugment=spec.randaugment,
+                                               autoaugment=spec.autoaugment)}
+
+
+def _file_preprocessing(config: RunConfig) -> Preprocessing:
+    spec = config.data
+    size = spec.image_size or 224
+    imagenet = size > 64
+    return Preprocessing(size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         resize="resize_center_crop" if imagenet else "resize", channels=spec.channels)
 
 
 def _in_memory(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
@@ -144,9 +153,11 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
     if train_positions is not None:
         validation_set = train_set.subset(validation_positions, name=f"{train_set.name}-validation")
         train_set = train_set.subset(train_positions, name=train_set.name, longtail_split=train_set.longtail_split)
-    resize = (spec.image_size, spec.image_size) if spec.image_size else None
-    common = dict(device=device, channels_last=config.model.channels_last, resize_to=resize,
-                  mean=train_set.mean, std=train_set.std, repeat_channels=spec.channels)
+    preprocessing = Preprocessing(
+        size=(spec.image_size, spec.image_size) if spec.image_size else tuple(train_set.images.shape[-2:]),
+        mean=train_set.mean, std=train_set.std, resize="resize" if spec.image_size else "none",
+        color="L" if train_set.images.shape[1] == 1 else "RGB", channels=spec.channels)
+    common = dict(device=device, channels_last=config.model.channels_last, preprocessing=preprocessing)
     augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout)
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
@@ -160,7 +171,7 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
     eval_loaders = {"test": evaluation(test_set), "train": evaluation(train_set)}
     if train_positions is not None:
         eval_loaders["val"] = evaluation(validation_set)
-    return train_loader, eval_loaders, spec.channels or train_set.images.shape[1]
+    return train_loader, eval_loaders, preprocessing.channels, preprocessing
 
 
 class FileBatches:
@@ -217,7 +228,7 @@ def _from_files(config, train_set, test_set, sampler, batch, device, context, va
     if config.train.eval_train:
         train_eval = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=False))
         eval_loaders["train"] = evaluation(train_eval)
-    return train_loader, eval_loaders, 3  # file images are decoded as RGB
+    return train_loader, eval_loaders, 3, _file_preprocessing(config)  # file images are decoded as RGB
 
 
 def _file_validation_set(config: RunConfig):

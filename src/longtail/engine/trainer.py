@@ -153,6 +153,8 @@ class Trainer:
                 "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
                 "split": self.data.split_info,
             })
+            # Everything inference needs to turn new images into model input (longtail predict / load_run).
+            ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             ckpt.atomic_write_json(run_dir / "environment.json", environment_info(self.device, self.context))
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
