@@ -140,10 +140,11 @@ class Suite:
 
     # -- 2. file dataset: CPU vs GPU JPEG decoding ----------------------------------------------
     def files(self) -> None:
-        from longtail.data.device_decode import DeviceDecodedLoader, DeviceFileTransform
+        from longtail.data.device_decode import DeviceDecodedLoader
         from longtail.data.imagefolder import ImageFolderDataset
-        from longtail.data.transforms import build_file_transforms
-        from longtail.engine.data_setup import FileBatches
+        from longtail.data.loader import FileLoader
+        from longtail.data.preprocess import Preprocessing
+        from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_file_transforms
 
         count, (height, width), size = (32, (60, 80), 32) if self.quick else (4_096, (375, 500), 224)
         workers = 0 if self.quick else min(8, os.cpu_count() or 1)
@@ -152,16 +153,16 @@ class Suite:
             write_jpeg_folder(Path(directory), count, height, width, workers)
             written_s = time.perf_counter() - started
             print(f"[gpu_suite] wrote {count} JPEGs {width}x{height} in {written_s:.1f} s", flush=True)
-            options = dict(style="imagenet", train=True, image_size=size)
-            cpu_set = ImageFolderDataset(directory, transform=build_file_transforms(**options))
+            # What the engine trains large images with: RandomResizedCrop + flip, ImageNet statistics.
+            preprocessing = Preprocessing(size=(size, size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                          resize="resize_center_crop")
+            dataset = ImageFolderDataset(directory, transform=build_file_transforms(preprocessing, train=True))
             order = list(range(count))
-            paths = {
-                f"CPU decoding (PIL + per-image transforms, {workers} workers)":
-                    FileBatches(cpu_set, 128, order, self.device, True, workers, False),
-            }
+            options = dict(channels_last=True, workers=workers, drop_last=False, seed=0, augment=True)
+            paths = {f"CPU decoding (PIL + per-image transforms, {workers} workers)":
+                     FileLoader(dataset, 128, order, self.device, **options)}
             gpu_name = "GPU decoding (nvJPEG, transforms on the device)"
-            device_loader = DeviceDecodedLoader(ImageFolderDataset(directory), 128, order, self.device,
-                                                DeviceFileTransform(**options), workers=workers)
+            device_loader = DeviceDecodedLoader(dataset, 128, order, self.device, **options)
             if self.cuda:
                 paths[gpu_name] = device_loader
             else:
@@ -285,7 +286,9 @@ class Suite:
         seconds = [h["seconds"] for h in trainer.state.history]
         steady = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
         return {"wall_s": wall, "train_s": sum(seconds), "first_epoch_s": seconds[0], "steady_epoch_s": steady,
-                "compile_s": seconds[0] - steady if len(seconds) > 1 else None,  # needs a steady epoch to compare "precision": results["precision"]["chosen"],
+                # Compile time needs a steady epoch to compare the first one with.
+                "compile_s": seconds[0] - steady if len(seconds) > 1 else None,
+                "precision": results["precision"]["chosen"],
                 "images_per_s": results["train_images_per_s"], "test_accuracy_random_pixels": results["test"]["accuracy"],
                 "peak_memory": self.peak_memory(),
                 # e.g. "cudagraph_skips": CUDA graphs refused (and why, in the log) for this variant
