@@ -303,6 +303,12 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                 kept.name = data.name
                 named[name], scans[name] = kept, scans[name].select(good)
         sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
+        for name, data in named.items():
+            counts = torch.bincount(torch.as_tensor(data.labels), minlength=len(data.classes))
+            if name == "train" and bool((counts == 0).any()) or len(data) == 0:
+                empty = [data.classes[j] for j in (counts == 0).nonzero().flatten().tolist()]
+                raise ConfigError(f"after skipping the unreadable files, the {name} split has no training images "
+                                  f"for class(es) {empty[:10]}; every class needs at least one. Replace the files")
     all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
     grey = all(scan.all_grey for scan in scans.values())
     policy, size = _choose_geometry(config, all_sizes, context)
