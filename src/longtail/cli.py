@@ -273,7 +273,17 @@ def cmd_data(args) -> int:
     if args.name == "imagefolder" and args.root and not (Path(args.root) / "train").is_dir():
         split = "all"  # a single folder root/<class>/*: train splits it per class (data.test_fraction)
     try:
-        dataset = data.build_dataset(args.name, split, root=args.root, **options)
+        if split == "all" and options:
+            # What `train` would train on: the test split is held out first, then made long-tailed.
+            from longtail.engine.config import build_config
+            from longtail.engine.data_setup import _build_sets
+            from longtail.engine.distributed import DistributedContext
+
+            config, _ = build_config(None, None, ["data.name=imagefolder", f"data.root={args.root}",
+                                                  f"data.imbalance_factor={args.imbalance_factor}"])
+            dataset = _build_sets(config, DistributedContext()).train
+        else:
+            dataset = data.build_dataset(args.name, split, root=args.root, **options)
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     report = data.analyze(dataset.labels, num_classes=len(dataset.classes))
