@@ -122,7 +122,7 @@ def test_train_eval_posthoc_and_rectification_statistics(tiny_idx_root, tmp_path
     assert 0 <= metrics["test"]["accuracy"] <= 1
 
 
-EPOCHS = 12
+EPOCHS = 6
 
 
 def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_path):
@@ -147,3 +147,26 @@ def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_
         assert main(["train", "--resume", str(output / "run")]) == 0
         resumed = json.loads((output / "run" / "metrics.json").read_text())
         assert resumed["test"] == expected["test"] and resumed["selected"] == expected["selected"]
+
+
+def test_concutmix_on_a_folder_of_real_colour_jpegs(tmp_path):
+    """The file path: RGB JPEG files, per-image torchvision views in a DataLoader, pair batches."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    root = tmp_path / "images"
+    for split, per_class in (("train", [10, 6, 3]), ("test", [3, 3, 3])):
+        for label, count in enumerate(per_class):
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = (torch.rand(32, 32, 3, generator=generator) * 80 + 80 * label).to(torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{index}.jpg", quality=90)
+    output = tmp_path / "runs"
+    assert main(["train", "--method", "concutmix", "data.name=imagefolder", f"data.root={root}",
+                 "data.imbalance_factor=null", "data.image_size=32", "data.workers=0", "data.batch_size=8",
+                 "model.name=resnet20", "loss.cutmix_prob=1.0", "loss.rectify_from_epoch=0", "loss.topk=2",
+                 "optim.epochs=2", "optim.warmup_epochs=0", "optim.lr=0.01", f"train.output_dir={output}",
+                 "train.progress=false", "train.threads=1", "train.run_name=run"]) == 0
+    history = [json.loads(line) for line in (output / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[1]["rectified_label_mass"] > 0 and history[0]["contrastive"] > 0

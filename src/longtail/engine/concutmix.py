@@ -37,7 +37,7 @@ from torch import nn
 from longtail.data.concutmix import ConCutMix, MixedBatch
 from longtail.engine.config import ConfigError, RunConfig
 from longtail.losses import LogitAdjustedLoss
-from longtail.losses.contrastive import BalancedContrastiveLoss, gather_keys
+from longtail.losses.contrastive import BalancedContrastiveLoss, global_keys
 
 CONTRASTIVE_METHODS = ("bcl", "concutmix")
 
@@ -158,14 +158,9 @@ class ConCutMixObjective(nn.Module):
         # Contrastive branch: A's two unmixed views; (B, 2, F) normalised, prototypes normalised.
         features = F.normalize(projection[size:], dim=1).view(2, size, -1).transpose(0, 1)
         keys_labels = labels_a
-        world = 1
         if settings.keys == "global":
-            features, keys_labels, world = gather_keys(features, labels_a)
+            features, keys_labels = global_keys(features, labels_a)
         contrastive = self.contrastive(features, keys_labels, F.normalize(prototypes, dim=1))
-        if world > 1:
-            # Every rank evaluates the global loss with only its own features differentiable; DDP
-            # averages gradients over ranks, so the gradient is scaled by the world size (value unchanged).
-            contrastive = contrastive + (world - 1) * (contrastive - contrastive.detach())
         terms["contrastive"] = settings.b_scl * contrastive
 
         if regularizer is not None:
