@@ -170,3 +170,22 @@ def test_concutmix_on_a_folder_of_real_colour_jpegs(tmp_path):
                  "train.progress=false", "train.threads=1", "train.run_name=run"]) == 0
     history = [json.loads(line) for line in (output / "run" / "history.jsonl").read_text().splitlines()]
     assert history[1]["rectified_label_mass"] > 0 and history[0]["contrastive"] > 0
+
+
+def test_every_concutmix_recipe_resolves_to_the_released_values():
+    from longtail.engine.concutmix import settings_from_config
+    from longtail.engine.config import available_recipes
+
+    names = [r for r in available_recipes() if r.rpartition("/")[2] in ("bcl", "bcl_cutmix", "concutmix", "car_concutmix")]
+    assert len(names) >= 40
+    for name in names:
+        settings_from_config(build_config(name)[0])
+    config = build_config("cifar100-lt-r32/concutmix", overrides=["data.imbalance_factor=50"])[0]
+    settings = settings_from_config(config)
+    assert (settings.tau, settings.topk, settings.rectify_from_epoch, config.data.batch_size, config.optim.lr) == \
+        (0.75, 30, 100, 256, 0.15)
+    with pytest.raises(ConfigError, match="per imbalance factor"):
+        settings_from_config(build_config("cifar100-lt-r32/concutmix", overrides=["data.imbalance_factor=200"])[0])
+    x50 = settings_from_config(build_config("imagenet-lt-x50/car_concutmix")[0])
+    assert (x50.tau, x50.temperature, x50.feat_dim, x50.b_scl, x50.rectify_from_epoch) == (0.99, 0.07, 1024, 0.35, 60)
+    assert settings_from_config(build_config("cifar10-lt-r32/bcl_cutmix")[0]).rectify_from_epoch is None

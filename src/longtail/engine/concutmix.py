@@ -4,7 +4,9 @@
 Selected with ``loss.name: concutmix`` (or ``bcl``: the same objective, never mixing). Its
 options, all in the ``loss`` section:
 
-    tau                 logit-adjustment tau of the classification loss (released: per dataset / IF)
+    tau                 logit-adjustment tau of the classification loss, or a mapping {imbalance
+                        factor: tau} (the released scripts tune it per IF); a factor not in the
+                        mapping is refused
     a_cls, b_scl        weights of L_cls and L_scl (CIFAR 2 / 0.6; ImageNet-LT, iNat 1 / 0.35)
     temperature         BalSCL temperature T (0.1 CIFAR, 0.07 ImageNet-LT / iNat)
     feat_dim, hidden_dim   projection / prototype heads (128 CIFAR, 1024 ImageNet; hidden: BCL's default)
@@ -81,6 +83,14 @@ def settings_from_config(config: RunConfig) -> ConCutMixSettings:
             raise ConfigError(f"loss.name=bcl never mixes, so {', '.join(given)} would have no effect; "
                               f"use loss.name=concutmix")
         options["cutmix_prob"] = 0.0
+    tau = options.get("tau")
+    if isinstance(tau, dict):
+        factor = config.data.imbalance_factor
+        by_factor = {float(k): v for k, v in tau.items()}
+        if factor is None or float(factor) not in by_factor:
+            raise ConfigError(f"loss.tau is given per imbalance factor ({', '.join(str(k) for k in tau)}) but "
+                              f"data.imbalance_factor is {factor}; set loss.tau=<number> for this factor")
+        options["tau"] = float(by_factor[float(factor)])
     if name == "concutmix" and "rectify_from_epoch" not in options:
         options["rectify_from_epoch"] = config.optim.epochs // 2  # released CIFAR: 100 of 200
     try:
