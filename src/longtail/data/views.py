@@ -149,26 +149,38 @@ class BatchViews:
             return self._finish(self._kornia(self._contrastive_ops, images.float() / 255.0).clamp(0, 1))
 
 
-def file_view_transforms(style: str, image_size: int, mean: Sequence[float], std: Sequence[float],
-                         crop_padding: int = 4, policy: str = "auto"):
-    """(classification, contrastive) per-image torchvision v2 transforms of PIL images (file datasets)."""
+def file_view_transforms(style: str, size, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4,
+                         policy: str = "auto", resize_first: bool = False, grey: bool = False,
+                         repeat_channels: Optional[int] = None):
+    """(classification, contrastive) per-image torchvision v2 transforms of PIL images (file datasets).
+
+    ``size``: (H, W) of the model input; ``resize_first``: resize the file to it before the views
+    (the run's preprocessing resizes); ``grey``: decode as one channel (brightness / contrast jitter
+    only), repeated to ``repeat_channels`` if given."""
     from torchvision.transforms import v2
 
     _check_style(style)
-    head = [v2.ToImage(), v2.RGB()]
+    size = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+    head = [v2.ToImage(), v2.Grayscale() if grey else v2.RGB()]
+    if resize_first:
+        head.append(v2.Resize(size, antialias=True))
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if grey and repeat_channels and repeat_channels != 1:
+        tail.append(v2.Lambda(lambda x: x.expand(repeat_channels, -1, -1)))
+    jitter = v2.ColorJitter(0.4, 0.4, 0.0, 0.0) if grey else v2.ColorJitter(0.4, 0.4, 0.4, 0.1)
+    colour = [] if grey else [v2.RandomGrayscale(p=0.2)]
     if style == "cifar":
-        classification = [v2.RandomCrop(image_size, padding=crop_padding), v2.RandomHorizontalFlip()]
+        classification = [v2.RandomCrop(size, padding=crop_padding), v2.RandomHorizontalFlip()]
         if policy == "auto":
             classification.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-        contrastive = [v2.RandomResizedCrop(image_size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                       v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2),
+        contrastive = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                       v2.RandomApply([jitter], p=0.8), *colour,
                        v2.RandomApply([v2.GaussianBlur(_BLUR_KERNEL, _BLUR_SIGMA)], p=0.5)]
     else:
-        classification = [v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
-                          v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4, 0.0)]
+        classification = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+                          v2.ColorJitter(0.4, 0.4, 0.0 if grey else 0.4, 0.0)]
         if policy == "auto":
             classification.append(v2.RandAugment(num_ops=2, magnitude=10))
-        contrastive = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(),
-                       v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+        contrastive = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                       v2.RandomApply([jitter], p=0.8), *colour]
     return v2.Compose(head + classification + tail), v2.Compose(head + contrastive + tail)
