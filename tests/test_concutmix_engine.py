@@ -122,7 +122,7 @@ def test_train_eval_posthoc_and_rectification_statistics(tiny_idx_root, tmp_path
     assert 0 <= metrics["test"]["accuracy"] <= 1
 
 
-EPOCHS = 6
+EPOCHS = 4
 
 
 def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_path):
@@ -137,7 +137,7 @@ def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         history = output / "run" / "history.jsonl"
         deadline = time.time() + 120
-        while not (history.exists() and len(history.read_text().splitlines()) >= 2):
+        while not (history.exists() and len(history.read_text().splitlines()) >= 1):
             assert process.poll() is None and time.time() < deadline, process.stderr.read()
             time.sleep(0.01)
         time.sleep(0.05)
@@ -149,8 +149,10 @@ def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_
         assert resumed["test"] == expected["test"] and resumed["selected"] == expected["selected"]
 
 
-def test_concutmix_on_a_folder_of_real_colour_jpegs(tmp_path):
-    """The file path: RGB JPEG files, per-image torchvision views in a DataLoader, pair batches."""
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_concutmix_on_a_folder_of_real_colour_jpegs(tmp_path, in_memory):
+    """RGB JPEG files: per-image torchvision views in a DataLoader (files), or decoded once and
+    batched kornia views (in memory)."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
@@ -167,7 +169,7 @@ def test_concutmix_on_a_folder_of_real_colour_jpegs(tmp_path):
                  "data.imbalance_factor=null", "data.image_size=32", "data.workers=0", "data.batch_size=8",
                  "model.name=resnet20", "loss.cutmix_prob=1.0", "loss.rectify_from_epoch=0", "loss.topk=2",
                  "optim.epochs=2", "optim.warmup_epochs=0", "optim.lr=0.01", f"train.output_dir={output}",
-                 "train.progress=false", "train.threads=1", "train.run_name=run"]) == 0
+                 "train.progress=false", "train.threads=1", "train.run_name=run", f"data.in_memory={in_memory}"]) == 0
     history = [json.loads(line) for line in (output / "run" / "history.jsonl").read_text().splitlines()]
     assert history[1]["rectified_label_mass"] > 0 and history[0]["contrastive"] > 0
 
