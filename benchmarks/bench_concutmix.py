@@ -9,8 +9,10 @@
    backgrounds + the classification view of B foregrounds):
    * batched: ``longtail.data.views.BatchViews`` on uint8 tensors (kornia per-sample parameters,
      CIFAR AutoAugment from torchvision v2 per image), on the training device;
-   * per-sample: the same recipe as per-image torchvision v2 transforms on PIL images
-     (``file_view_transforms``), in the main process (what one DataLoader worker does per batch).
+   * per-sample, two variants, in the main process (what one DataLoader worker does per batch):
+     "PIL": the released code's style, ``torchvision.transforms`` (v1) on PIL images, ToTensor +
+     Normalize at the end; "v2": the library's file path (``file_view_transforms``: PIL decoded
+     to a uint8 tensor, then torchvision v2 per image).
 
 The two sides of each comparison take turns round by round; medians are reported, and ratios are
 what to read (the machine is shared).
@@ -95,12 +97,19 @@ def main() -> None:
     pil_backgrounds = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in backgrounds]
     pil_foregrounds = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in foregrounds]
     classification, contrastive = file_view_transforms("cifar", (32, 32), MEAN, STD)
+    from torchvision import transforms as T
+    tail = [T.ToTensor(), T.Normalize(MEAN, STD)]
+    pil_classification = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+                                    T.AutoAugment(T.AutoAugmentPolicy.CIFAR10), *tail])
+    pil_contrastive = T.Compose([T.RandomResizedCrop(32, scale=(0.2, 1.0)), T.RandomHorizontalFlip(),
+                                 T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                                 T.RandomApply([T.GaussianBlur(13, (0.1, 2.0))], p=0.5), *tail])
 
     def batched_views(seed):
         views.classification(backgrounds, seed), views.contrastive(backgrounds, seed + 1)
         views.contrastive(backgrounds, seed + 2), views.classification(foregrounds, seed + 3)
 
-    def per_sample_views():
+    def per_sample_views(classification, contrastive):
         torch.stack([classification(image) for image in pil_backgrounds])
         torch.stack([contrastive(image) for image in pil_backgrounds])
         torch.stack([contrastive(image) for image in pil_backgrounds])
@@ -110,14 +119,17 @@ def main() -> None:
     step_bs(bs_model, bs_optimizer, bs_loss, images[0], labels)
     step_concutmix(ccm_model, ccm_optimizer, objective, pair, labels)
     batched_views(0)
-    per_sample_views()
+    per_sample_views(classification, contrastive)
+    per_sample_views(pil_classification, pil_contrastive)
 
-    results = {"bs step": [], "concutmix step": [], "batched views": [], "per-sample PIL views": []}
+    results = {"bs step": [], "concutmix step": [], "batched views": [], "per-sample PIL views": [],
+               "per-sample v2 views": []}
     for round_index in range(args.rounds):
         results["bs step"].append(timed(step_bs, bs_model, bs_optimizer, bs_loss, images[0], labels))
         results["concutmix step"].append(timed(step_concutmix, ccm_model, ccm_optimizer, objective, pair, labels))
         results["batched views"].append(timed(batched_views, 10 * round_index))
-        results["per-sample PIL views"].append(timed(per_sample_views))
+        results["per-sample PIL views"].append(timed(per_sample_views, pil_classification, pil_contrastive))
+        results["per-sample v2 views"].append(timed(per_sample_views, classification, contrastive))
 
     median = {name: statistics.median(values) for name, values in results.items()}
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
@@ -127,6 +139,7 @@ def main() -> None:
         print(f"  {name:>22}: {value * 1000:8.1f} ms   (all: {', '.join(f'{v * 1000:.0f}' for v in results[name])})")
     print(f"  concutmix / bs step time: {median['concutmix step'] / median['bs step']:.2f}x")
     print(f"  per-sample PIL / batched views: {median['per-sample PIL views'] / median['batched views']:.2f}x")
+    print(f"  per-sample v2 / batched views: {median['per-sample v2 views'] / median['batched views']:.2f}x")
     total = median["concutmix step"] + median["batched views"]
     print(f"  views are {100 * median['batched views'] / total:.0f} % of a concutmix step with batched views")
 

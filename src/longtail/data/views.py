@@ -12,10 +12,10 @@ Two implementations of the same recipe:
 
 * :class:`BatchViews` for in-memory uint8 batches on the training device: the geometric and colour
   ops are kornia's batched augmentations (random parameters per sample, one call per batch); the
-  crop + flip of the CIFAR classification view is the library's own batched op; the auto-augment
-  policy (AutoAugment / RandAugment) is torchvision v2 applied per image (its ops are sampled per
-  call, and grouping images by sub-policy was not worth the complexity: it is a small share of the
-  step, see benchmarks/concutmix.md). All randomness comes from the seed given per call.
+  crop + flip of the CIFAR classification view is the library's own batched op; CIFAR AutoAugment
+  draws per image and applies torchvision v2's operations to groups of images sharing an
+  (operation, magnitude) (:func:`batched_autoaugment`); RandAugment (ImageNet-style views of
+  in-memory data, rare) is torchvision v2 per image. All randomness comes from the seed given per call.
 * :func:`file_view_transforms`: the same recipe as per-image torchvision v2 pipelines for file
   datasets (PIL images in DataLoader workers).
 
@@ -90,9 +90,10 @@ class BatchViews:
         if colour:
             contrastive.append(K.RandomGrayscale(p=0.2))
         if style == "cifar":
-            contrastive.append(K.RandomGaussianBlur((_BLUR_KERNEL, _BLUR_KERNEL), _BLUR_SIGMA, p=0.5))
+            contrastive.append(K.RandomGaussianBlur((_BLUR_KERNEL, _BLUR_KERNEL), _BLUR_SIGMA, p=0.5, separable=True))
         self._contrastive_ops = contrastive
         self._classification_ops = None
+        self._pipelines = {}
         if style == "imagenet":
             self._classification_ops = [K.RandomResizedCrop((1, 1), scale=(0.08, 1.0)), K.RandomHorizontalFlip(),
                                         K.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.0, p=1.0)]
@@ -101,19 +102,22 @@ class BatchViews:
         import kornia.augmentation as K
 
         size = tuple(images.shape[-2:])
-        ops[0].size = size  # RandomResizedCrop to the stored size
-        ops[0].flags["size"] = size
-        return K.AugmentationSequential(*ops, data_keys=["input"])(images)
+        key = (id(ops), size)
+        pipeline = self._pipelines.get(key)
+        if pipeline is None:  # built once per (recipe, image size): construction costs as much as a batch
+            ops[0].size = size  # RandomResizedCrop to the stored size
+            ops[0].flags["size"] = size
+            pipeline = self._pipelines[key] = K.AugmentationSequential(*ops, data_keys=["input"])
+        return pipeline(images)
 
-    def _policy(self, images: torch.Tensor) -> torch.Tensor:
+    def _policy(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         from torchvision.transforms import v2
 
         if self.policy == "none":
             return images
         if self.style == "cifar":
-            transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
-        else:
-            transform = v2.RandAugment(num_ops=2, magnitude=10)
+            return batched_autoaugment(images, torch.Generator().manual_seed(seed))[0]
+        transform = v2.RandAugment(num_ops=2, magnitude=10)
         return torch.stack([transform(image) for image in images])
 
     def _finish(self, images: torch.Tensor) -> torch.Tensor:
@@ -136,10 +140,10 @@ class BatchViews:
             top, left, flipped = sample_crop_flip(images.shape[0], self.crop_padding, 0.5, generator)
             images = crop_flip(images, self.crop_padding, top, left, flipped)
             with _seeded(seed, images.device):
-                return self._finish(self._policy(images))
+                return self._finish(self._policy(images, seed))
         with _seeded(seed, images.device):
             floats = self._kornia(self._classification_ops, images.float() / 255.0)
-            return self._finish(self._policy(floats.clamp(0, 1)))
+            return self._finish(self._policy(floats.clamp(0, 1), seed))
 
     def contrastive(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         """One contrastive view of uint8 ``images`` (call twice with two seeds for the pair)."""
@@ -147,6 +151,52 @@ class BatchViews:
             return self._finish(images)
         with _seeded(seed, images.device):
             return self._finish(self._kornia(self._contrastive_ops, images.float() / 255.0).clamp(0, 1))
+
+
+_AUTOAUGMENT = None
+
+
+def batched_autoaugment(images: torch.Tensor, generator: torch.Generator):
+    """CIFAR-10 AutoAugment with per-image draws, applied to the batch in groups.
+
+    Each image draws its own sub-policy, and for each of the sub-policy's two operations whether it
+    applies and its sign: the same draws as torchvision v2's ``AutoAugment`` makes per call. The
+    images that share an (operation, magnitude) are then transformed together by torchvision's own
+    operation, instead of one call per image. Returns (images, plan), where plan[i] lists the
+    (operation, magnitude) pairs applied to image i, in order."""
+    from torchvision.transforms import v2
+
+    global _AUTOAUGMENT
+    if _AUTOAUGMENT is None:
+        _AUTOAUGMENT = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    augment = _AUTOAUGMENT
+    count, height, width = images.shape[0], images.shape[-2], images.shape[-1]
+    chosen = torch.randint(len(augment._policies), (count,), generator=generator)
+    plan = [[] for _ in range(count)]
+    out = images.clone()
+    for index, policy in enumerate(augment._policies):
+        members = (chosen == index).nonzero().flatten()
+        if members.numel() == 0:
+            continue
+        for transform_id, probability, magnitude_index in policy:
+            applies = torch.rand(members.numel(), generator=generator) <= probability
+            magnitudes_fn, signed = augment._AUGMENTATION_SPACE[transform_id]
+            magnitudes = magnitudes_fn(10, height, width)
+            negative = torch.rand(members.numel(), generator=generator) <= 0.5
+            base = float(magnitudes[magnitude_index]) if magnitudes is not None else 0.0
+            flips = (False, True) if signed and magnitudes is not None else (None,)
+            for flip in flips:
+                selected = applies if flip is None else applies & (negative == flip)
+                group = members[selected]
+                if group.numel() == 0:
+                    continue
+                magnitude = -base if flip else base
+                on_device = group.to(out.device)
+                out[on_device] = augment._apply_image_or_video_transform(
+                    out[on_device], transform_id, magnitude, interpolation=augment.interpolation, fill=augment._fill)
+                for i in group.tolist():
+                    plan[i].append((transform_id, magnitude))
+    return out, plan
 
 
 def file_view_transforms(style: str, size, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4,
