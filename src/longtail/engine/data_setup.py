@@ -27,10 +27,14 @@ from longtail.data import InMemoryImages, build_dataset, dataset_options, datase
 from longtail.data.imagefiles import BadImagesError, decode_images, scan_images
 from longtail.data.imbalance import index_hash, make_longtail
 from longtail.data.loader import FileLoader, InMemoryLoader, _channel_statistics
+from longtail.data.concutmix import PairSampler
 from longtail.data.mixing import build_mixer
+from longtail.data.pair_loader import FilePairLoader, InMemoryPairLoader, PairViewDataset
+from longtail.data.views import BatchViews, file_view_transforms
 from longtail.data.preprocess import Preprocessing
 from longtail.data.samplers import build_sampler, derive_seed
 from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
+from longtail.engine import concutmix
 from longtail.engine.config import ConfigError, RunConfig
 
 # A separate stream of seeds for batch mixing, so mixing never shares random numbers with augmentation.
@@ -181,12 +185,19 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
             f"dataset '{spec.name}' has {empty.numel()} class(es) with no training images (first: class "
             f"{int(empty[0])} '{train_set.classes[int(empty[0])]}'); every class needs at least one")
     sampler_options = {"q": spec.sampler_q} if spec.sampler_q is not None else {}
-    sampler = build_sampler(spec.sampler, labels, num_replicas=context.world_size, rank=context.rank,
-                            seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
+    if concutmix.is_contrastive(config):  # (background, foreground) pairs, concutmix.md section 2
+        sampler = PairSampler(labels, num_replicas=context.world_size, rank=context.rank, seed=config.train.seed,
+                              num_classes=num_classes)
+    else:
+        sampler = build_sampler(spec.sampler, labels, num_replicas=context.world_size, rank=context.rank,
+                                seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
     batch = _per_rank_batch(config, context.world_size)
     build_loaders = _in_memory if in_memory else _from_files
     train_loader, eval_loaders, preprocessing = build_loaders(config, sets, sampler, batch, device, context,
                                                               preprocessing)
+    if concutmix.is_contrastive(config):
+        train_loader = _pair_loader(config, train_loader, sets.train, sampler, batch, device, context,
+                                    class_counts.tolist(), preprocessing)
     if config.train.select_on != "final" and "val" not in eval_loaders:
         raise ConfigError(f"train.select_on={config.train.select_on} selects on the validation split, and "
                           f"'{spec.name}' has none here; set data.validation_per_class (e.g. 20) to hold out "
@@ -478,6 +489,32 @@ def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocess
     if config.train.eval_train:
         eval_loaders["train"] = evaluation(sets.train)
     return train_loader, eval_loaders, preprocessing
+
+
+def _pair_loader(config: RunConfig, train_loader, train_set, sampler, batch, device, context, class_counts,
+                 preprocessing):
+    """ConCutMix's pair-batch loader in place of the ordinary training loader (same data, same device)."""
+    settings = concutmix.settings_from_config(config)
+    style = concutmix.view_style(config, settings)
+    mixer = concutmix.build_mixer(settings, class_counts)
+    seed, rank = config.train.seed, context.rank
+
+    def mixes(epoch: int, batch_index: int) -> bool:
+        return mixer.mixes(seed, epoch, batch_index, rank)
+
+    if isinstance(train_loader, InMemoryLoader):  # its resident (resized) images and statistics
+        views = BatchViews(style, train_loader.mean, train_loader.std, crop_padding=config.data.crop_padding,
+                           policy=settings.policy, repeat_channels=train_loader.repeat_channels,
+                           channels_last=config.model.channels_last)
+        return InMemoryPairLoader(train_loader.images, train_loader.labels, sampler, views, batch, mixes, seed=seed,
+                                  rank=rank, drop_last=train_loader.drop_last)
+    classification, contrastive = file_view_transforms(
+        style, preprocessing.size, preprocessing.mean, preprocessing.std, config.data.crop_padding, settings.policy,
+        resize_first=preprocessing.resize == "resize", grey=preprocessing.color == "L",
+        repeat_channels=preprocessing.channels)
+    return FilePairLoader(PairViewDataset(train_set, classification, contrastive), sampler, batch, mixes, device,
+                          workers=config.data.workers, drop_last=train_loader.drop_last,
+                          channels_last=config.model.channels_last)
 
 
 def _mixing(config: RunConfig, num_classes: int) -> Callable:

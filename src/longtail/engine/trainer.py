@@ -126,7 +126,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.model.compile:
             self.train_model = torch.compile(self.train_model)
-        self.loss_fn = build_loss_fn(config, self.class_counts, self.device)
+        self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
@@ -268,16 +268,22 @@ class Trainer:
             lr = self._lr(epoch + batch_index / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, targets = self.data.mix(images, targets, epoch, batch_index)
             boundary = (batch_index + 1) % accumulation == 0 or batch_index + 1 == steps
             sync = contextlib.nullcontext() if boundary or not self.context.enabled else self.train_model.no_sync()
             with sync:
-                with autocast_context(self.device, config.train.precision):
-                    logits = self.train_model(images)
-                logits = logits.float()
-                terms = self._loss_terms(logits, targets)
+                if hasattr(self.loss_fn, "training_step"):
+                    # A method that owns its step (ConCutMix: views, mixing, one forward, several losses).
+                    terms = self.loss_fn.training_step(
+                        self.train_model, images, targets, epoch, batch_index,
+                        autocast=lambda: autocast_context(self.device, config.train.precision),
+                        regularizer=self.regularizer, check_finite=self._check_finite)
+                else:
+                    images, targets = self.data.mix(images, targets, epoch, batch_index)
+                    with autocast_context(self.device, config.train.precision):
+                        logits = self.train_model(images)
+                    logits = logits.float()
+                    terms = self._loss_terms(logits, targets)
                 self._check_finite(terms)
-                base_loss = terms["base_loss"]
                 loss = sum(terms.values())
                 self.scaler.scale(loss / accumulation).backward()
             if boundary:
@@ -287,12 +293,13 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-            batch_size = images.shape[0]
+            batch_size = targets.shape[0]
             seen += batch_size
             totals["loss"] += loss.detach() * batch_size
-            totals["base_loss"] += base_loss.detach() * batch_size
-            if "regularizer" in terms:
-                totals["regularizer"] += terms["regularizer"].detach() * batch_size
+            for name, value in terms.items():
+                if name not in totals:
+                    totals[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+                totals[name] += value.detach() * batch_size
             self.state.batch += 1
             self.state.global_step += 1
             if progress is not None:
@@ -311,6 +318,8 @@ class Trainer:
         record.update({k: v.item() / max(seen, 1) for k, v in totals.items()})
         if self.regularizer is not None:
             record["spectral_norm"] = float(self.regularizer.spectral_norm)
+        if hasattr(self.loss_fn, "epoch_statistics"):
+            record.update(self.loss_fn.epoch_statistics())
         return record
 
     def _progress(self, steps: int, initial: int):
