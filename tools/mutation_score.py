@@ -50,6 +50,7 @@ PACKAGES = ("engine", "losses", "regularizers", "metrics", "data")
 # files (test_resume.py, test_torchrun*.py: 20-60 s each) are left out to keep a sample feasible on
 # two cores; the mutants they alone would catch count as survivors (a conservative score).
 TESTS = {
+    "losses/contrastive.py": ["test_contrastive.py"],
     "losses/": ["test_losses.py", "test_ccar.py", "test_engine_options.py"],
     "regularizers/": ["test_car.py", "test_bounds.py", "test_car_distributed.py"],
     "metrics/": ["test_metrics.py", "test_bounds.py"],
@@ -62,10 +63,14 @@ TESTS = {
     "data/listfile.py": ["test_data_listfile.py"],
     "data/imagefolder.py": ["test_data_listfile.py"],
     "data/imbalance.py": ["test_data_longtail.py"],
+    "data/concutmix.py": ["test_concutmix_data.py"],
+    "data/preprocess.py": ["test_preprocess.py", "test_transforms.py"],
+    "data/imagefiles.py": ["test_data_listfile.py", "test_loader.py", "test_transforms.py"],
     "data/": ["test_data_builtin.py", "test_data_longtail.py", "test_data_idx.py", "test_data_listfile.py",
               "test_data_cifar.py"],
     "engine/compare.py": ["test_compare_aggregation.py", "test_compare.py"],
     "engine/posthoc.py": ["test_posthoc.py"],
+    "engine/inference.py": ["test_inference.py"],
     "engine/config.py": ["test_engine_config.py", "test_engine_options.py"],
     "engine/checkpoint.py": ["test_checkpoint.py", "test_safe_loading.py", "test_interrupts.py"],
     "engine/components.py": ["test_engine_options.py", "test_decoupled.py", "test_safe_loading.py"],
