@@ -23,3 +23,19 @@ def test_worst_fraction_mean_takes_at_least_one_value():
     assert worst_fraction_mean(values, 0.0) == pytest.approx(0.2)  # "at least one": the minimum
     assert worst_fraction_mean(values, 0.1) == pytest.approx(0.2)  # ceil(0.4) = 1
     assert worst_fraction_mean(values, 0.5) == pytest.approx(0.35)  # the two smallest
+
+
+@pytest.mark.parametrize("num_classes", [0, -1, 2.0])
+def test_long_tail_metrics_refuses_a_class_count_that_is_not_a_positive_int(num_classes):
+    from longtail.metrics import LongTailMetrics
+
+    with pytest.raises(ValueError, match="num_classes"):
+        LongTailMetrics(num_classes, [5, 3])
+
+
+def test_long_tail_metrics_to_moves_its_state():
+    from longtail.metrics import LongTailMetrics
+
+    metrics = LongTailMetrics(3, [5, 3, 1]).to("meta")  # a device every machine has
+    state = metrics._state()
+    assert state and all(value.device.type == "meta" for value in state.values())
