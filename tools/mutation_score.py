@@ -71,6 +71,8 @@ TESTS = {
     "engine/compare.py": ["test_compare_aggregation.py", "test_compare.py"],
     "engine/posthoc.py": ["test_posthoc.py"],
     "engine/inference.py": ["test_inference.py"],
+    "engine/data_setup.py": ["test_engine_options.py", "test_data_listfile.py", "test_data_builtin.py",
+                             "test_data_longtail.py", "test_data_idx.py", "test_cli.py"],
     "engine/config.py": ["test_engine_config.py", "test_engine_options.py"],
     "engine/checkpoint.py": ["test_checkpoint.py", "test_safe_loading.py", "test_interrupts.py"],
     "engine/components.py": ["test_engine_options.py", "test_decoupled.py", "test_safe_loading.py"],
