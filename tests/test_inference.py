@@ -47,7 +47,7 @@ def write_folder(root: Path, per_class, offset: int = 0, jpeg_every: int = 3) ->
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 4-epoch run on a long-tailed PNG/JPEG folder with its own val/ (weights selected on it),
+    """A 4-epoch run at 28 px on a long-tailed PNG/JPEG folder with its own val/ (weights selected on it),
     the three post-hoc results chosen, then the training data deleted. Returns a dict of paths."""
     base = tmp_path_factory.mktemp("inference")
     data_root = base / "my-data"
@@ -154,10 +154,11 @@ def test_unreadable_images_are_listed_and_nothing_is_written_unless_skipped(trai
     output = tmp_path / "out.csv"
     assert main(["predict", str(trained["run"]), str(folder), "--output", str(output)]) == 2
     error = capsys.readouterr().err
-    assert "2 image(s) cannot be decoded" in error and "broken.png" in error and "empty.jpg" in error
+    assert "2 image(s) cannot be used" in error and "broken.png: cannot be decoded" in error
+    assert "empty.jpg: cannot be decoded" in error
     assert not output.exists()
     assert main(["predict", str(trained["run"]), str(folder), "--output", str(output), "--skip-unreadable"]) == 0
-    assert "skipped 2 unreadable" in capsys.readouterr().err
+    assert "skipped 2 unusable" in capsys.readouterr().err
     assert len(read_csv(output)) == 8
 
 
