@@ -24,7 +24,7 @@ import warnings
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from longtail.data.samplers import ClassPowerSampler, derive_seed
 from longtail.data.transforms import (
@@ -40,7 +40,7 @@ from longtail.data.transforms import (
     uniforms_to_cutout,
 )
 
-__all__ = ["InMemoryLoader"]
+__all__ = ["FileLoader", "InMemoryLoader"]
 
 
 def _channel_statistics(images: torch.Tensor, chunk_size: int = 8192) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -278,3 +278,78 @@ class InMemoryLoader:
             f"sampler={self.sampler!r}, augment={self.augment!r}, device={self.device}, "
             f"channels_last={self.channels_last}, drop_last={self.drop_last}, seed={self.seed}, epoch={self.epoch})"
         )
+
+
+class _SeededSamples(Dataset):
+    """Wraps a file dataset: item ``(index, epoch, position)`` is ``dataset[index]`` transformed with torch's
+    generator seeded from (seed, epoch, position); ``epoch=None`` (evaluation) draws nothing."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch, position = key
+        if epoch is None:
+            return self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, position))
+            return self.dataset[index]
+
+
+class FileLoader:
+    """Batches of a file dataset (``dataset[i] -> (transformed image, label)``) through a ``DataLoader``
+    with ``workers`` processes, with the in-memory loader's ``set_epoch(epoch, start_batch)`` and ``len``.
+
+    Training (``augment=True``): every sample's transform runs with torch's generator seeded from
+    (seed, epoch, the sample's global position in the epoch's draw), the numbers
+    :class:`InMemoryLoader` uses. So the augmented batches do not depend on the number of workers
+    or processes, and a resumed run (``start_batch=k`` skips k batches without loading them) gets
+    exactly the batches an uninterrupted one would have.
+    """
+
+    def __init__(self, dataset, batch_size: int, sampler, device, channels_last: bool = False, workers: int = 0,
+                 drop_last: bool = False, seed: int = 0, augment: bool = False) -> None:
+        self.dataset = dataset
+        self.batch_size, self.sampler = int(batch_size), sampler
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.channels_last, self.workers, self.drop_last = bool(channels_last), int(workers), bool(drop_last)
+        self.seed, self.augment = int(seed), bool(augment)
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= int(start_batch) <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def keys(self) -> list:
+        """``(dataset index, epoch or None, global position)`` of every sample from ``start_batch`` on."""
+        indices = list(iter(self.sampler))
+        replicas = int(getattr(self.sampler, "num_replicas", 1))
+        rank = int(getattr(self.sampler, "rank", 0))
+        epoch = self.epoch if self.augment else None
+        first = self.start_batch * self.batch_size
+        end = len(self) * self.batch_size
+        return [(index, epoch, local * replicas + rank) for local, index in enumerate(indices) if first <= local < end]
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(_SeededSamples(self.dataset, self.seed), batch_size=self.batch_size, sampler=self.keys(),
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
+                            persistent_workers=False)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in loader:
+            yield (images.to(self.device, non_blocking=True).contiguous(memory_format=memory_format),
+                   torch.as_tensor(labels).to(self.device, non_blocking=True))
+
+    def __repr__(self) -> str:
+        return (f"FileLoader(n={len(self.dataset)}, batch_size={self.batch_size}, sampler={self.sampler!r}, "
+                f"workers={self.workers}, augment={self.augment}, seed={self.seed}, epoch={self.epoch})")
