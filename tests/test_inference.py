@@ -47,7 +47,7 @@ def write_folder(root: Path, per_class, offset: int = 0, jpeg_every: int = 3) ->
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 4-epoch run at 28 px on a long-tailed PNG/JPEG folder with its own val/ (weights selected on it),
+    """A 4-epoch run at native size (28 px) on a long-tailed PNG/JPEG folder with its own val/ (weights selected on it),
     the three post-hoc results chosen, then the training data deleted. Returns a dict of paths."""
     base = tmp_path_factory.mktemp("inference")
     data_root = base / "my-data"
@@ -57,7 +57,7 @@ def trained(tmp_path_factory):
     output = base / "runs"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["train", "data.name=imagefolder", f"data.root={data_root}", "data.image_size=28",
+        code = main(["train", "data.name=imagefolder", f"data.root={data_root}",
                  "data.workers=0", "data.batch_size=16", "optim.epochs=4", "optim.lr=0.05", "optim.warmup_epochs=0",
                  "train.select_on=accuracy", f"train.output_dir={output}", "train.progress=false",
                  "train.threads=1", "train.run_name=lt-run"])
@@ -147,18 +147,21 @@ def test_predict_with_the_posthoc_classifier_reproduces_its_test_metrics(trained
 
 
 def test_unreadable_images_are_listed_and_nothing_is_written_unless_skipped(trained, tmp_path, capsys):
+    from PIL import Image
+
     folder = tmp_path / "mixed"
     shutil.copytree(trained["images"] / "bag", folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (folder / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (40, 30)).save(folder / "too-big.png")  # the run is native 28x28: refused, not resized
     output = tmp_path / "out.csv"
     assert main(["predict", str(trained["run"]), str(folder), "--output", str(output)]) == 2
     error = capsys.readouterr().err
-    assert "2 image(s) cannot be used" in error and "broken.png: cannot be decoded" in error
-    assert "empty.jpg: cannot be decoded" in error
+    assert "3 image(s) cannot be used" in error and "broken.png: cannot be decoded" in error
+    assert "empty.jpg: cannot be decoded" in error and "too-big.png: image is 30x40" in error
     assert not output.exists()
     assert main(["predict", str(trained["run"]), str(folder), "--output", str(output), "--skip-unreadable"]) == 0
-    assert "skipped 2 unusable" in capsys.readouterr().err
+    assert "skipped 3 unusable" in capsys.readouterr().err
     assert len(read_csv(output)) == 8
 
 
