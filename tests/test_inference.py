@@ -8,11 +8,10 @@ predictions made from the run directory alone must reproduce them image for imag
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +153,13 @@ def test_export_matches_the_pytorch_logits(trained, tmp_path, capsys, fmt):
     import longtail
     from PIL import Image
 
-    output = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
-    assert main(["export", str(trained["run"]), "--format", fmt, "--output", str(output)]) == 0
+    output = tmp_path / "out" / ("model.onnx" if fmt == "onnx" else "model.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", str(trained["run"]), "--format", fmt, "--output", str(output)]) == 0
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    # one model file (ONNX weights inside it, not in an external data file) and its metadata
+    assert sorted(p.name for p in output.parent.iterdir()) == sorted([output.name, output.name + ".json"])
     metadata = json.loads(Path(str(output) + ".json").read_text())
     assert metadata["classes"] == CLASSES and metadata["input"]["shape"][1:] == [3, 28, 28]
     assert "preprocessing" in metadata and "epoch" in metadata["weights"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -290,15 +291,18 @@ def export_run(loaded: LoadedRun, fmt: str, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch flags TorchScript and parts of its own exporter as deprecated; the user chose the format.
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
             if fmt == "torchscript":
                 traced = torch.jit.trace(model, example, check_trace=False)
                 traced.save(str(temporary))
             else:
-                # torch.export-based exporter (onnxscript); batch size left free.
+                # torch.export-based exporter (onnxscript); batch size left free; the weights inside the
+                # one file (external_data=False), so the model is a single file to copy.
                 torch.onnx.export(model, (example.expand(2, *size),), str(temporary), input_names=["images"],
                                   output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
-                                  dynamo=True, verbose=False)
+                                  dynamo=True, external_data=False, verbose=False)
         os.replace(temporary, output)
     finally:
         if temporary.exists():
