@@ -192,3 +192,18 @@ def test_eval_data_root_scores_another_folder(trained, tmp_path, capsys):
     shutil.copy(next((other / "test" / "bag").iterdir()), other / "test" / "hat")
     assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 2
     assert "not trained on: ['hat']" in capsys.readouterr().err
+
+
+def test_validation_carved_from_an_image_folder_without_val(tmp_path, capsys):
+    """data.validation_per_class on root/{train,test} (no val/) with train.select_on: the carved split
+    serves selection (it used to fail looking for root/val)."""
+    from conftest import write_folder
+
+    write_folder(tmp_path / "data" / "train", [8, 6, 5, 4, 3])
+    write_folder(tmp_path / "data" / "test", [2] * 5, offset=200)
+    assert main(["train", "data.name=imagefolder", f"data.root={tmp_path / 'data'}", "data.workers=0",
+                 "data.batch_size=8", "data.validation_per_class=1", "train.select_on=balanced_accuracy",
+                 "optim.epochs=1", "optim.warmup_epochs=0", f"train.output_dir={tmp_path / 'runs'}",
+                 "train.progress=false", "train.threads=1", "train.run_name=r"]) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    assert metrics["val"]["num_samples"] == 5 and metrics["selected"]["metric"] == "val/balanced_accuracy"
