@@ -276,8 +276,8 @@ def _own_validation_set(config: RunConfig):
     try:
         return build_dataset(spec.name, "val", root=spec.root, **_dataset_kwargs(config))
     except FileNotFoundError:
-        if config.train.select_on != "final":
-            raise
+        if config.train.select_on != "final" and not spec.validation_per_class:
+            raise  # selection needs a validation split, and none will be carved from train
         return None
 
 
