@@ -28,6 +28,7 @@ from longtail.data.samplers import ClassPowerSampler, derive_seed
 from longtail.data.transforms import (
     BatchAugment,
     apply_cutout,
+    autoaugment_batch,
     crop_flip,
     normalize,
     resize_images,
@@ -210,6 +211,8 @@ class InMemoryLoader:
                 images.shape[0], augment.crop_padding, augment.flip_probability if augment.flip else 0.0, generator
             )
             images = crop_flip(images, augment.crop_padding, top, left, flipped if augment.flip else None, augment.padding_mode)
+        if augment is not None and augment.autoaugment:
+            images = autoaugment_batch(images, generator)
         batch = normalize(images, self.mean, self.std, self.dtype)
         if augment is not None and augment.cutout_size > 0:
             # After normalisation, as in DeVries & Taylor: the hole is the dataset mean colour.

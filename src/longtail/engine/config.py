@@ -54,7 +54,7 @@ class DataConfig:
     channels: Optional[int] = _help(
         "repeat single-channel images to this many channels (3 for ImageNet-pretrained backbones)", None)
     randaugment: bool = _help("RandAugment (file datasets)", False)
-    autoaugment: bool = _help("AutoAugment, the ImageNet or CIFAR-10 policy by image size (file datasets)", False)
+    autoaugment: bool = _help("AutoAugment, the ImageNet or CIFAR-10 policy by image size (in-memory datasets: CIFAR-10 policy)", False)
     workers: int = _help("DataLoader workers (file datasets)", 2)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
@@ -93,6 +93,16 @@ class OptimConfig:
     milestone_factors: list = _help(
         "lr multiplier (of the base lr) from each milestone on", None, lambda: [0.01, 0.0001])
     min_lr: float = _help("final lr of the cosine schedule", 0.0)
+    warmup_style: str = _help(
+        "linear (per step, from optim.warmup_start_lr to optim.lr) | stepwise (LDAM-DRW: lr * e / warmup_epochs "
+        "in epochs e = 1..warmup_epochs, constant within an epoch)", "linear")
+    warmup_start_lr: Optional[float] = _help("lr at the start of a linear warm-up (None = 0)", None)
+    iterations: Optional[int] = _help(
+        "train for exactly this many batches instead of a number of epochs (the Balanced Softmax CIFAR "
+        "protocol: 13000); optim.epochs is then set to ceil(iterations / batches per epoch) and the last "
+        "epoch is cut short", None)
+    warmup_iterations: Optional[int] = _help(
+        "warm-up length in batches (iteration-based recipes; needs optim.warmup_epochs=0)", None)
     grad_accumulation: int = _help("accumulate gradients over this many batches", 1)
     clip_grad_norm: Optional[float] = _help("clip the gradient norm to this value", None)
 
@@ -401,6 +411,7 @@ _CHOICES = {
     "model.decoupled": ("none", "crt", "lws"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("multistep", "cosine", "constant"),
+    "optim.warmup_style": ("linear", "stepwise"),
     "train.precision": ("fp32", "bf16", "fp16"),
 }
 
@@ -424,6 +435,7 @@ def validate(config: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, got {value}")
+    _validate_iterations(config)
     if optim.lr <= 0:
         raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
     if not 0 <= config.data.mixing_prob <= 1:
@@ -438,6 +450,30 @@ def validate(config: RunConfig) -> None:
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+def _validate_iterations(config: RunConfig) -> None:
+    """Iteration-based length and warm-up (optim.iterations / warmup_iterations / warmup_start_lr)."""
+    optim = config.optim
+    if optim.iterations is not None and optim.iterations < 1:
+        raise ConfigError(f"optim.iterations must be at least 1 (or null for epoch-based training), got {optim.iterations}")
+    if optim.warmup_iterations is not None:
+        if optim.warmup_iterations < 0:
+            raise ConfigError(f"optim.warmup_iterations must be >= 0, got {optim.warmup_iterations}")
+        if optim.warmup_epochs:
+            raise ConfigError(f"give optim.warmup_iterations or optim.warmup_epochs, not both "
+                              f"(set optim.warmup_epochs=0; it is {optim.warmup_epochs})")
+        if optim.warmup_style == "stepwise":
+            raise ConfigError("optim.warmup_style=stepwise steps once per epoch; use optim.warmup_epochs with it")
+    if optim.warmup_start_lr is not None:
+        if optim.warmup_style == "stepwise":
+            raise ConfigError("optim.warmup_start_lr applies to the linear warm-up; the stepwise one starts at "
+                              "lr / warmup_epochs")
+        if optim.warmup_start_lr < 0:
+            raise ConfigError(f"optim.warmup_start_lr must be >= 0, got {optim.warmup_start_lr}")
+    if optim.iterations is not None and config.data.sampler == "progressive":
+        raise ConfigError("data.sampler=progressive schedules over optim.epochs, which optim.iterations derives "
+                          "from the batches per epoch; give optim.epochs instead of optim.iterations")
 
 
 def describe_keys() -> str:

@@ -147,7 +147,8 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
     resize = (spec.image_size, spec.image_size) if spec.image_size else None
     common = dict(device=device, channels_last=config.model.channels_last, resize_to=resize,
                   mean=train_set.mean, std=train_set.std, repeat_channels=spec.channels)
-    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout)
+    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout,
+                           autoaugment=spec.autoaugment)
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
     train_loader = InMemoryLoader(train_set, batch_size=batch, sampler=sampler, augment=augment, drop_last=drop_last,

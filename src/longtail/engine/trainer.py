@@ -110,6 +110,7 @@ class Trainer:
         seed_everything(config.train.seed)  # every rank builds the same initial model
         self.data: DataBundle = build_data(config, self.device, self.context)
         self.class_counts = self.data.class_counts
+        self._derive_epochs_from_iterations()
         self.num_classes = len(self.class_counts)
         self.model = build_model(config, self.num_classes, self.data.in_channels, self.device)
         report = getattr(self.model, "pretrained_report", None)
@@ -208,10 +209,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
+    def _derive_epochs_from_iterations(self) -> None:
+        """optim.iterations: the run lasts ceil(iterations / batches per epoch) epochs, the last cut short.
+        Written into the config before anything reads optim.epochs (loss switch, history, config.yaml)."""
+        optim = self.config.optim
+        if optim.iterations is None:
+            return
+        epochs = math.ceil(optim.iterations / self.data.steps_per_epoch)
+        if epochs != optim.epochs and self.context.is_main:
+            print(f"optim.iterations={optim.iterations} at {self.data.steps_per_epoch} batches per epoch: "
+                  f"{epochs} epochs (optim.epochs set to {epochs})", flush=True)
+        optim.epochs = epochs
+
     def _lr(self, epoch_position: float) -> float:
         optim = self.config.optim
-        return learning_rate(optim.lr, epoch_position, optim.epochs, optim.schedule, optim.warmup_epochs,
-                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr)
+        total, warmup = optim.epochs, optim.warmup_epochs
+        if optim.iterations is not None:  # iteration-based: the schedule spans exactly `iterations` batches
+            total = optim.iterations / self.data.steps_per_epoch
+        if optim.warmup_iterations is not None:
+            warmup = optim.warmup_iterations / self.data.steps_per_epoch
+        return learning_rate(optim.lr, epoch_position, total, optim.schedule, warmup,
+                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr,
+                             optim.warmup_style, optim.warmup_start_lr)
 
     def _stop_requested(self, stop: _StopFlag) -> bool:
         """True on every rank as soon as any rank got a signal (ranks must stop at the same step)."""
@@ -267,7 +286,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images, targets = self.data.mix(images, targets, epoch, batch_index)
-            boundary = (batch_index + 1) % accumulation == 0 or batch_index + 1 == steps
+            last_batch = batch_index + 1 == steps or (
+                config.optim.iterations is not None and self.state.global_step + 1 >= config.optim.iterations)
+            boundary = (batch_index + 1) % accumulation == 0 or last_batch
             sync = contextlib.nullcontext() if boundary or not self.context.enabled else self.train_model.no_sync()
             with sync:
                 with autocast_context(self.device, config.train.precision):
@@ -301,6 +322,8 @@ class Trainer:
             if boundary and self._stop_requested(stop):
                 self.save()
                 raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
+            if config.optim.iterations is not None and self.state.global_step >= config.optim.iterations:
+                break  # iteration-based length: the last epoch ends here
         if progress is not None:
             progress.close()
         elapsed = time.perf_counter() - started

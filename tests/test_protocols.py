@@ -1,0 +1,138 @@
+"""Recipes follow the protocols they name (issue 11): schedules against transcriptions of the
+reference code, iteration-based training, and the machine-checked docs/protocols.md tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from longtail.engine.config import ConfigError, build_config, load_recipe
+from longtail.engine.schedules import learning_rate
+
+from conftest import tiny_run_overrides
+
+
+def ldam_drw_adjust_learning_rate(epoch: int, lr: float = 0.1) -> float:
+    """Transcribed from kaidic/LDAM-DRW cifar_train.py ``adjust_learning_rate`` (epoch counts from 0)."""
+    epoch = epoch + 1
+    if epoch <= 5:
+        return lr * epoch / 5
+    if epoch > 180:
+        return lr * 0.0001
+    if epoch > 160:
+        return lr * 0.01
+    return lr
+
+
+def balanced_softmax_lr(iteration: int, total=13000, warmup=800, start=0.05, peak=0.1, end=0.0) -> float:
+    """The Balanced Softmax CIFAR protocol per iteration (methods.md section 5): linear warm-up from
+    0.05 to 0.1 over 800 iterations, then cosine from 0.1 to 0 over the remaining iterations."""
+    if iteration < warmup:
+        return start + (peak - start) * iteration / warmup
+    return end + (peak - end) * (1 + math.cos(math.pi * (iteration - warmup) / (total - warmup))) / 2
+
+
+@pytest.mark.parametrize("protocol", ["cifar100-lt-r32", "cifar10-lt-r32"])
+@pytest.mark.parametrize("method", ["ldam_drw", "ce_drw", "ce"])
+def test_ldam_drw_recipes_reproduce_the_reference_lr_at_every_step(protocol, method):
+    config, _ = load_recipe(f"{protocol}/{method}")
+    optim = config.optim
+    steps = 85  # batches per epoch: any number; the reference is constant within an epoch
+    for epoch in range(optim.epochs):
+        for batch in (0, steps // 2, steps - 1):
+            ours = learning_rate(optim.lr, epoch + batch / steps, optim.epochs, optim.schedule, optim.warmup_epochs,
+                                 tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr,
+                                 optim.warmup_style, optim.warmup_start_lr)
+            assert ours == pytest.approx(ldam_drw_adjust_learning_rate(epoch, optim.lr), rel=1e-12), (epoch, batch)
+    assert (optim.momentum, optim.weight_decay, config.data.batch_size) == (0.9, 2e-4, 128)
+
+
+def test_ldam_drw_protocol_switches_drw_where_ldam_does():
+    config, _ = load_recipe("cifar100-lt-r32/ldam_drw")
+    assert config.loss.options["switch_fraction"] * config.optim.epochs == 160  # idx = epoch // 160
+
+
+def test_stepwise_warmup_is_constant_within_an_epoch_and_linear_warmup_starts_where_asked():
+    assert learning_rate(0.1, 0.0, 10, "constant", 5, warmup_style="stepwise") == pytest.approx(0.02)
+    assert learning_rate(0.1, 0.99, 10, "constant", 5, warmup_style="stepwise") == pytest.approx(0.02)
+    assert learning_rate(0.1, 4.5, 10, "constant", 5, warmup_style="stepwise") == pytest.approx(0.1)
+    assert learning_rate(0.1, 0.0, 10, "constant", 5) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(0.1, 0.0, 10, "constant", 2, warmup_start_lr=0.05) == pytest.approx(0.05)
+    assert learning_rate(0.1, 1.0, 10, "constant", 2, warmup_start_lr=0.05) == pytest.approx(0.075)
+
+
+@pytest.mark.parametrize("protocol", ["cifar100-lt-r32-bs", "cifar10-lt-r32-bs"])
+def test_balanced_softmax_recipe_reproduces_the_protocol_per_iteration(protocol):
+    config, _ = load_recipe(f"{protocol}/bs")
+    optim = config.optim
+    assert (optim.iterations, optim.warmup_iterations, config.data.batch_size) == (13000, 800, 512)
+    assert (optim.weight_decay, optim.momentum, config.data.autoaugment, config.data.cutout) == (5e-4, 0.9, True, 16)
+    assert config.loss.name == "bs"
+    steps = 22  # CIFAR-100-LT IF 100: ceil(10847 / 512) batches per epoch
+    for iteration in list(range(0, 13000, 97)) + [799, 800, 801, 12999]:
+        position = iteration / steps
+        ours = learning_rate(optim.lr, position, optim.iterations / steps, optim.schedule,
+                             optim.warmup_iterations / steps, tuple(optim.milestones), tuple(optim.milestone_factors),
+                             optim.min_lr, optim.warmup_style, optim.warmup_start_lr)
+        assert ours == pytest.approx(balanced_softmax_lr(iteration), rel=1e-9, abs=1e-12), iteration
+
+
+def test_iteration_based_training_runs_exactly_that_many_batches(tiny_idx_root, tmp_path):
+    from longtail.engine.trainer import train
+
+    overrides = tiny_run_overrides(tiny_idx_root, tmp_path) + [
+        "optim.iterations=13", "optim.warmup_iterations=4", "optim.warmup_start_lr=0.01", "optim.schedule=cosine",
+        "train.eval_train=false"]
+    config, label = build_config(overrides=overrides)
+    run_dir, results = train(config, label)
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    steps = -(-sum(json.loads((run_dir / "class_counts.json").read_text())["train_counts"]) // 16)
+    assert results["epochs"] == math.ceil(13 / steps) == len(history)
+    from longtail.engine.checkpoint import load_checkpoint, run_checkpoint
+
+    assert load_checkpoint(run_checkpoint(run_dir))["global_step"] == 13
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.warmup_iterations=10"], "not both"),
+    (["optim.warmup_style=stepwise", "optim.warmup_start_lr=0.01"], "linear warm-up"),
+    (["optim.iterations=0"], "at least 1"),
+    (["optim.iterations=100", "data.sampler=progressive"], "progressive"),
+])
+def test_iteration_options_refuse_contradictions(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=overrides)
+
+
+def test_autoaugment_batch_is_a_function_of_its_generator_and_leaves_the_global_rng_alone():
+    import torch
+
+    from longtail.data.transforms import autoaugment_batch
+
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    state = torch.get_rng_state()
+    first = autoaugment_batch(images, torch.Generator().manual_seed(5))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, autoaugment_batch(images, torch.Generator().manual_seed(5)))
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    changed = (first != images).flatten(1).any(1)
+    assert changed.any()
+    assert not torch.equal(first, autoaugment_batch(images, torch.Generator().manual_seed(6)))
+
+
+def test_in_memory_loader_applies_autoaugment_when_the_config_asks(tiny_idx_root):
+    import torch
+
+    from longtail.engine.data_setup import build_data
+    from longtail.engine.distributed import DistributedContext
+
+    def first_batch(autoaugment):
+        config, _ = build_config(overrides=tiny_run_overrides(tiny_idx_root, "unused") + [
+            f"data.autoaugment={str(autoaugment).lower()}", "data.crop_padding=0", "data.flip=false"])
+        data = build_data(config, torch.device("cpu"), DistributedContext())
+        data.train_loader.set_epoch(0)
+        return next(iter(data.train_loader))[0]
+
+    assert not torch.equal(first_batch(True), first_batch(False))
