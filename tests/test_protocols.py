@@ -136,3 +136,124 @@ def test_in_memory_loader_applies_autoaugment_when_the_config_asks(tiny_idx_root
         return next(iter(data.train_loader))[0]
 
     assert not torch.equal(first_batch(True), first_batch(False))
+
+
+# ----------------------------------------------------------------- scheduled and head-bound losses
+
+COUNTS = [500, 120, 30, 8]
+
+
+def _effective_number_weights(counts, beta=0.9999):
+    """LDAM-DRW cifar_train.py's DRW weights, in numpy."""
+    import numpy as np
+
+    per_class = (1.0 - beta) / (1.0 - np.power(beta, counts))
+    return per_class / per_class.sum() * len(counts)
+
+
+def test_ccar_around_drw_receives_the_epoch_through_set_epoch():
+    import torch
+
+    from longtail import losses as L
+
+    drw = L.DeferredReweighting(L.CrossEntropy(COUNTS), COUNTS, switch_epoch=3)
+    ccar = L.CCAR(COUNTS, base=drw)
+    assert hasattr(ccar, "set_epoch")
+    logits = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    targets = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    ccar.set_epoch(2)
+    assert not drw.weights_active
+    before = ccar(logits, targets)
+    ccar.set_epoch(3)
+    assert drw.weights_active and drw.epoch == 3
+    after = ccar(logits, targets)
+    # Independent: Omega = (e - f')^(omega - p_t) (spec section 1) times the (DRW-weighted) CE, mean.
+    p = torch.softmax(logits, 1).gather(1, targets[:, None]).squeeze(1)
+    frequency = torch.tensor(COUNTS, dtype=torch.float64)[targets] / sum(COUNTS)
+    omega = 0.75
+    dual = torch.where(p < omega, frequency, 1 - frequency)
+    ccar_weight = (math.e - dual) ** (omega - p)
+    w = torch.tensor(_effective_number_weights(COUNTS))[targets]
+    ce = -torch.log(p)
+    torch.testing.assert_close(before, (ccar_weight * ce).mean())
+    torch.testing.assert_close(after, (ccar_weight * w * ce).mean())
+
+
+def test_engine_steps_a_drw_loss_nested_in_ccar(tiny_idx_root, tmp_path):
+    from longtail import losses as L
+    from longtail.engine.trainer import Trainer
+
+    config, label = build_config(overrides=tiny_run_overrides(tiny_idx_root, tmp_path, epochs=2) + [
+        "loss.name=ccar_ce", "train.eval_train=false"])
+    trainer = Trainer(config, label)
+    try:
+        drw = L.DeferredReweighting(L.CrossEntropy(trainer.class_counts), trainer.class_counts, switch_epoch=1)
+        trainer.loss_fn = L.CCAR(trainer.class_counts, base=drw)
+        trainer.fit()
+        assert drw.epoch == 1 and drw.weights_active
+    finally:
+        trainer.close()
+
+
+def test_drw_in_a_plain_loop_without_set_epoch_warns_once():
+    import warnings
+
+    import torch
+
+    from longtail.losses import build_loss
+
+    loss = build_loss("ce_drw", COUNTS)
+    logits, targets = torch.randn(4, 4), torch.tensor([0, 1, 2, 3])
+    with pytest.warns(UserWarning, match="set_epoch"):
+        loss(logits, targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss(logits, targets)
+        stepped = build_loss("ce_drw", COUNTS)
+        stepped.set_epoch(0)
+        stepped(logits, targets)
+
+
+def test_ldam_is_bound_to_its_cosine_head():
+    import warnings
+
+    import torch
+
+    from longtail.losses import build_loss
+    from longtail.models.heads import CosineHead, LinearHead
+
+    cosine = CosineHead(8, 4, scale=16.0)
+    loss = build_loss("ldam", COUNTS, head=cosine)
+    assert loss.logit_scale == 16.0
+    features, targets = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a checked head: no warning
+        value = loss(cosine(features), targets)
+    # Independent: s * (cos - m_y) for the true class, CE, with m_j = 0.5 * (N_min / N_j) ** 0.25.
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    margins = 0.5 * (counts.min() / counts) ** 0.25
+    cos = cosine.cosine(features).double().detach()
+    adjusted = 16.0 * (cos - torch.nn.functional.one_hot(targets, 4) * margins[targets][:, None])
+    torch.testing.assert_close(value.double(), torch.nn.functional.cross_entropy(adjusted, targets), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one setting"):
+        build_loss("ldam_drw", COUNTS, head=cosine, scale=30.0)
+    with pytest.raises(ValueError, match="cosine-normalised"):
+        build_loss("ldam_drw", COUNTS, head=LinearHead(8, 4))
+    unbound = build_loss("ldam", COUNTS)
+    with pytest.warns(UserWarning, match="head=model.head"):
+        unbound(cosine(features), targets)
+
+
+def test_engine_makes_ldam_scale_the_head_scale():
+    import torch
+
+    from longtail.engine.components import build_loss_fn
+
+    config, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head_scale=16"])
+    assert build_loss_fn(config, COUNTS, torch.device("cpu")).loss.logit_scale == 16.0
+    with pytest.raises(ConfigError, match="model.head_scale=30"):
+        build_loss_fn(build_config("fashion-mnist-lt/ldam_drw", overrides=["loss.scale=30"])[0], COUNTS,
+                      torch.device("cpu"))
+    with pytest.raises(ConfigError, match="model.head=cosine"):
+        build_loss_fn(build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head=linear"])[0], COUNTS,
+                      torch.device("cpu"))

@@ -127,7 +127,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.model.compile:
             self.train_model = torch.compile(self.train_model)
-        self.loss_fn = build_loss_fn(config, self.class_counts, self.device)
+        self.loss_fn = build_loss_fn(config, self.class_counts, self.device, head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
@@ -268,7 +268,7 @@ class Trainer:
         epoch = self.state.epoch
         loader = self.data.train_loader
         steps = self.data.steps_per_epoch
-        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules
+        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules, also nested (e.g. inside CCAR)
             self.loss_fn.set_epoch(epoch)
         loader.set_epoch(epoch, start_batch=self.state.batch)
         self.train_model.train()
