@@ -257,3 +257,44 @@ def test_engine_makes_ldam_scale_the_head_scale():
     with pytest.raises(ConfigError, match="model.head=cosine"):
         build_loss_fn(build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head=linear"])[0], COUNTS,
                       torch.device("cpu"))
+
+
+# ----------------------------------------------------------------- item 7: the reported spectral norm
+
+
+def test_reported_test_spectral_norm_uses_the_runs_car_weighting(tiny_idx_root, tmp_path):
+    import numpy as np
+    import torch
+
+    from longtail.engine.evaluate import load_trained
+    from longtail.engine.trainer import train
+
+    config, label = build_config(overrides=tiny_run_overrides(tiny_idx_root, tmp_path, epochs=1) + [
+        "regularizer.name=car", "regularizer.weighting=count", "regularizer.l0=3", "train.eval_train=false"])
+    run_dir, results = train(config, label)
+    reported = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert reported["confusion_spectral_norm_weighting"] == {
+        "weighting": "count", "source": "this run's CAR regularizer", "l0": 3}
+    # Independent: predictions -> numpy confusion (pred x true), columns / class size, diagonal 0,
+    # columns times (N_j + l0)^-0.5 / mean, largest singular value.
+    model, data, _, device = load_trained(run_dir, "cpu")
+    predictions, labels = [], []
+    with torch.no_grad():
+        for images, targets in data.eval_loaders["test"]:
+            predictions.append(model(images).argmax(1).numpy())
+            labels.append(targets.numpy())
+    predictions, labels = np.concatenate(predictions), np.concatenate(labels)
+    k = len(data.class_counts)
+    confusion = np.zeros((k, k))
+    np.add.at(confusion, (predictions, labels), 1.0)
+    hard = confusion / np.bincount(labels, minlength=k)[None, :]
+    np.fill_diagonal(hard, 0.0)
+    counts = np.asarray(data.class_counts, dtype=np.float64)
+
+    def norm(raw):
+        weights = np.maximum(raw / raw.mean(), 1e-3)
+        return np.linalg.norm(hard * weights[None, :], ord=2)
+
+    expected = norm((counts + 3) ** -0.5)
+    assert reported["confusion_spectral_norm"] == pytest.approx(expected, rel=1e-6)
+    assert abs(norm((counts / counts.sum() + 0.2) ** -0.5) - expected) > 1e-3  # the default would differ

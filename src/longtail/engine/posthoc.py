@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from longtail.engine.evaluate import autocast_context, load_trained
+from longtail.engine.evaluate import autocast_context, load_trained, spectral_norm_weighting
 from longtail.losses import post_hoc_adjust
 from longtail.metrics import LongTailMetrics
 from longtail.models.heads import LinearHead, NCMHead, class_mean_features, tau_normalized_head
@@ -37,8 +37,8 @@ def split_features(model, loader, device: torch.device, precision: str) -> tuple
 
 
 def _metrics(classifier, features: torch.Tensor, labels: torch.Tensor, class_counts,
-             spectral_norm: bool = False) -> dict:
-    metrics = LongTailMetrics(len(class_counts), class_counts)
+             spectral_norm: bool = False, class_weights=None) -> dict:
+    metrics = LongTailMetrics(len(class_counts), class_counts, class_weights=class_weights)
     for start in range(0, len(labels), CHUNK):  # bounded memory at K = 8142
         metrics.update(classifier(features[start:start + CHUNK]).float(), labels[start:start + CHUNK])
     return metrics.compute(spectral_norm=spectral_norm)
@@ -87,5 +87,7 @@ def run_posthoc(target: Path, method: str, taus: Sequence[float] = DEFAULT_TAUS,
         result["tau"] = taus[0]
     classifier = _classifier(method, model, counts, result["tau"], train_features)
     features, labels = split_features(model, data.eval_loaders["test"], torch_device, precision)
-    result["test"] = _metrics(classifier, features, labels, counts, spectral_norm=True)
+    weights, described = spectral_norm_weighting(config, counts)
+    result["test"] = _metrics(classifier, features, labels, counts, spectral_norm=True, class_weights=weights)
+    result["test"]["confusion_spectral_norm_weighting"] = described
     return result

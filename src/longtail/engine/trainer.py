@@ -32,7 +32,7 @@ from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.runinfo import create_run_dir, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import autocast_context, evaluate_loader
+from longtail.engine.evaluate import autocast_context, evaluate_loader, spectral_norm_weighting
 
 
 
@@ -374,10 +374,14 @@ class Trainer:
     def evaluate(self, split: str, spectral_norm: bool = False) -> dict:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
+        weights, described = spectral_norm_weighting(self.config, self.class_counts)
         metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.config.train.precision)
+                                  self.config.train.precision, class_weights=weights)
         self.confusions[split] = metrics.confusion.cpu().numpy()
-        return metrics.compute(spectral_norm=spectral_norm)
+        results = metrics.compute(spectral_norm=spectral_norm)
+        if spectral_norm:
+            results["confusion_spectral_norm_weighting"] = described
+        return results
 
     def _keep_if_best(self, epoch: int, validation: dict) -> None:
         """Remember this epoch's weights if its validation metric beats every earlier epoch (the first
