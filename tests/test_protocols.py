@@ -298,3 +298,75 @@ def test_reported_test_spectral_norm_uses_the_runs_car_weighting(tiny_idx_root, 
     expected = norm((counts + 3) ** -0.5)
     assert reported["confusion_spectral_norm"] == pytest.approx(expected, rel=1e-6)
     assert abs(norm((counts / counts.sum() + 0.2) ** -0.5) - expected) > 1e-3  # the default would differ
+
+
+# ----------------------------------------------------------------- item 1: never select on a test set
+
+
+def test_selection_on_inat_val_is_refused_before_any_work(tmp_path, capsys):
+    from longtail.cli import main
+
+    code = main(["train", "data.name=inat2018", f"data.root={tmp_path}", "train.select_on=balanced_accuracy",
+                 f"train.output_dir={tmp_path}/runs"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'val'" in err and "test split of inat2018" in err and "data.validation_per_class" in err
+    assert not (tmp_path / "runs").exists()
+    config, _ = build_config("inat2018-r50/ce", overrides=["train.select_on=balanced_accuracy"])
+    assert config.data.validation_per_class == 1  # the recipe carves its validation split from training
+
+
+def test_inat_val_list_is_never_a_validation_split(tmp_path):
+    from PIL import Image
+
+    from longtail.data import dataset_test_splits
+    from longtail.engine.data_setup import _file_validation_set
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
+    for split in ("train", "val"):
+        (tmp_path / f"iNaturalist18_{split}.txt").write_text("img/a.png 0\n")
+    assert dataset_test_splits("inat2018") == ("test", "val")
+    assert dataset_test_splits("imagenet-lt") == ("test",)
+    config, _ = build_config(overrides=["data.name=inat2018", f"data.root={tmp_path}"])
+    assert _file_validation_set(config) is None
+
+
+def _write_folder(root, counts, size=8, seed=0):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", counts), ("test", [3] * len(counts))):
+        for c, n in enumerate(per_class):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def test_file_datasets_carve_a_seeded_per_class_validation_split_from_training(tmp_path):
+    import torch
+
+    from longtail.engine.data_setup import build_data
+    from longtail.engine.distributed import DistributedContext
+
+    _write_folder(tmp_path / "data", [6, 4, 3])
+
+    def bundle(seed):
+        config, _ = build_config(overrides=[
+            "data.name=imagefolder", f"data.root={tmp_path / 'data'}", "data.image_size=8", "data.validation_per_class=2",
+            f"data.split_seed={seed}", "data.workers=0", "data.batch_size=4", "train.select_on=balanced_accuracy"])
+        return build_data(config, torch.device("cpu"), DistributedContext())
+
+    data = bundle(0)
+    assert data.class_counts == [4, 2, 1]
+    assert data.split_info["validation"] == {"from": "train", "per_class": 2, "seed": 0, "size": 6}
+    validation = data.eval_loaders["val"].dataset
+    train = data.train_loader.dataset
+    assert sorted(validation.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert not set(validation.paths) & set(train.paths)  # disjoint
+    assert set(data.eval_loaders["train"].dataset.paths) == set(train.paths)
+    assert validation.paths == bundle(0).eval_loaders["val"].dataset.paths  # seeded
+    others = [bundle(seed).eval_loaders["val"].dataset.paths for seed in (1, 2, 3)]
+    assert any(paths != validation.paths for paths in others)

@@ -21,7 +21,7 @@ from .imbalance import LongTailSplit, index_hash, longtail_counts, make_longtail
 from .listfile import FileImageDataset, ListFileDataset, ListFileError, read_list_file
 from .loader import InMemoryLoader
 from .mixing import CutMix, Mixup, available_mixers, build_mixer, cutmix_box, paste_box
-from .registry import available_datasets, build_dataset, dataset_options, dataset_splits
+from .registry import available_datasets, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from .samplers import ClassPowerSampler, ProgressiveSampler, available_samplers, build_sampler
 from .transforms import BatchAugment, build_file_transforms
 
@@ -55,6 +55,7 @@ __all__ = [
     "build_dataset",
     "dataset_options",
     "dataset_splits",
+    "dataset_test_splits",
     "gini_coefficient",
     "index_hash",
     "load_builtin",

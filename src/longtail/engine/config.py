@@ -445,11 +445,30 @@ def validate(config: RunConfig) -> None:
         if select_on not in SELECTABLE_METRICS:
             raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
                               f"{', '.join(SELECTABLE_METRICS)}")
+    _refuse_selection_on_test(config)
     if config.data.randaugment and config.data.autoaugment:
         raise ConfigError("data.randaugment and data.autoaugment are alternatives; switch on at most one")
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+def _refuse_selection_on_test(config: RunConfig) -> None:
+    """train.select_on reads the 'val' split; refuse it where 'val' is the dataset's test split
+    (iNaturalist 2018) unless data.validation_per_class carves a validation split from training."""
+    if config.train.select_on == "final" or config.data.validation_per_class:
+        return
+    from longtail.data import dataset_test_splits
+
+    try:
+        test_splits = dataset_test_splits(config.data.name)
+    except ValueError:
+        return  # unknown dataset: reported with the valid names when the data is built
+    if "val" in test_splits:
+        raise ConfigError(
+            f"train.select_on={config.train.select_on} would select on split 'val', which is the test split of "
+            f"{config.data.name} (its val list is the test set of every paper); set data.validation_per_class=N to "
+            f"carve a validation split from the training list, or train.select_on=final")
 
 
 def _validate_iterations(config: RunConfig) -> None:

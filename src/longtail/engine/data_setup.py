@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
+from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from longtail.data.loader import InMemoryLoader
 from longtail.data.mixing import build_mixer
 from longtail.data.samplers import build_sampler, derive_seed
@@ -104,6 +104,9 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     validation_positions = None
     if spec.validation_per_class:
         train_positions, validation_positions = carve_validation(labels, spec.validation_per_class, spec.split_seed)
+        # Recorded so the split can be rebuilt and audited: per class, seeded, from the training list.
+        split_info["validation"] = {"from": "train", "per_class": spec.validation_per_class,
+                                    "seed": spec.split_seed, "size": int(validation_positions.numel())}
         split_info["validation_per_class"] = spec.validation_per_class
         labels = labels[train_positions]
     num_classes = len(train_set.classes)
@@ -200,9 +203,14 @@ class FileBatches:
 def _from_files(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
 
     spec = config.data
+    validation_set = None
     if train_positions is not None:
-        raise ConfigError("data.validation_per_class is for in-memory datasets; file datasets ship a val split "
-                          "(evaluate it with `longtail eval RUN --split val`)")
+        # Carved from the training list: the training images minus validation_per_class per class; the
+        # validation images are read with evaluation transforms.
+        train_eval_full = build_dataset(spec.name, "train", root=spec.root,
+                                        **_file_options(config, spec.name, train=False), **_dataset_kwargs(config))
+        validation_set = train_eval_full.subset(validation_positions.tolist())
+        train_set = train_set.subset(train_positions.tolist(), longtail_split=getattr(train_set, "longtail_split", None))
     drop_last = len(sampler) % batch == 1
     train_loader = FileBatches(train_set, batch, sampler, device, config.model.channels_last, spec.workers, drop_last)
 
@@ -212,11 +220,15 @@ def _from_files(config, train_set, test_set, sampler, batch, device, context, va
                            spec.workers, False)
 
     eval_loaders = {"test": evaluation(test_set)}
-    validation_set = _file_validation_set(config)
+    if validation_set is None:
+        validation_set = _file_validation_set(config)
     if validation_set is not None:
         eval_loaders["val"] = evaluation(validation_set)
     if config.train.eval_train:
-        train_eval = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=False))
+        train_eval = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=False),
+                                   **_dataset_kwargs(config))
+        if train_positions is not None:
+            train_eval = train_eval.subset(train_positions.tolist())
         eval_loaders["train"] = evaluation(train_eval)
     return train_loader, eval_loaders, 3  # file images are decoded as RGB
 
@@ -225,8 +237,8 @@ def _file_validation_set(config: RunConfig):
     """The dataset's own validation split (ImageNet-LT / Places-LT lists, an image folder's val/), or
     None when it has none. Optional unless train.select_on needs it: a missing one is then an error."""
     spec = config.data
-    if "val" not in dataset_splits(spec.name):
-        return None
+    if "val" not in dataset_splits(spec.name) or "val" in dataset_test_splits(spec.name):
+        return None  # none, or it is the test set (iNaturalist 2018): never a validation split
     try:
         return build_dataset(spec.name, "val", root=spec.root, **_file_options(config, spec.name, train=False),
                              **_dataset_kwargs(config))
