@@ -370,3 +370,59 @@ def test_file_datasets_carve_a_seeded_per_class_validation_split_from_training(t
     assert validation.paths == bundle(0).eval_loaders["val"].dataset.paths  # seeded
     others = [bundle(seed).eval_loaders["val"].dataset.paths for seed in (1, 2, 3)]
     assert any(paths != validation.paths for paths in others)
+
+
+# ----------------------------------------------------------------- item 9: ViT fine-tune augmentation
+
+
+def test_random_resized_crop_matches_torchvision_resized_crop():
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    from longtail.data.transforms import random_resized_crop, sample_resized_crop_boxes
+
+    images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    whole = torch.tensor([[0.0, 0.0, 40.0, 40.0]] * 6)
+    assert torch.equal(random_resized_crop(images, whole), images)
+    boxes = sample_resized_crop_boxes(6, 40, 40, (0.8, 1.0), generator=torch.Generator().manual_seed(3))
+    area = boxes[:, 2] * boxes[:, 3] / 1600
+    assert bool(((area > 0.77) & (area <= 1.0)).all())
+    assert bool((boxes[:, 0] + boxes[:, 2] <= 40).all() and (boxes[:, 1] + boxes[:, 3] <= 40).all())
+    ours = random_resized_crop(images, boxes)
+    for b, (top, left, h, w) in enumerate(boxes.int().tolist()):
+        reference = TF.resized_crop(images[b], top, left, h, w, [40, 40], antialias=False)
+        # Inside the crop both read the same bilinear samples; at its edge torchvision clamps to the
+        # crop, grid_sample reads the neighbouring pixel: compare the interior.
+        diff = (ours[b].int() - reference.int()).abs()[:, 1:-1, 1:-1]
+        assert int(diff.max()) <= 1
+
+
+def test_vit_fine_tune_recipes_follow_the_authors_code():
+    for protocol in ("cifar100-lt-vits-ft", "imagenet-lt-vits-ft", "inat2018-vits-ft"):
+        config, _ = load_recipe(f"{protocol}/car")
+        assert config.data.normalization == "imagenet", protocol
+        assert config.data.crop_scale_min == 0.8 and config.optim.min_lr == 1e-6, protocol
+        assert (config.optim.lr, config.optim.weight_decay, config.optim.epochs) == (5e-5, 0.05, 100)
+
+
+def test_imagenet_normalization_and_resized_crop_reach_the_in_memory_loader(tiny_idx_root):
+    import torch
+
+    from longtail.engine.data_setup import build_data
+    from longtail.engine.distributed import DistributedContext
+
+    base = tiny_run_overrides(tiny_idx_root, "unused") + ["data.channels=3"]
+    with pytest.raises(ConfigError, match="RGB"):
+        config, _ = build_config(overrides=base + ["data.normalization=imagenet"])
+        build_data(config, torch.device("cpu"), DistributedContext())
+    with pytest.raises(ConfigError, match="crop_padding=0"):
+        config, _ = build_config(overrides=base + ["data.crop_scale_min=0.8"])
+        build_data(config, torch.device("cpu"), DistributedContext())
+
+    def first(extra):
+        config, _ = build_config(overrides=base + ["data.flip=false"] + extra)
+        data = build_data(config, torch.device("cpu"), DistributedContext())
+        data.train_loader.set_epoch(0)
+        return next(iter(data.train_loader))[0]
+
+    assert not torch.equal(first(["data.crop_padding=0"]), first(["data.crop_padding=0", "data.crop_scale_min=0.8"]))

@@ -31,9 +31,11 @@ from longtail.data.transforms import (
     autoaugment_batch,
     crop_flip,
     normalize,
+    random_resized_crop,
     resize_images,
     sample_crop_flip,
     sample_cutout,
+    sample_resized_crop_boxes,
 )
 
 __all__ = ["InMemoryLoader"]
@@ -206,6 +208,10 @@ class InMemoryLoader:
         labels = self.labels.index_select(0, indices)
         augment = self.augment
         generator = self.batch_generator(batch_index) if augment is not None else None
+        if augment is not None and augment.crop_scale_min is not None:
+            boxes = sample_resized_crop_boxes(images.shape[0], images.shape[2], images.shape[3],
+                                              (augment.crop_scale_min, 1.0), generator=generator)
+            images = random_resized_crop(images, boxes)
         if augment is not None and (augment.crop_padding > 0 or augment.flip):
             top, left, flipped = sample_crop_flip(
                 images.shape[0], augment.crop_padding, augment.flip_probability if augment.flip else 0.0, generator

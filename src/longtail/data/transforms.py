@@ -16,6 +16,7 @@ RandomResizedCrop 224 + flip; optional RandAugment / AutoAugment).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -30,6 +31,7 @@ __all__ = [
     "IMAGENET_STD",
     "apply_cutout",
     "autoaugment_batch",
+    "random_resized_crop",
     "build_file_transforms",
     "crop_flip",
     "normalize",
@@ -61,6 +63,9 @@ class BatchAugment:
             Taylor); 0 disables it.
         autoaugment: the AutoAugment CIFAR-10 policy on each image after crop + flip, before
             normalisation (the Balanced Softmax CIFAR pipeline); see :func:`autoaugment_batch`.
+        crop_scale_min: RandomResizedCrop with area scale in [crop_scale_min, 1] (aspect ratio 3/4 to
+            4/3) back to the image size, instead of the padded crop (which needs crop_padding=0);
+            see :func:`random_resized_crop`.
     """
 
     crop_padding: int = 4
@@ -69,6 +74,7 @@ class BatchAugment:
     padding_mode: str = "constant"
     cutout_size: int = 0
     autoaugment: bool = False
+    crop_scale_min: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.crop_padding < 0 or self.cutout_size < 0:
@@ -77,6 +83,11 @@ class BatchAugment:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if not 0.0 <= self.flip_probability <= 1.0:
             raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
+        if self.crop_scale_min is not None:
+            if not 0.0 < self.crop_scale_min <= 1.0:
+                raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+            if self.crop_padding:
+                raise ValueError("crop_scale_min (random resized crop) replaces the padded crop: set crop_padding=0")
 
 
 # -- random crop with padding + horizontal flip, as one gather ---------------------------------
@@ -306,3 +317,49 @@ def autoaugment_batch(images: torch.Tensor, generator: torch.Generator, policy: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch.stack([transform(image) for image in images])
+
+
+# -- RandomResizedCrop on a resident uint8 batch -------------------------------------------------
+
+
+def sample_resized_crop_boxes(
+    batch_size: int, height: int, width: int, scale: Tuple[float, float] = (0.08, 1.0),
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3), generator: Optional[torch.Generator] = None, attempts: int = 10,
+) -> torch.Tensor:
+    """(B, 4) float boxes ``top, left, box_height, box_width`` drawn as torchvision's
+    ``RandomResizedCrop.get_params`` does: up to ``attempts`` draws of area fraction ~ U(scale) and
+    log aspect ratio ~ U(log ratio), the first that fits wins; none fits -> the whole image."""
+    device = generator.device if generator is not None else None
+    area = height * width
+    fractions = torch.empty(batch_size, attempts, device=device).uniform_(scale[0], scale[1], generator=generator)
+    log_ratio = torch.empty(batch_size, attempts, device=device).uniform_(
+        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_ratio.exp()
+    box_w = torch.sqrt(area * fractions * aspect).round()
+    box_h = torch.sqrt(area * fractions / aspect).round()
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((batch_size,), -1, device=device))
+    chosen = first.clamp_min(0)[:, None]
+    box_w = torch.where(first >= 0, box_w.gather(1, chosen).squeeze(1), torch.full_like(first, width, dtype=box_w.dtype))
+    box_h = torch.where(first >= 0, box_h.gather(1, chosen).squeeze(1), torch.full_like(first, height, dtype=box_h.dtype))
+    top = (torch.rand(batch_size, device=device, generator=generator) * (height - box_h + 1)).floor()
+    left = (torch.rand(batch_size, device=device, generator=generator) * (width - box_w + 1)).floor()
+    return torch.stack([top, left, box_h, box_w], dim=1)
+
+
+def random_resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop each image of a uint8 (B, C, H, W) batch to its box and resize it back to (H, W), bilinear
+    (one ``grid_sample`` for the batch; no antialiasing, which matters little for scales near 1)."""
+    batch, _, height, width = images.shape
+    boxes = boxes.to(device=images.device, dtype=torch.float32)
+    top, left, box_h, box_w = boxes.unbind(1)
+    theta = torch.zeros(batch, 2, 3, device=images.device)
+    # Output coordinate u in [-1, 1] reads input x = left + (u + 1) / 2 * box_w (in pixels), i.e.
+    # normalised x' = (2 * left + box_w) / W - 1 + u * box_w / W (align_corners=False convention).
+    theta[:, 0, 0] = box_w / width
+    theta[:, 0, 2] = (2 * left + box_w) / width - 1
+    theta[:, 1, 1] = box_h / height
+    theta[:, 1, 2] = (2 * top + box_h) / height - 1
+    grid = F.affine_grid(theta, [batch, images.shape[1], height, width], align_corners=False)
+    resized = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)

@@ -56,6 +56,13 @@ class DataConfig:
     randaugment: bool = _help("RandAugment (file datasets)", False)
     autoaugment: bool = _help("AutoAugment, the ImageNet or CIFAR-10 policy by image size (in-memory datasets: CIFAR-10 policy)", False)
     workers: int = _help("DataLoader workers (file datasets)", 2)
+    normalization: str = _help(
+        "dataset (in-memory: the dataset's own mean / std; file pipelines: ImageNet's above 64 px, CIFAR's at or "
+        "below) | imagenet (ImageNet's, for ImageNet-pretrained weights)", "dataset")
+    crop_scale_min: Optional[float] = _help(
+        "RandomResizedCrop area scale lower bound (scale in [min, 1], ratio 3/4-4/3). File datasets: default 0.08; "
+        "in-memory datasets: None = the padded crop, a value = a random resized crop after data.image_size's "
+        "resize (needs data.crop_padding=0)", None)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
     mixing_prob: float = _help("probability that a batch is mixed", 1.0)
@@ -407,6 +414,7 @@ def config_from_dict(mapping: dict) -> RunConfig:
 _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.mixing": ("none", "mixup", "cutmix"),
+    "data.normalization": ("dataset", "imagenet"),
     "model.head": ("linear", "cosine"),
     "model.decoupled": ("none", "crt", "lws"),
     "optim.name": ("sgd", "adamw"),
@@ -446,6 +454,8 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
                               f"{', '.join(SELECTABLE_METRICS)}")
     _refuse_selection_on_test(config)
+    if config.data.crop_scale_min is not None and not 0 < config.data.crop_scale_min <= 1:
+        raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {config.data.crop_scale_min}")
     if config.data.randaugment and config.data.autoaugment:
         raise ConfigError("data.randaugment and data.autoaugment are alternatives; switch on at most one")
     device = config.train.device

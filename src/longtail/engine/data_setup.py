@@ -18,7 +18,7 @@ from longtail.data import InMemoryImages, build_dataset, dataset_options, datase
 from longtail.data.loader import InMemoryLoader
 from longtail.data.mixing import build_mixer
 from longtail.data.samplers import build_sampler, derive_seed
-from longtail.data.transforms import BatchAugment, build_file_transforms
+from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
 from longtail.engine.config import ConfigError, RunConfig
 
 # A separate stream of seeds for batch mixing, so mixing never shares random numbers with augmentation.
@@ -137,9 +137,15 @@ def _file_options(config: RunConfig, name: str, train: bool) -> dict:
         return {}
     spec = config.data
     style = "cifar" if (spec.image_size or 224) <= 64 else "imagenet"
+    statistics = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if spec.normalization == "imagenet" else {}
+    if spec.crop_scale_min is not None and style != "imagenet":
+        raise ConfigError(f"data.crop_scale_min (a random resized crop) is for the ImageNet-style file pipeline; "
+                          f"images of {spec.image_size or 'native'} px use the padded crop (data.crop_padding)")
+    scale = {} if spec.crop_scale_min is None else {"min_scale": spec.crop_scale_min}
     return {"transform": build_file_transforms(style, train=train, image_size=spec.image_size,
                                                randaugment=spec.randaugment and train,
-                                               autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding)}
+                                               autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding,
+                                               **statistics, **scale)}
 
 
 def _in_memory(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
@@ -148,10 +154,19 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
         validation_set = train_set.subset(validation_positions, name=f"{train_set.name}-validation")
         train_set = train_set.subset(train_positions, name=train_set.name, longtail_split=train_set.longtail_split)
     resize = (spec.image_size, spec.image_size) if spec.image_size else None
+    mean, std = train_set.mean, train_set.std
+    if spec.normalization == "imagenet":
+        if train_set.images.shape[1] != 3:
+            raise ConfigError(f"data.normalization=imagenet needs RGB images; '{spec.name}' has "
+                              f"{train_set.images.shape[1]} channel(s)")
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     common = dict(device=device, channels_last=config.model.channels_last, resize_to=resize,
-                  mean=train_set.mean, std=train_set.std, repeat_channels=spec.channels)
-    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout,
-                           autoaugment=spec.autoaugment)
+                  mean=mean, std=std, repeat_channels=spec.channels)
+    try:
+        augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout,
+                               autoaugment=spec.autoaugment, crop_scale_min=spec.crop_scale_min)
+    except ValueError as error:
+        raise ConfigError(f"data: {error}") from None
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
     train_loader = InMemoryLoader(train_set, batch_size=batch, sampler=sampler, augment=augment, drop_last=drop_last,
