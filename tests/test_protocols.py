@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
+import yaml
 
 from longtail.engine.config import ConfigError, build_config, load_recipe
 from longtail.engine.schedules import learning_rate
@@ -426,3 +429,93 @@ def test_imagenet_normalization_and_resized_crop_reach_the_in_memory_loader(tiny
         return next(iter(data.train_loader))[0]
 
     assert not torch.equal(first(["data.crop_padding=0"]), first(["data.crop_padding=0", "data.crop_scale_min=0.8"]))
+
+
+# ----------------------------------------------------------------- item 10: docs/protocols.md = the recipes
+
+PROTOCOLS_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocols.md"
+TABLE_HEADER = ["key", "value", "reference value", "source", "note"]
+
+
+def parse_protocol_tables(text: str) -> dict:
+    """{("protocol" | "method", name): [row dicts]} from '### protocol `NAME`' / '### method `NAME`'
+    headings, each followed by a table | key | value | reference value | source | note |."""
+    tables, current = {}, None
+    for line in text.splitlines():
+        heading = re.match(r"^### (protocol|method) `([^`]+)`\s*$", line)
+        if heading:
+            current = (heading.group(1), heading.group(2))
+            tables[current] = []
+            continue
+        if current is None or not line.startswith("|"):
+            if line.startswith("#"):
+                current = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells == TABLE_HEADER or set("".join(cells)) <= set("-: "):
+            continue
+        assert len(cells) == 5, f"{current}: a row needs 5 cells: {line}"
+        key, value = (re.fullmatch(r"`([^`]*)`", cell) for cell in cells[:2])
+        assert key and value, f"{current}: key and value must be `code`: {line}"
+        tables[current].append({"key": key.group(1), "value": yaml.safe_load(value.group(1)),
+                                "reference": cells[2], "source": cells[3], "note": cells[4]})
+    return tables
+
+
+def _flatten(mapping: dict, sections=("data", "model", "optim", "train", "loss", "regularizer")) -> dict:
+    flat = {}
+    for section in sections:
+        values = mapping.get(section) or {}
+        if isinstance(values, str):
+            values = {"name": values}
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _config_value(config, key: str):
+    section, name = key.split(".", 1)
+    if section in ("loss", "regularizer"):
+        component = getattr(config, section)
+        return component.name if name == "name" else component.options[name]
+    return getattr(getattr(config, section), name)
+
+
+def _same(documented, actual) -> bool:
+    if isinstance(actual, (int, float)) and not isinstance(actual, bool) and isinstance(documented, (int, float)):
+        return math.isclose(float(documented), float(actual), rel_tol=1e-12, abs_tol=0.0)
+    if isinstance(actual, list) and isinstance(documented, list):
+        return len(actual) == len(documented) and all(_same(d, a) for d, a in zip(documented, actual))
+    return documented == actual
+
+
+def test_protocols_doc_has_a_table_for_every_shipped_recipe_and_agrees_with_it():
+    from longtail.engine.config import RECIPE_DIR, available_protocols, load_methods, method_overrides
+
+    tables = parse_protocol_tables(PROTOCOLS_DOC.read_text(encoding="utf-8"))
+    methods = load_methods()
+    assert {name for kind, name in tables if kind == "protocol"} == set(available_protocols())
+    assert {name for kind, name in tables if kind == "method"} == set(methods)
+    for (kind, name), rows in tables.items():
+        keys = [row["key"] for row in rows]
+        assert len(keys) == len(set(keys)), f"{kind} {name}: a key twice"
+        for row in rows:
+            assert row["reference"] and row["source"], f"{kind} {name} {row['key']}: reference value and source"
+        if kind == "protocol":
+            with open(RECIPE_DIR / "protocols" / f"{name}.yaml", encoding="utf-8") as handle:
+                recipe_keys = set(_flatten(yaml.safe_load(handle)))
+            assert recipe_keys <= set(keys), f"protocol {name}: undocumented keys {sorted(recipe_keys - set(keys))}"
+            config, _ = load_recipe(name)
+            for row in rows:
+                assert _same(row["value"], _config_value(config, row["key"])), (name, row["key"])
+        else:
+            preset = dict(methods[name])
+            per_protocol = preset.pop("per_protocol", {}) or {}
+            expected = {**_flatten(preset)}
+            for protocol, overrides in per_protocol.items():
+                expected.update({f"{key} @ {protocol}": value for key, value in _flatten(overrides).items()})
+            assert set(expected) <= set(keys), f"method {name}: undocumented keys {sorted(set(expected) - set(keys))}"
+            for row in rows:
+                key, _, protocol = row["key"].partition(" @ ")
+                actual = _flatten(method_overrides(name, protocol or None)).get(key)
+                assert _same(row["value"], actual), (name, row["key"], row["value"], actual)
