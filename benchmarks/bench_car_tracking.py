@@ -78,7 +78,7 @@ def sigma(by_true_class: torch.Tensor, weights: torch.Tensor) -> float:
     matrix = (by_true_class * weights[:, None]).t()  # C * w[None, :] in paper orientation
     if matrix.shape[0] <= 2000:
         return float(torch.linalg.svdvals(matrix.double())[0])
-    value, _, _ = top_singular_pair(matrix, tol=1e-7, max_iterations=3000)
+    value, _, _ = top_singular_pair(matrix, tol=1e-6, max_iterations=1000)
     return float(value)
 
 
@@ -88,10 +88,10 @@ def run(num_classes: int, imbalance: float, batch: int, samples: int, per_class:
     target_matrix, accuracy = population_confusion(model, per_class)
     steps = samples // batch
     results = {}
+    weights = CAR(model.counts).class_weights
+    target = sigma(target_matrix, weights)
     for update in ("full", "masked"):
         car = CAR(model.counts, exact_below=0, ema_update=update)
-        weights = car.class_weights
-        target = sigma(target_matrix, weights)
         generator_state = model.generator.get_state()
         errors = []
         for step in range(steps):

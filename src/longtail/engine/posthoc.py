@@ -74,7 +74,11 @@ def run_posthoc(target: Path, method: str, taus: Sequence[float] = DEFAULT_TAUS,
         train_features = split_features(model, data.eval_loaders["train"], torch_device, precision)
     elif len(taus) > 1:
         if "val" not in data.eval_loaders:
-            raise ValueError("choosing tau needs a validation split and this run has none: train with "
+            from longtail.data import dataset_test_splits
+
+            test_note = (f" ('{config.data.name}' has a 'val' split, but it is its test split: a tau chosen on it "
+                         f"would be tuned on the test set)" if "val" in dataset_test_splits(config.data.name) else "")
+            raise ValueError(f"choosing tau needs a validation split and this run has none{test_note}: train with "
                              "data.validation_per_class=N, or give one tau (--taus 1.0) to apply without choosing")
         features, labels = split_features(model, data.eval_loaders["val"], torch_device, precision)
         for tau in taus:
