@@ -109,22 +109,6 @@ def test_iteration_options_refuse_contradictions(overrides, message):
         build_config(overrides=overrides)
 
 
-def test_autoaugment_batch_is_a_function_of_its_generator_and_leaves_the_global_rng_alone():
-    import torch
-
-    from longtail.data.transforms import autoaugment_batch
-
-    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    state = torch.get_rng_state()
-    first = autoaugment_batch(images, torch.Generator().manual_seed(5))
-    assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(first, autoaugment_batch(images, torch.Generator().manual_seed(5)))
-    assert first.dtype == torch.uint8 and first.shape == images.shape
-    changed = (first != images).flatten(1).any(1)
-    assert changed.any()
-    assert not torch.equal(first, autoaugment_batch(images, torch.Generator().manual_seed(6)))
-
-
 def test_in_memory_loader_applies_autoaugment_when_the_config_asks(tiny_idx_root):
     import torch
 
@@ -323,7 +307,7 @@ def test_inat_val_list_is_never_a_validation_split(tmp_path):
     from PIL import Image
 
     from longtail.data import dataset_test_splits
-    from longtail.engine.data_setup import _file_validation_set
+    from longtail.engine.data_setup import _own_validation_set
 
     (tmp_path / "img").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
@@ -332,7 +316,7 @@ def test_inat_val_list_is_never_a_validation_split(tmp_path):
     assert dataset_test_splits("inat2018") == ("test", "val")
     assert dataset_test_splits("imagenet-lt") == ("test",)
     config, _ = build_config(overrides=["data.name=inat2018", f"data.root={tmp_path}"])
-    assert _file_validation_set(config) is None
+    assert _own_validation_set(config) is None
 
 
 def _write_folder(root, counts, size=8, seed=0):
@@ -359,7 +343,8 @@ def test_file_datasets_carve_a_seeded_per_class_validation_split_from_training(t
     def bundle(seed):
         config, _ = build_config(overrides=[
             "data.name=imagefolder", f"data.root={tmp_path / 'data'}", "data.image_size=8", "data.validation_per_class=2",
-            f"data.split_seed={seed}", "data.workers=0", "data.batch_size=4", "train.select_on=balanced_accuracy"])
+            f"data.split_seed={seed}", "data.workers=0", "data.batch_size=4", "train.select_on=balanced_accuracy",
+            "data.in_memory=false"])
         return build_data(config, torch.device("cpu"), DistributedContext())
 
     data = bundle(0)
@@ -382,12 +367,13 @@ def test_random_resized_crop_matches_torchvision_resized_crop():
     import torch
     from torchvision.transforms.v2 import functional as TF
 
-    from longtail.data.transforms import random_resized_crop, sample_resized_crop_boxes
+    from longtail.data.transforms import RESIZED_CROP_COLUMNS, random_resized_crop, sample_uniforms, uniforms_to_resized_crop
 
     images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     whole = torch.tensor([[0.0, 0.0, 40.0, 40.0]] * 6)
     assert torch.equal(random_resized_crop(images, whole), images)
-    boxes = sample_resized_crop_boxes(6, 40, 40, (0.8, 1.0), generator=torch.Generator().manual_seed(3))
+    uniforms = sample_uniforms(3, 0, torch.arange(6), RESIZED_CROP_COLUMNS.stop)
+    boxes = uniforms_to_resized_crop(uniforms, 40, 40, (0.8, 1.0))
     area = boxes[:, 2] * boxes[:, 3] / 1600
     assert bool(((area > 0.77) & (area <= 1.0)).all())
     assert bool((boxes[:, 0] + boxes[:, 2] <= 40).all() and (boxes[:, 1] + boxes[:, 3] <= 40).all())

@@ -25,14 +25,18 @@ import torch.nn.functional as F
 
 __all__ = [
     "BatchAugment",
+    "random_resized_crop",
+    "uniforms_to_resized_crop",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "apply_cutout",
-    "autoaugment_batch",
-    "random_resized_crop",
+    "FileAugment",
+    "augment_policy",
     "build_file_transforms",
+    "sample_seed",
+    "sample_uniforms",
     "crop_flip",
     "normalize",
     "resize_images",
@@ -61,11 +65,11 @@ class BatchAugment:
             ``reflect`` or ``edge``.
         cutout_size: side of the Cutout square (16 on CIFAR-10, 8 on CIFAR-100 in DeVries &
             Taylor); 0 disables it.
-        autoaugment: the AutoAugment CIFAR-10 policy on each image after crop + flip, before
-            normalisation (the Balanced Softmax CIFAR pipeline); see :func:`autoaugment_batch`.
-        crop_scale_min: RandomResizedCrop with area scale in [crop_scale_min, 1] (aspect ratio 3/4 to
-            4/3) back to the image size, instead of the padded crop (which needs crop_padding=0);
-            see :func:`random_resized_crop`.
+        policy: ``none`` | ``randaugment`` | ``autoaugment`` (CIFAR-10 policy), applied per image
+            after crop + flip (torchvision v2 on uint8, as in the Balanced Softmax CIFAR pipeline).
+        crop_scale_min: RandomResizedCrop with area scale in [crop_scale_min, 1] (aspect ratio 3/4
+            to 4/3) back to the image size, instead of the padded crop (needs crop_padding=0);
+            see :func:`uniforms_to_resized_crop` and :func:`random_resized_crop`.
     """
 
     crop_padding: int = 4
@@ -73,21 +77,22 @@ class BatchAugment:
     flip_probability: float = 0.5
     padding_mode: str = "constant"
     cutout_size: int = 0
-    autoaugment: bool = False
+    policy: str = "none"
     crop_scale_min: Optional[float] = None
 
     def __post_init__(self) -> None:
+        augment_policy(self.policy)  # validates the name
+        if self.crop_scale_min is not None:
+            if not 0.0 < self.crop_scale_min <= 1.0:
+                raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+            if self.crop_padding:
+                raise ValueError("crop_scale_min (random resized crop) replaces the padded crop: set crop_padding=0")
         if self.crop_padding < 0 or self.cutout_size < 0:
             raise ValueError("crop_padding and cutout_size must be >= 0")
         if self.padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
         if not 0.0 <= self.flip_probability <= 1.0:
             raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
-        if self.crop_scale_min is not None:
-            if not 0.0 < self.crop_scale_min <= 1.0:
-                raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
-            if self.crop_padding:
-                raise ValueError("crop_scale_min (random resized crop) replaces the padded crop: set crop_padding=0")
 
 
 # -- random crop with padding + horizontal flip, as one gather ---------------------------------
@@ -230,136 +235,216 @@ def resize_images(images: torch.Tensor, size: Tuple[int, int], chunk_size: int =
     return torch.cat(pieces)
 
 
-# -- file pipelines (torchvision transforms.v2) --------------------------------------------------
+# -- per-sample randomness ----------------------------------------------------------------------
+#
+# Every random number of a sample's augmentation is a function of (seed, epoch, global position of
+# the sample in the epoch's draw) only. So the batches of a run do not depend on how the draw is
+# split into processes (rank r of R holds global positions r, r + R, ...), on DataLoader workers,
+# or on where a resumed run restarts: N processes see exactly the augmentations of one process
+# with the same global batch.
+
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+AUGMENT_STREAM = 11  # separates augmentation keys from the sampler's and the mixer's seeds
 
 
-def build_file_transforms(
-    style: str = "imagenet",
-    train: bool = True,
-    image_size: Optional[int] = None,
-    randaugment: bool = False,
-    autoaugment: bool = False,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    crop_padding: int = 4,
-    resize_ratio: float = 0.875,
-    randaugment_num_ops: int = 2,
-    randaugment_magnitude: int = 9,
-    min_scale: float = 0.08,
-):
-    """A per-image ``torchvision.transforms.v2.Compose`` for a file dataset + ``DataLoader``.
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 tensors holding uint32 values, without int64 overflow."""
+    low = (x & 0xFFFF) * constant
+    high = (((x >> 16) * constant) & 0xFFFF) << 16
+    return (low + high) & _M32
 
-    ``style="imagenet"`` (ImageNet-LT / Places-LT / iNat protocol, methods.md section 5):
-        train: RandomResizedCrop(image_size, scale=(min_scale, 1)) + horizontal flip
-        [+ RandAugment(num_ops, magnitude) | AutoAugment(IMAGENET policy)];
-        eval: Resize(image_size / resize_ratio) (256 for 224) + CenterCrop(image_size).
-    ``style="cifar"`` (CIFAR-sized images stored as files):
-        train: RandomCrop(image_size, padding=crop_padding) + horizontal flip
-        [+ RandAugment | AutoAugment(CIFAR10 policy)]; eval: no geometric change.
-    Both end with ToImage -> ToDtype(float32, scale=True) -> Normalize(mean, std). Defaults for
-    ``image_size``: 224 / 32; for ``mean`` / ``std``: ImageNet's / CIFAR's (LDAM-DRW values).
-    Images are converted to RGB first, so greyscale or palette files work.
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """The 'lowbias32' integer hash (C. Wellons, hash-prospector) on uint32 values in int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def sample_uniforms(seed: int, epoch: int, positions: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` uniform numbers in [0, 1) per sample, float64 (len(positions), count).
+
+    Sample at global epoch position p gets u_j = mix(mix(mix(p_lo ^ k0) ^ p_hi ^ k1) ^ (j + 1) * golden)
+    / 2**32, where (k0, k1) are the halves of ``derive_seed(seed, epoch, AUGMENT_STREAM)`` and ``mix``
+    is lowbias32. Vectorised (no Python loop over samples) and identical on every device.
     """
-    from torchvision.transforms import v2
+    from longtail.data.samplers import derive_seed
 
-    style = style.lower()
-    if style not in ("imagenet", "cifar"):
-        raise ValueError(f"style must be 'imagenet' or 'cifar', got {style!r}")
-    if randaugment and autoaugment:
-        raise ValueError("choose at most one of randaugment and autoaugment")
-    is_imagenet = style == "imagenet"
-    image_size = int(image_size or (224 if is_imagenet else 32))
-    mean = tuple(mean or (IMAGENET_MEAN if is_imagenet else CIFAR_MEAN))
-    std = tuple(std or (IMAGENET_STD if is_imagenet else CIFAR_STD))
-
-    # Work on uint8 tensors from the start: v2 geometric ops and the auto-augment policies are
-    # faster on tensors than on PIL, and the policies expect uint8.
-    steps = [v2.ToImage(), v2.RGB()]
-    if train:
-        if is_imagenet:
-            steps.append(v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True))
-        else:
-            steps.append(v2.RandomCrop(image_size, padding=crop_padding))
-        steps.append(v2.RandomHorizontalFlip())
-        if randaugment:
-            steps.append(v2.RandAugment(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude))
-        elif autoaugment:
-            policy = v2.AutoAugmentPolicy.IMAGENET if is_imagenet else v2.AutoAugmentPolicy.CIFAR10
-            steps.append(v2.AutoAugment(policy))
-    elif is_imagenet:
-        steps += [v2.Resize(int(round(image_size / resize_ratio)), antialias=True), v2.CenterCrop(image_size)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    return v2.Compose(steps)
+    key = derive_seed(seed, epoch, AUGMENT_STREAM)
+    positions = torch.as_tensor(positions, dtype=torch.int64)
+    if positions.numel() and int(positions.min()) < 0:
+        raise ValueError("sample positions must be non-negative")
+    base = _mix32(_mix32((positions & _M32) ^ (key & _M32)) ^ ((positions >> 32) & _M32) ^ ((key >> 32) & _M32))
+    draws = torch.arange(1, count + 1, dtype=torch.int64, device=positions.device)
+    words = _mix32(base[:, None] ^ ((draws * _GOLDEN) & _M32)[None, :])
+    return words.to(torch.float64) / 2.0**32
 
 
-# -- AutoAugment on a resident uint8 batch -------------------------------------------------------
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The torch seed of one sample's per-image augmentation (file pipelines, AutoAugment / RandAugment)."""
+    from longtail.data.samplers import derive_seed
+
+    return derive_seed(seed, epoch, int(position), AUGMENT_STREAM)
 
 
-def autoaugment_batch(images: torch.Tensor, generator: torch.Generator, policy: str = "cifar10") -> torch.Tensor:
-    """torchvision-v2 ``AutoAugment`` applied to each image of a uint8 (B, C, H, W) batch independently.
-
-    AutoAugment's ops (shear, posterize, solarize, ...) are per-image and data dependent, so this is
-    the one batched op that loops over samples (about 0.3 ms per 32-pixel image on one CPU thread).
-    torchvision draws its random numbers from the global torch RNG; the draws here come from a
-    forked RNG seeded from ``generator``, so a batch is a function of its generator alone and the
-    caller's global RNG is left untouched.
-    """
-    from torchvision.transforms import v2
-
-    policies = {"cifar10": v2.AutoAugmentPolicy.CIFAR10, "imagenet": v2.AutoAugmentPolicy.IMAGENET,
-                "svhn": v2.AutoAugmentPolicy.SVHN}
-    if policy not in policies:
-        raise ValueError(f"unknown AutoAugment policy {policy!r}; valid: {', '.join(policies)}")
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"autoaugment_batch needs a uint8 (B, C, H, W) batch, got {images.dtype} {tuple(images.shape)}")
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-    transform = v2.AutoAugment(policies[policy])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return torch.stack([transform(image) for image in images])
+def uniforms_to_crop_flip(
+    uniforms: torch.Tensor, padding: int, flip_probability: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets in [0, 2 * padding] and flip flags from per-sample uniforms (columns 0, 1, 2)."""
+    span = 2 * padding + 1
+    top = (uniforms[:, 0] * span).long().clamp_(max=span - 1)
+    left = (uniforms[:, 1] * span).long().clamp_(max=span - 1)
+    flipped = uniforms[:, 2] < flip_probability
+    return top, left, flipped
 
 
-# -- RandomResizedCrop on a resident uint8 batch -------------------------------------------------
+def uniforms_to_cutout(uniforms: torch.Tensor, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cutout centres uniform over the image from per-sample uniforms (columns 3, 4)."""
+    center_y = (uniforms[:, 3] * height).long().clamp_(max=height - 1)
+    center_x = (uniforms[:, 4] * width).long().clamp_(max=width - 1)
+    return center_y, center_x
 
 
-def sample_resized_crop_boxes(
-    batch_size: int, height: int, width: int, scale: Tuple[float, float] = (0.08, 1.0),
-    ratio: Tuple[float, float] = (3 / 4, 4 / 3), generator: Optional[torch.Generator] = None, attempts: int = 10,
+# Uniform columns of the random resized crop: after crop / flip (0-2) and Cutout (3-4), 2 per attempt + 2.
+RESIZED_CROP_COLUMNS = slice(5, 5 + 2 * 10 + 2)
+
+
+def uniforms_to_resized_crop(
+    uniforms: torch.Tensor, height: int, width: int, scale: Tuple[float, float] = (0.08, 1.0),
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3),
 ) -> torch.Tensor:
-    """(B, 4) float boxes ``top, left, box_height, box_width`` drawn as torchvision's
-    ``RandomResizedCrop.get_params`` does: up to ``attempts`` draws of area fraction ~ U(scale) and
-    log aspect ratio ~ U(log ratio), the first that fits wins; none fits -> the whole image."""
-    device = generator.device if generator is not None else None
+    """(B, 4) boxes ``top, left, box_height, box_width`` drawn as torchvision's
+    ``RandomResizedCrop.get_params`` does, from per-sample uniforms (``RESIZED_CROP_COLUMNS``): up to 10
+    draws of area fraction ~ U(scale) and log aspect ratio ~ U(log ratio), the first that fits wins;
+    none fits -> the whole image."""
+    u = uniforms[:, RESIZED_CROP_COLUMNS].to(torch.float64)
+    attempts = (u.shape[1] - 2) // 2
+    fractions = scale[0] + (scale[1] - scale[0]) * u[:, 0:2 * attempts:2]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1:2 * attempts:2])
     area = height * width
-    fractions = torch.empty(batch_size, attempts, device=device).uniform_(scale[0], scale[1], generator=generator)
-    log_ratio = torch.empty(batch_size, attempts, device=device).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    aspect = log_ratio.exp()
     box_w = torch.sqrt(area * fractions * aspect).round()
     box_h = torch.sqrt(area * fractions / aspect).round()
     fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
-    first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((batch_size,), -1, device=device))
-    chosen = first.clamp_min(0)[:, None]
-    box_w = torch.where(first >= 0, box_w.gather(1, chosen).squeeze(1), torch.full_like(first, width, dtype=box_w.dtype))
-    box_h = torch.where(first >= 0, box_h.gather(1, chosen).squeeze(1), torch.full_like(first, height, dtype=box_h.dtype))
-    top = (torch.rand(batch_size, device=device, generator=generator) * (height - box_h + 1)).floor()
-    left = (torch.rand(batch_size, device=device, generator=generator) * (width - box_w + 1)).floor()
+    chosen = fits.to(torch.int64).argmax(1, keepdim=True)  # first attempt that fits
+    any_fit = fits.any(1)
+    box_w = torch.where(any_fit, box_w.gather(1, chosen).squeeze(1), torch.full_like(box_w[:, 0], width))
+    box_h = torch.where(any_fit, box_h.gather(1, chosen).squeeze(1), torch.full_like(box_h[:, 0], height))
+    top = (u[:, -2] * (height - box_h + 1)).floor().clamp_(max=height - box_h)
+    left = (u[:, -1] * (width - box_w + 1)).floor().clamp_(max=width - box_w)
     return torch.stack([top, left, box_h, box_w], dim=1)
 
 
 def random_resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """Crop each image of a uint8 (B, C, H, W) batch to its box and resize it back to (H, W), bilinear
     (one ``grid_sample`` for the batch; no antialiasing, which matters little for scales near 1)."""
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     boxes = boxes.to(device=images.device, dtype=torch.float32)
     top, left, box_h, box_w = boxes.unbind(1)
     theta = torch.zeros(batch, 2, 3, device=images.device)
-    # Output coordinate u in [-1, 1] reads input x = left + (u + 1) / 2 * box_w (in pixels), i.e.
+    # Output coordinate u in [-1, 1] reads input pixel x = left + (u + 1) / 2 * box_w - 1 / 2, i.e.
     # normalised x' = (2 * left + box_w) / W - 1 + u * box_w / W (align_corners=False convention).
     theta[:, 0, 0] = box_w / width
     theta[:, 0, 2] = (2 * left + box_w) / width - 1
     theta[:, 1, 1] = box_h / height
     theta[:, 1, 2] = (2 * top + box_h) / height - 1
-    grid = F.affine_grid(theta, [batch, images.shape[1], height, width], align_corners=False)
+    grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
     resized = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def augment_policy(name: str, imagenet: bool = False, randaugment_num_ops: int = 2, randaugment_magnitude: int = 9):
+    """The per-image policy step: ``none`` -> None, ``randaugment`` or ``autoaugment`` (ImageNet or CIFAR-10 policy)."""
+    from torchvision.transforms import v2
+
+    if name == "none":
+        return None
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude)
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET if imagenet else v2.AutoAugmentPolicy.CIFAR10)
+    raise ValueError(f"augmentation policy must be none | randaugment | autoaugment, got {name!r}")
+
+
+# -- file pipelines (per image, in DataLoader workers) --------------------------------------------
+
+
+class FileAugment:
+    """Training transform of a file pipeline: decoded image -> augmented, normalised float (C, H, W).
+
+    Steps: colour conversion (``preprocessing.color``); geometry: ImageNet-style
+    (``preprocessing.resize == 'resize_center_crop'``) RandomResizedCrop(size, scale=(min_scale, 1)),
+    or the deterministic resize of ``preprocessing`` then RandomCrop(size, padding=crop_padding,
+    zero fill); horizontal flip; RandAugment / AutoAugment; ``preprocessing.normalize``; Cutout
+    (after normalisation, as in the in-memory loader). ``crop_padding=0`` turns the random crop off
+    (ImageNet style then uses the evaluation resize + centre crop). Randomness comes from torch's
+    global generator: the file loader seeds it per sample from (seed, epoch, position).
+    """
+
+    def __init__(self, preprocessing, crop_padding: int = 4, flip: bool = True, cutout: int = 0,
+                 policy: str = "none", min_scale: float = 0.08, randaugment_num_ops: int = 2,
+                 randaugment_magnitude: int = 9):
+        if crop_padding < 0 or cutout < 0:
+            raise ValueError("crop_padding and cutout must be >= 0")
+        self.preprocessing = preprocessing
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
+        self.cutout = int(cutout)
+        self.imagenet = preprocessing.resize == "resize_center_crop"
+        self.min_scale = float(min_scale)
+        self.policy = augment_policy(policy, self.imagenet, randaugment_num_ops, randaugment_magnitude)
+
+    def __call__(self, image) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        from longtail.data.preprocess import to_uint8_image
+
+        p = self.preprocessing
+        image = to_uint8_image(image, p.color)
+        if self.imagenet and self.crop_padding > 0:
+            image = v2.RandomResizedCrop(p.size, scale=(self.min_scale, 1.0), antialias=True)(image)
+        else:
+            image = p.geometry(image.unsqueeze(0))[0]
+            if self.crop_padding > 0:
+                image = v2.RandomCrop(p.size, padding=self.crop_padding, fill=0)(image)
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        if self.policy is not None:
+            image = self.policy(image)
+        batch = p.normalize(image.unsqueeze(0))
+        if self.cutout > 0:
+            height, width = batch.shape[-2:]
+            center_y = torch.randint(0, height, (1,))
+            center_x = torch.randint(0, width, (1,))
+            batch = apply_cutout(batch, self.cutout, center_y, center_x)
+        return batch[0]
+
+    def __repr__(self) -> str:
+        return (f"FileAugment({self.preprocessing!r}, crop_padding={self.crop_padding}, flip={self.flip}, "
+                f"cutout={self.cutout}, policy={self.policy!r}, min_scale={self.min_scale})")
+
+
+def build_file_transforms(
+    preprocessing,
+    train: bool = True,
+    crop_padding: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
+    randaugment: bool = False,
+    autoaugment: bool = False,
+    min_scale: float = 0.08,
+    randaugment_num_ops: int = 2,
+    randaugment_magnitude: int = 9,
+):
+    """The per-image transform of a file dataset: ``preprocessing`` itself for evaluation, a
+    :class:`FileAugment` around it for training (see there for the steps)."""
+    if randaugment and autoaugment:
+        raise ValueError("choose at most one of randaugment and autoaugment")
+    if not train:
+        return preprocessing
+    policy = "randaugment" if randaugment else "autoaugment" if autoaugment else "none"
+    return FileAugment(preprocessing, crop_padding=crop_padding, flip=flip, cutout=cutout, policy=policy,
+                       min_scale=min_scale, randaugment_num_ops=randaugment_num_ops,
+                       randaugment_magnitude=randaugment_magnitude)

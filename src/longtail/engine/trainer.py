@@ -30,9 +30,9 @@ from longtail.engine.components import (build_loss_fn, build_model, build_optimi
 from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dump_yaml
 from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
-from longtail.engine.runinfo import create_run_dir, environment_info
+from longtail.engine.runinfo import create_run_dir, dataset_title, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import autocast_context, evaluate_loader, spectral_norm_weighting
+from longtail.engine.evaluate import autocast_context, evaluate_loader, name_classes, spectral_norm_weighting
 
 
 
@@ -154,6 +154,8 @@ class Trainer:
                 "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
                 "split": self.data.split_info,
             })
+            # Everything inference needs to turn new images into model input (longtail predict / load_run).
+            ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             ckpt.atomic_write_json(run_dir / "environment.json", environment_info(self.device, self.context))
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
@@ -413,11 +415,13 @@ class Trainer:
         history = self.state.history
         results["train_images_per_s"] = (sum(h["images_per_s"] for h in history) / len(history)) if history else None
         results["train_seconds"] = sum(h["seconds"] for h in history)
+        name_classes(results, self.data.classes, self.class_counts)
         if self.context.is_main:
             ckpt.atomic_write_json(self.run_dir / "metrics.json", results)
             from longtail.report.plots import write_run_plots
 
-            write_run_plots(self.run_dir, results, self.class_counts, self.confusions.get("test"))
+            write_run_plots(self.run_dir, results, self.class_counts, self.confusions.get("test"),
+                            dataset=dataset_title(self.config))
         return results
 
     def _open_writer(self) -> None:

@@ -15,6 +15,7 @@ one of scale 30. A DRW loss never given ``set_epoch`` warns on its first call.
 
 from .base import PerSampleLoss, SoftmaxLoss, reduce_loss
 from .ccar import CCAR, ccar_weight, class_frequencies
+from .contrastive import BalancedContrastiveLoss, balanced_contrastive_loss
 from .ce import CrossEntropy, WeightedCrossEntropy
 from .class_balanced import ClassBalancedLoss
 from .focal import FocalLoss
@@ -27,6 +28,7 @@ from .weights import class_weights
 DRW = DeferredReweighting
 
 __all__ = [
+    "BalancedContrastiveLoss",
     "BalancedSoftmaxLoss",
     "CCAR",
     "ClassBalancedLoss",
@@ -40,6 +42,7 @@ __all__ = [
     "SoftmaxLoss",
     "WeightedCrossEntropy",
     "available_losses",
+    "balanced_contrastive_loss",
     "build_loss",
     "ccar_weight",
     "class_frequencies",
