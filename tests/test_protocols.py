@@ -238,12 +238,11 @@ def test_engine_makes_ldam_scale_the_head_scale():
 
     config, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head_scale=16"])
     assert build_loss_fn(config, COUNTS, torch.device("cpu")).loss.logit_scale == 16.0
+    # Refused with the config, before any data is read (exit 2 from the CLI).
     with pytest.raises(ConfigError, match="model.head_scale=30"):
-        build_loss_fn(build_config("fashion-mnist-lt/ldam_drw", overrides=["loss.scale=30"])[0], COUNTS,
-                      torch.device("cpu"))
+        build_config("fashion-mnist-lt/ldam_drw", overrides=["loss.scale=30"])
     with pytest.raises(ConfigError, match="model.head=cosine"):
-        build_loss_fn(build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head=linear"])[0], COUNTS,
-                      torch.device("cpu"))
+        build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head=linear"])
 
 
 # ----------------------------------------------------------------- item 7: the reported spectral norm

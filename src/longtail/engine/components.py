@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from longtail.engine.config import ConfigError, RunConfig
+from longtail.engine.config import ConfigError, RunConfig, check_ldam_head, is_ldam
 from longtail.losses import build_loss
 from longtail.models import create_model
 from longtail.models.heads import LWSHead
@@ -87,15 +87,8 @@ def build_loss_fn(config: RunConfig, class_counts, device: torch.device, head: n
     """The configured loss. LDAM's scale is the cosine head's (model.head_scale): one setting, so
     loss.scale is refused; ``head`` (the built model's) is checked to be that cosine head."""
     options = dict(config.loss.options)
-    if _canonical_loss(config.loss.name) in ("ldam", "ldam_drw"):
-        if config.model.head != "cosine":
-            raise ConfigError(f"loss.name={config.loss.name} needs the cosine classifier it was built for: set "
-                              f"model.head=cosine (its scale s is model.head_scale, {config.model.head_scale:g})")
-        if "scale" in options:
-            raise ConfigError(f"loss.scale: LDAM's scale is the cosine head's scale, one setting; set "
-                              f"model.head_scale={options['scale']} instead of loss.scale")
-        if options.get("logits_prescaled", True) is not True:
-            raise ConfigError("loss.logits_prescaled: the engine's cosine head outputs s * cos; leave it True")
+    if is_ldam(config):
+        check_ldam_head(config)
         options["scale"] = config.model.head_scale
         if head is not None:
             options["head"] = head
@@ -109,15 +102,6 @@ def build_loss_fn(config: RunConfig, class_counts, device: torch.device, head: n
             raise ConfigError("give loss.switch_epoch or loss.switch_fraction, not both")
         options["switch_epoch"] = int(round(fraction * config.optim.epochs))
     return build_loss(config.loss.name, class_counts, **options).to(device)
-
-
-def _canonical_loss(name: str) -> str:
-    from longtail.losses.registry import _canonical
-
-    try:
-        return _canonical(name)
-    except ValueError:
-        return name  # build_loss reports the unknown name with the valid ones
 
 
 def build_regularizer(config: RunConfig, class_counts, device: torch.device):

@@ -470,6 +470,7 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
                               f"{', '.join(SELECTABLE_METRICS)}")
     _refuse_selection_on_test(config)
+    check_ldam_head(config)
     if config.data.crop_scale_min is not None and not 0 < config.data.crop_scale_min <= 1:
         raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {config.data.crop_scale_min}")
     if config.data.randaugment and config.data.autoaugment:
@@ -477,6 +478,32 @@ def validate(config: RunConfig) -> None:
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
+
+
+def is_ldam(config: RunConfig) -> bool:
+    from longtail.losses.registry import _canonical
+
+    try:
+        return _canonical(config.loss.name) in ("ldam", "ldam_drw")
+    except ValueError:
+        return False  # an unknown name is reported with the valid ones when the loss is built
+
+
+def check_ldam_head(config: RunConfig) -> None:
+    """LDAM's scale and the cosine head's scale are one setting (model.head_scale)."""
+    if not is_ldam(config):
+        return
+    options = config.loss.options
+    if config.model.head != "cosine":
+        raise ConfigError(f"loss.name={config.loss.name} needs the cosine classifier it was built for: set "
+                          f"model.head=cosine (its scale s is model.head_scale, {config.model.head_scale:g})")
+    if "scale" in options:
+        raise ConfigError(f"loss.scale: LDAM's scale is the cosine head's scale, one setting; set "
+                          f"model.head_scale={options['scale']} instead of loss.scale")
+    if options.get("logits_prescaled", True) is not True:
+        raise ConfigError("loss.logits_prescaled: the engine's cosine head outputs s * cos; leave it True")
+    if "head" in options:
+        raise ConfigError("loss.head: the engine passes the model's own head")
 
 
 def _refuse_selection_on_test(config: RunConfig) -> None:
