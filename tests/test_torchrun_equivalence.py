@@ -23,10 +23,9 @@ from test_torchrun import free_port, torchrun_executable
 
 # Imbalance factor 4 gives 216 training images: 9 global batches of 24 (12 per rank), nothing
 # padded or dropped, so both runs see exactly the same images per step.
-# Augmentation is off: per-batch augmentation seeds draw different crops for a rank's 12 images
-# than for the same images inside one batch of 24. (Per-sample seeds from (seed, epoch, sample
-# index) would remove that; switch data.crop_padding / data.flip on here when the loader has them.)
-COMMON = ["data.imbalance_factor=4", "data.batch_size=24", "data.crop_padding=0", "data.flip=false",
+# Augmentation is on: each sample's crop / flip / Cutout is drawn from (seed, epoch, its global
+# position in the epoch's draw), so a rank's 12 images are augmented exactly as inside one batch of 24.
+COMMON = ["data.imbalance_factor=4", "data.batch_size=24", "data.crop_padding=2", "data.flip=true", "data.cutout=6",
           "train.eval_train=false", "train.device=cpu", "optim.lr=0.5"]
 
 
