@@ -64,9 +64,9 @@ class DataConfig:
     bad_images: str = _help(
         "unreadable image files: error (list them all and stop) | skip (train without them; recorded in "
         "class_counts.json)", "error")
-    test_fraction: float = _help(
+    test_fraction: Optional[float] = _help(
         "single-folder image layouts root/<class>/*: fraction of each class held out as the test split "
-        "(seeded by split_seed)", 0.2)
+        "(seeded by split_seed; None = 0.2)", None)
     channels: Optional[int] = _help(
         "repeat single-channel images to this many channels (3 for ImageNet-pretrained backbones)", None)
     randaugment: bool = _help("RandAugment, per image after crop and flip", False)

@@ -39,6 +39,7 @@ _TEST_STREAM = 1_000_033  # seed stream of a single folder's test split
 LARGE_IMAGE_SIDE = 128  # median shorter side above which image files are trained ImageNet-style by default
 IN_MEMORY_LIMIT = 2 << 30  # decoded bytes up to which image files are held in memory by default
 STATISTICS_SAMPLE = 2000  # training images the mean / std of image files are computed from
+DEFAULT_TEST_FRACTION = 0.2  # of each class, held out from a single folder as its test split
 RESIZE_MODES = ("auto", "native", "resize", "imagenet")
 _GREY_IMAGENET = ((0.449,), (0.226,))  # ImageNet's statistics averaged over channels, for grey images
 
@@ -148,8 +149,11 @@ def _check_data_options(config: RunConfig) -> None:
     for key, valid in choices.items():
         if getattr(spec, key) not in valid:
             raise ConfigError(f"data.{key}={getattr(spec, key)!r} is not valid; choose one of: {' | '.join(valid)}")
-    if not 0.0 < spec.test_fraction < 1.0:
+    if spec.test_fraction is not None and not 0.0 < spec.test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction={spec.test_fraction} must be in (0, 1), e.g. 0.2")
+    if spec.test_fraction is not None and not _single_folder(config):
+        raise ConfigError(f"data.test_fraction={spec.test_fraction} holds out a test split from a single folder "
+                          f"root/<class>/*; '{spec.name}' at {spec.root} has its own test split. Unset it")
     if spec.image_size is not None and spec.image_size < 1:
         raise ConfigError(f"data.image_size={spec.image_size} must be a positive number of pixels (or null for native)")
     if spec.channels is not None and spec.channels not in (1, 3):
@@ -167,6 +171,9 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
+    elif spec.check_images != "header" or spec.bad_images != "error":
+        raise ConfigError(f"data.check_images / data.bad_images apply to image files; '{spec.name}' is held in "
+                          f"memory as arrays (already validated when loaded). Unset them")
     elif spec.resize == "imagenet" or (spec.resize == "native" and spec.image_size) or spec.in_memory is False:
         raise ConfigError(f"dataset '{spec.name}' is held in memory as arrays: data.resize={spec.resize} / "
                           f"data.in_memory=false apply to image files only (arrays train at their native size, "
@@ -214,15 +221,16 @@ def _build_sets(config: RunConfig, context) -> _Sets:
     val_set = None
     if _single_folder(config):
         everything = build_dataset(spec.name, "all", root=spec.root)
-        train_positions, test_positions = carve_test(everything.labels, spec.test_fraction, spec.split_seed,
+        fraction = DEFAULT_TEST_FRACTION if spec.test_fraction is None else spec.test_fraction
+        train_positions, test_positions = carve_test(everything.labels, fraction, spec.split_seed,
                                                      everything.classes)
         train_set, test_set = everything.subset(train_positions), everything.subset(test_positions)
         test_set.name = f"{everything.name}-test"
         split_info["layout"] = {
-            "kind": "single folder root/<class>/*", "test_fraction": spec.test_fraction, "seed": spec.split_seed,
+            "kind": "single folder root/<class>/*", "test_fraction": fraction, "seed": spec.split_seed,
             "test_per_class": torch.bincount(test_set.labels, minlength=len(everything.classes)).tolist(),
             "test_index_hash": index_hash(test_positions.numpy())}
-        _say(context, f"data: {spec.root} has no train/ folder: holding out {spec.test_fraction:g} of each class "
+        _say(context, f"data: {spec.root} has no train/ folder: holding out {fraction:g} of each class "
                       f"as the test split ({len(test_set)} images, seed {spec.split_seed}; data.test_fraction / "
                       f"data.split_seed)")
         if spec.imbalance_factor is not None:
