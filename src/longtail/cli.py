@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="apply the post-hoc classifier `longtail posthoc` chose: tau_norm, logit_adjust, ncm "
                               "(reads RUN_DIR/posthoc_<method>.json) or the path of such a file")
     predict.add_argument("--skip-unreadable", action="store_true",
-                         help="skip images that cannot be decoded (listed on stderr) instead of failing (exit 2)")
+                         help="skip images that cannot be decoded or preprocessed (listed on stderr) instead of failing "
+                              "(exit 2, nothing written)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
@@ -283,9 +284,9 @@ def cmd_predict(args) -> int:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50])
         more = f"\n  ... and {len(unreadable) - 50} more" if len(unreadable) > 50 else ""
         if not args.skip_unreadable:
-            raise UsageError(f"{len(unreadable)} image(s) cannot be decoded (nothing written):\n{listing}{more}\n"
+            raise UsageError(f"{len(unreadable)} image(s) cannot be used (nothing written):\n{listing}{more}\n"
                              f"Remove or fix them, or pass --skip-unreadable to predict the others.")
-        print(f"longtail predict: skipped {len(unreadable)} unreadable image(s):\n{listing}{more}", file=sys.stderr)
+        print(f"longtail predict: skipped {len(unreadable)} unusable image(s):\n{listing}{more}", file=sys.stderr)
     header = {"run": str(loaded.run_dir), "weights": loaded.weights,
               "posthoc": None if loaded.posthoc is None else {"method": loaded.posthoc.method,
                                                               "tau": loaded.posthoc.tau,

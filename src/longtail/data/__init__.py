@@ -24,7 +24,7 @@ from .imagefiles import BadImagesError, scan_images
 from .loader import FileLoader, InMemoryLoader
 from .preprocess import Preprocessing
 from .mixing import CutMix, Mixup, available_mixers, build_mixer, cutmix_box, paste_box
-from .registry import available_datasets, build_dataset, dataset_options, dataset_splits
+from .registry import available_datasets, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from .samplers import ClassPowerSampler, ProgressiveSampler, available_samplers, build_sampler
 from .transforms import BatchAugment, build_file_transforms
 
@@ -62,6 +62,7 @@ __all__ = [
     "build_dataset",
     "dataset_options",
     "dataset_splits",
+    "dataset_test_splits",
     "gini_coefficient",
     "index_hash",
     "load_builtin",
