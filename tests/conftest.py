@@ -60,6 +60,40 @@ def tiny_run_overrides(root: Path, output_dir: Path, epochs: int = 2) -> list[st
     ]
 
 
+def write_image_folder(root: Path, counts, size=(16, 16), fmt="PNG", grey=False, seed=0, split=None) -> list[Path]:
+    """Real image files root[/split]/c<j>/<n>.png|jpg, ``counts[j]`` per class; returns the paths.
+
+    Each class has its own mean colour plus noise, so a small model can learn it in an epoch or two.
+    ``size`` is (height, width), or a callable (class, n) -> (height, width) for mixed sizes.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / split if split else root
+    suffix = "png" if fmt == "PNG" else "jpg"
+    paths = []
+    for label, count in enumerate(counts):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, 3)
+        for n in range(count):
+            height, width = size(label, n) if callable(size) else size
+            pixels = np.clip(base + rng.normal(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels[:, :, 0] if grey else pixels, mode="L" if grey else "RGB")
+            path = folder / f"c{label}" / f"{n:03d}.{suffix}"
+            image.save(path, format=fmt)
+            paths.append(path)
+    return paths
+
+
+def image_run_overrides(root: Path, output_dir: Path, epochs: int = 1) -> list[str]:
+    """Overrides of a seconds-long CPU training run on a small image folder."""
+    return [
+        "data.name=imagefolder", f"data.root={root}", "data.batch_size=8", "data.eval_batch_size=32",
+        "data.workers=0", f"optim.epochs={epochs}", "optim.warmup_epochs=0", "optim.lr=0.02",
+        f"train.output_dir={output_dir}", "train.progress=false", "train.threads=1",
+    ]
+
+
 # ---------------------------------------------------------------- a trained run on an image folder
 
 CLASSES = ["ankle boot", "bag", "coat", "sandal", "trouser"]  # folder names, with a space: real names
