@@ -53,7 +53,7 @@ PACKAGES = ("engine", "losses", "regularizers", "metrics", "data")
 TESTS = {
     "losses/contrastive.py": ["test_contrastive.py"],
     "losses/": ["test_losses.py", "test_losses_pinned.py", "test_ccar.py", "test_engine_options.py"],
-    "regularizers/": ["test_car.py", "test_bounds.py", "test_bounds_edges.py", "test_car_distributed.py"],
+    "regularizers/": ["test_car.py", "test_bounds.py", "test_regularizer_edges.py", "test_car_distributed.py"],
     "metrics/": ["test_metrics.py", "test_metrics_edges.py", "test_bounds.py"],
     "data/samplers.py": ["test_samplers.py", "test_engine_options.py"],
     "data/mixing.py": ["test_mixing.py", "test_engine_options.py"],
