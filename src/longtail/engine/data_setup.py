@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
+from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from longtail.data.imagefiles import BadImagesError, decode_images, scan_images
 from longtail.data.imbalance import index_hash, make_longtail
 from longtail.data.loader import FileLoader, InMemoryLoader, _channel_statistics
@@ -255,6 +255,9 @@ def _build_sets(config: RunConfig, context) -> _Sets:
         val_set = _subset(train_set, validation_positions, f"{train_set.name}-validation")
         train_set = _subset(train_set, train_positions, train_set.name, keep_longtail=True)
         split_info["validation_per_class"] = spec.validation_per_class
+        # Recorded so the split can be rebuilt and audited: per class, seeded, carved from the training list.
+        split_info["validation"] = {"from": "train", "per_class": spec.validation_per_class,
+                                    "seed": spec.split_seed, "size": int(validation_positions.numel())}
     return _Sets(train_set, test_set, val_set, split_info)
 
 
@@ -271,13 +274,13 @@ def _own_validation_set(config: RunConfig):
     """The dataset's own validation split (ImageNet-LT / Places-LT lists, an image folder's val/), or
     None when it has none. Optional unless train.select_on needs it: a missing one is then an error."""
     spec = config.data
-    if "val" not in dataset_splits(spec.name):
-        return None
+    if "val" not in dataset_splits(spec.name) or "val" in dataset_test_splits(spec.name):
+        return None  # none, or it is the test set (iNaturalist 2018): never a validation split
     try:
         return build_dataset(spec.name, "val", root=spec.root, **_dataset_kwargs(config))
     except FileNotFoundError:
-        if config.train.select_on != "final":
-            raise
+        if config.train.select_on != "final" and not spec.validation_per_class:
+            raise  # selection needs a validation split, and none will be carved from train
         return None
 
 
@@ -314,6 +317,12 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                 kept.name = data.name
                 named[name], scans[name] = kept, scans[name].select(good)
         sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
+        for name, data in named.items():
+            counts = torch.bincount(torch.as_tensor(data.labels), minlength=len(data.classes))
+            if name == "train" and bool((counts == 0).any()) or len(data) == 0:
+                empty = [data.classes[j] for j in (counts == 0).nonzero().flatten().tolist()]
+                raise ConfigError(f"after skipping the unreadable files, the {name} split has no training images "
+                                  f"for class(es) {empty[:10]}; every class needs at least one. Replace the files")
     all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
     grey = all(scan.all_grey for scan in scans.values())
     policy, size = _choose_geometry(config, all_sizes, context)
@@ -330,7 +339,9 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                           "(data.resize=imagenet, or large images) crops from the full image. Set "
                           "data.resize=resize to resize once and train in memory, or data.in_memory=false")
     geometry = {"native": "none", "resize": "resize", "imagenet": "resize_center_crop"}[policy]
-    if policy == "imagenet":
+    if spec.normalization == "imagenet" and grey:
+        raise ConfigError("data.normalization=imagenet needs colour images; these are grey")
+    if policy == "imagenet" or spec.normalization == "imagenet":
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not grey else _GREY_IMAGENET
         preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
                                       channels=spec.channels)
@@ -434,13 +445,23 @@ def _in_memory(config, sets: _Sets, sampler, batch, device, context, preprocessi
         if spec.channels == 1 and channels != 1:
             raise ConfigError(f"data.channels=1: '{spec.name}' has {channels}-channel images; data.channels only "
                               f"repeats single-channel images (to 3 for RGB backbones)")
+        mean, std = train_set.mean, train_set.std
+        if spec.normalization == "imagenet":
+            if channels != 3:
+                raise ConfigError(f"data.normalization=imagenet needs RGB images; '{spec.name}' has {channels} "
+                                  f"channel(s)")
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
         preprocessing = Preprocessing(
             size=(spec.image_size, spec.image_size) if spec.image_size else tuple(train_set.images.shape[-2:]),
-            mean=train_set.mean, std=train_set.std, resize="resize" if spec.image_size else "none",
+            mean=mean, std=std, resize="resize" if spec.image_size else "none",
             color="L" if channels == 1 else "RGB", channels=spec.channels)
     common = dict(device=device, channels_last=config.model.channels_last, preprocessing=preprocessing)
     policy = "randaugment" if spec.randaugment else "autoaugment" if spec.autoaugment else "none"
-    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout, policy=policy)
+    try:
+        augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout, policy=policy,
+                               crop_scale_min=spec.crop_scale_min)
+    except ValueError as error:
+        raise ConfigError(f"data: {error}") from None
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
     train_loader = InMemoryLoader(train_set, batch_size=batch, sampler=sampler, augment=augment, drop_last=drop_last,
@@ -464,9 +485,13 @@ def _with_transform(dataset, transform):
 
 def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocessing):
     spec = config.data
+    if spec.crop_scale_min is not None and preprocessing.resize != "resize_center_crop":
+        raise ConfigError("data.crop_scale_min sets the RandomResizedCrop of ImageNet-style image files "
+                          "(data.resize=imagenet or large images); these use the padded crop (data.crop_padding)")
+    scale = {} if spec.crop_scale_min is None else {"min_scale": spec.crop_scale_min}
     train_transform = build_file_transforms(preprocessing, train=True, crop_padding=spec.crop_padding, flip=spec.flip,
                                             cutout=spec.cutout, randaugment=spec.randaugment,
-                                            autoaugment=spec.autoaugment)
+                                            autoaugment=spec.autoaugment, **scale)
     drop_last = len(sampler) % batch == 1
     train_loader = FileLoader(_with_transform(sets.train, train_transform), batch, sampler, device,
                               config.model.channels_last, spec.workers, drop_last, seed=config.train.seed,

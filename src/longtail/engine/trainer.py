@@ -32,7 +32,7 @@ from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.runinfo import create_run_dir, dataset_title, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import autocast_context, evaluate_loader, name_classes
+from longtail.engine.evaluate import autocast_context, evaluate_loader, name_classes, spectral_norm_weighting
 
 
 
@@ -110,6 +110,7 @@ class Trainer:
         seed_everything(config.train.seed)  # every rank builds the same initial model
         self.data: DataBundle = build_data(config, self.device, self.context)
         self.class_counts = self.data.class_counts
+        self._derive_epochs_from_iterations()
         self.num_classes = len(self.class_counts)
         self.model = build_model(config, self.num_classes, self.data.in_channels, self.device)
         report = getattr(self.model, "pretrained_report", None)
@@ -126,7 +127,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.model.compile:
             self.train_model = torch.compile(self.train_model)
-        self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank)
+        self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
+                                     head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
@@ -210,10 +212,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
+    def _derive_epochs_from_iterations(self) -> None:
+        """optim.iterations: the run lasts ceil(iterations / batches per epoch) epochs, the last cut short.
+        Written into the config before anything reads optim.epochs (loss switch, history, config.yaml)."""
+        optim = self.config.optim
+        if optim.iterations is None:
+            return
+        epochs = math.ceil(optim.iterations / self.data.steps_per_epoch)
+        if epochs != optim.epochs and self.context.is_main:
+            print(f"optim.iterations={optim.iterations} at {self.data.steps_per_epoch} batches per epoch: "
+                  f"{epochs} epochs (optim.epochs set to {epochs})", flush=True)
+        optim.epochs = epochs
+
     def _lr(self, epoch_position: float) -> float:
         optim = self.config.optim
-        return learning_rate(optim.lr, epoch_position, optim.epochs, optim.schedule, optim.warmup_epochs,
-                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr)
+        total, warmup = optim.epochs, optim.warmup_epochs
+        if optim.iterations is not None:  # iteration-based: the schedule spans exactly `iterations` batches
+            total = optim.iterations / self.data.steps_per_epoch
+        if optim.warmup_iterations is not None:
+            warmup = optim.warmup_iterations / self.data.steps_per_epoch
+        return learning_rate(optim.lr, epoch_position, total, optim.schedule, warmup,
+                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr,
+                             optim.warmup_style, optim.warmup_start_lr)
 
     def _stop_requested(self, stop: _StopFlag) -> bool:
         """True on every rank as soon as any rank got a signal (ranks must stop at the same step)."""
@@ -251,7 +271,7 @@ class Trainer:
         epoch = self.state.epoch
         loader = self.data.train_loader
         steps = self.data.steps_per_epoch
-        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules
+        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules, also nested (e.g. inside CCAR)
             self.loss_fn.set_epoch(epoch)
         loader.set_epoch(epoch, start_batch=self.state.batch)
         self.train_model.train()
@@ -268,7 +288,9 @@ class Trainer:
             lr = self._lr(epoch + batch_index / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            boundary = (batch_index + 1) % accumulation == 0 or batch_index + 1 == steps
+            last_batch = batch_index + 1 == steps or (
+                config.optim.iterations is not None and self.state.global_step + 1 >= config.optim.iterations)
+            boundary = (batch_index + 1) % accumulation == 0 or last_batch
             sync = contextlib.nullcontext() if boundary or not self.context.enabled else self.train_model.no_sync()
             with sync:
                 if hasattr(self.loss_fn, "training_step"):
@@ -310,6 +332,8 @@ class Trainer:
             if boundary and self._stop_requested(stop):
                 self.save()
                 raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
+            if config.optim.iterations is not None and self.state.global_step >= config.optim.iterations:
+                break  # iteration-based length: the last epoch ends here
         if progress is not None:
             progress.close()
         elapsed = time.perf_counter() - started
@@ -362,10 +386,14 @@ class Trainer:
     def evaluate(self, split: str, spectral_norm: bool = False) -> dict:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
+        weights, described = spectral_norm_weighting(self.config, self.class_counts)
         metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.config.train.precision)
+                                  self.config.train.precision, class_weights=weights)
         self.confusions[split] = metrics.confusion.cpu().numpy()
-        return metrics.compute(spectral_norm=spectral_norm)
+        results = metrics.compute(spectral_norm=spectral_norm)
+        if spectral_norm:
+            results["confusion_spectral_norm_weighting"] = described
+        return results
 
     def _keep_if_best(self, epoch: int, validation: dict) -> None:
         """Remember this epoch's weights if its validation metric beats every earlier epoch (the first
