@@ -131,9 +131,10 @@ def _resolve_config(args):
 
 
 def cmd_train(args) -> int:
-    from longtail.engine.checkpoint import CheckpointError
+    from longtail.engine.checkpoint import CheckpointError, OutputWriteError
     from longtail.engine.config import ConfigError, dump_yaml
-    from longtail.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run
+    from longtail.engine.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
+                                         finished_results)
     from longtail.report.tables import results_table
 
     if args.resume:
@@ -141,8 +142,15 @@ def cmd_train(args) -> int:
             raise UsageError("--resume continues a run with its saved config; give no recipe, config or overrides")
         try:
             config, label = config_of_run(Path(args.resume))
+            finished = finished_results(Path(args.resume))
         except (CheckpointError, ConfigError) as error:
             raise UsageError(str(error)) from None
+        if finished is not None:
+            # Exit 0: the run is complete, which is what --resume asks for; metrics.json is not rewritten.
+            print(f"{args.resume} has finished all {config.optim.epochs} epochs; nothing to resume and its "
+                  f"metrics.json is left as it is. Its results:")
+            print(results_table(finished))
+            return 0
     else:
         config, label = _resolve_config(args)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -156,10 +164,19 @@ def cmd_train(args) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as error:
         # building data / model / loss failed: bad config or data, nothing was trained
         raise UsageError(str(error)) from None
+    except OutputWriteError as error:
+        raise UsageError(f"{error.strerror or error}; check train.output_dir") from None
     try:
         results = trainer.fit()
     except NonFiniteLossError as error:
         print(f"longtail train: error: {error}", file=sys.stderr)
+        return 1
+    except OutputWriteError as error:
+        where = (f"the last good checkpoint ({trainer.last_saved}) is intact" if trainer.last_saved
+                 else "no checkpoint had been written")
+        print(f"longtail train: error: {error.strerror or error}. Training stopped; {where}. Free space "
+              f"(or fix permissions) and continue with: longtail train --resume {trainer.run_dir}",
+              file=sys.stderr)
         return 1
     except TrainingInterrupted as stop:
         if main_process:
@@ -176,13 +193,16 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from longtail.engine.checkpoint import CheckpointError
-    from longtail.engine.evaluate import evaluate_checkpoint
+    from longtail.engine.evaluate import NonFiniteOutputError, evaluate_checkpoint
     from longtail.report.tables import results_table
 
     try:
         results = evaluate_checkpoint(Path(args.target), args.split, args.device)
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
+    except NonFiniteOutputError as error:
+        print(f"longtail eval: error: {error}", file=sys.stderr)
+        return 1
     print(results_table({args.split: results}))
     return 0
 

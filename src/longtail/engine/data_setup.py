@@ -36,6 +36,7 @@ class DataBundle:
     split_info: dict
     mix: Callable = field(default=lambda images, targets, epoch, batch: (images, targets))
     metric_options: dict = field(default_factory=dict)
+    fingerprint: dict = field(default_factory=dict)  # engine.fingerprint.data_fingerprint of the data used
 
 
 def _dataset_kwargs(config: RunConfig) -> dict:
@@ -126,7 +127,21 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                           f"'{spec.name}' has none here; set data.validation_per_class (e.g. 20) to hold out "
                           f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
-                      in_channels, split_info, mix=_mixing(config, num_classes))
+                      in_channels, split_info, mix=_mixing(config, num_classes),
+                      fingerprint=_fingerprint(train_set, test_set, eval_loaders, validation_positions, split_info,
+                                               spec.root))
+
+
+def _fingerprint(train_set, test_set, eval_loaders, validation_positions, split_info, root) -> dict:
+    """The data fingerprint (see engine.fingerprint): train and test sets, a validation set of its own
+    (one carved from the training set is covered by the train set and the carved positions)."""
+    from longtail.engine.fingerprint import data_fingerprint
+
+    splits = {"train": train_set, "test": test_set}
+    if validation_positions is None and "val" in eval_loaders:
+        loader = eval_loaders["val"]
+        splits["val"] = getattr(loader, "dataset", loader)  # FileBatches wrap a dataset; InMemoryLoader is one
+    return data_fingerprint(splits, split_info, validation_positions, root)
 
 
 def _file_options(config: RunConfig, name: str, train: bool) -> dict:
