@@ -268,13 +268,18 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from longtail.engine.compare import run_comparison
+    from longtail.engine.compare import CellFailed, run_comparison
     from longtail.engine.config import ConfigError
 
     try:
         output = run_comparison(args)
     except ConfigError as error:
         raise UsageError(str(error)) from None
+    except CellFailed as failure:
+        print(f"longtail compare: error: {failure}", file=sys.stderr)
+        return failure.code
+    print()
+    print((output / "comparison.md").read_text(encoding="utf-8"), end="")
     print(f"comparison written to {output}")
     return 0
 
