@@ -68,3 +68,23 @@ def test_stage2_bad_source_exits_2(tiny_idx_root, tmp_path, stage1, capsys, extr
 def test_decoupled_without_a_source_exits_2(tiny_idx_root, tmp_path, capsys):
     assert main(["train", "--method", "lws", *tiny_run_overrides(tiny_idx_root, tmp_path)]) == 2
     assert "model.init_from=RUN_DIR" in capsys.readouterr().err
+
+
+def test_crt_starts_from_a_fresh_seeded_classifier_not_stage_1s(tiny_idx_root, tmp_path, stage1):
+    """cRT's classifier before stage-2 training is what a new run with the same seed initialises,
+    and differs from the trained stage-1 classifier; the backbone is stage 1's."""
+    from longtail.engine.config import build_config
+    from longtail.engine.trainer import Trainer
+
+    common = [*tiny_run_overrides(tiny_idx_root, tmp_path, epochs=2), "train.eval_train=false", "train.seed=5"]
+    config, label = build_config(None, None, [*common, f"model.init_from={stage1}"], "crt")
+    crt = Trainer(config, label).model.state_dict()
+    config, label = build_config(None, None, [*common, "model.init_from=null"], "ce")
+    fresh = Trainer(config, label).model.state_dict()
+    trained = weights(stage1)
+    for key in ("head.weight", "head.bias"):
+        assert torch.equal(crt[key], fresh[key]), key
+        assert not torch.allclose(crt[key], trained[key])
+    for key in trained:
+        if not key.startswith("head."):
+            assert torch.equal(crt[key], trained[key]), key

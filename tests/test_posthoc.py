@@ -11,6 +11,7 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
+from longtail.engine.checkpoint import load_checkpoint
 from longtail.engine.evaluate import evaluate_checkpoint, load_trained
 
 
@@ -99,3 +100,74 @@ def test_choosing_tau_needs_a_validation_split(tiny_idx_root, tmp_path, capsys):
     assert main(["posthoc", str(tmp_path / "run"), "--method", "logit_adjust", "--taus", "1"]) == 0  # no choice
     assert main(["posthoc", str(tmp_path / "run"), "--method", "tau_norm", "--taus", "1"]) == 2
     assert "CosineHead" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- heads where tau matters
+
+
+def constructed_run(trained, tmp_path, features, weight, bias):
+    """A copy of the trained run whose classifier is ``weight`` / ``bias`` (float64 numpy)."""
+    import shutil
+
+    from longtail.engine.checkpoint import save_checkpoint
+
+    run = tmp_path / "constructed"
+    shutil.copytree(trained, run)
+    path = run / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    assert state.get("best_model") is None  # the run reports its last weights, which we replace
+    state["model"]["head.weight"] = torch.tensor(weight, dtype=torch.float32)
+    state["model"]["head.bias"] = torch.tensor(bias, dtype=torch.float32)
+    save_checkpoint(path, state)
+    return run
+
+
+def unit_class_means(features):
+    x, y = features["train"]
+    means = np.stack([x[y == j].mean(axis=0) for j in range(len(features["counts"]))])
+    return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def balanced_accuracy(logits, labels) -> float:
+    predictions = logits.argmax(axis=1)
+    return float(np.mean([(predictions[labels == j] == j).mean() for j in np.unique(labels)]))
+
+
+def test_tau_norm_picks_the_tau_that_equalises_row_norms(trained, features, tmp_path):
+    """Rows w_j = a_j u_j with unit u_j (class-mean directions) and norms a_j = 100 ** j: the
+    tau-normalised logits are a_j ** (1 - tau) u_j . x, so tau = 1 gives the cosine classifier
+    u_j . x exactly, while any other tau lets one class's factor (10x per class at |1 - tau| = 0.5)
+    swamp the others. The features are non-negative (ReLU then pooling), so every u_j . x > 0."""
+    units = unit_class_means(features)
+    norms = 100.0 ** np.arange(len(units))
+    run = constructed_run(trained, tmp_path, features, units * norms[:, None], np.zeros(len(units)))
+    taus = [0.0, 0.5, 1.0, 1.5, 2.0]
+    x, y = features["val"]
+    assert (x >= 0).all()
+    curve = [balanced_accuracy(x @ (units * norms[:, None] ** (1 - tau)).T, y) for tau in taus]
+    assert curve.index(max(curve)) == 2 and curve.count(max(curve)) == 1  # the construction works
+    result = run_on(run, "tau_norm", taus)
+    assert result["tau"] == 1.0
+    assert [e["val"]["balanced_accuracy"] for e in result["sweep"]] == pytest.approx(curve, abs=1e-12)
+
+
+def test_logit_adjustment_picks_the_tau_that_removes_the_built_in_prior(trained, features, tmp_path):
+    """Bias b_j = 1.5 log pi_j on a head whose feature part is tiny (|W x| < 1e-3): the adjusted
+    logits W x + (1.5 - tau) log pi_j are the feature classifier exactly at tau = 1.5 and a
+    constant ranking of the classes by prior (one predicted class) at every other tau of the grid."""
+    counts = features["counts"]
+    log_prior = np.log(counts / counts.sum())
+    x, y = features["val"]
+    units = unit_class_means(features) * 1e-3 / np.linalg.norm(x, axis=1).max()
+    run = constructed_run(trained, tmp_path, features, units, 1.5 * log_prior)
+    taus = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    curve = [balanced_accuracy(x @ units.T + (1.5 - tau) * log_prior, y) for tau in taus]
+    assert curve.index(max(curve)) == 3 and curve.count(max(curve)) == 1
+    result = run_on(run, "logit_adjust", taus)
+    assert result["tau"] == 1.5
+    assert [e["val"]["balanced_accuracy"] for e in result["sweep"]] == pytest.approx(curve, abs=1e-9)
+
+
+def run_on(run_dir, method, taus) -> dict:
+    assert main(["posthoc", str(run_dir), "--method", method, "--taus", ",".join(map(str, taus))]) == 0
+    return json.loads((run_dir / f"posthoc_{method}.json").read_text())

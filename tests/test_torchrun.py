@@ -20,10 +20,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def torchrun_executable() -> str:
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return str(torchrun) if torchrun.exists() else shutil.which("torchrun")
+
+
 def test_torchrun_two_cpu_processes(tiny_idx_root, tmp_path):
     output = tmp_path / "runs"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun) if torchrun.exists() else shutil.which("torchrun"), "--nnodes=1", "--nproc_per_node=2",
+    command = [torchrun_executable(), "--nnodes=1", "--nproc_per_node=2",
                "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "longtail", "train",
                "--method", "car_bs", "data.sampler=class_balanced", "data.validation_per_class=2",
                "train.select_on=balanced_accuracy",

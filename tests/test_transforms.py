@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from longtail.data.preprocess import Preprocessing
 from longtail.data.transforms import (
     BatchAugment,
     apply_cutout,
@@ -97,55 +98,58 @@ def test_batch_augment_validates_options():
 # -- file pipelines --------------------------------------------------------------------------
 
 
-def transform_names(pipeline):
-    return [type(step).__name__ for step in pipeline.transforms]
-
-
 @pytest.fixture(scope="module")
 def photo():
     return Image.fromarray(np.random.default_rng(0).integers(0, 256, (180, 240, 3), dtype=np.uint8))
 
 
-def test_imagenet_train_and_eval_pipelines(photo):
-    train = build_file_transforms("imagenet", train=True, image_size=64)
-    assert transform_names(train) == ["ToImage", "RGB", "RandomResizedCrop", "RandomHorizontalFlip", "ToDtype", "Normalize"]
+IMAGENET = Preprocessing(size=(64, 64), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         resize="resize_center_crop")
+
+
+def test_file_eval_transform_is_the_preprocessing_and_train_crops_to_its_size(photo):
+    assert build_file_transforms(IMAGENET, train=False) is IMAGENET
+    train = build_file_transforms(IMAGENET, train=True)
+    torch.manual_seed(0)
     out = train(photo)
     assert out.shape == (3, 64, 64) and out.dtype == torch.float32
-    evaluation = build_file_transforms("imagenet", train=False, image_size=224)
-    names = transform_names(evaluation)
-    assert names == ["ToImage", "RGB", "Resize", "CenterCrop", "ToDtype", "Normalize"]
-    assert evaluation.transforms[2].size == [256]
-    out = evaluation(photo)
-    assert out.shape == (3, 224, 224)
-    # Normalisation with the ImageNet statistics: recover the centre crop's pixels.
-    pixels = out * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4
+    # crop_padding=0 under the ImageNet policy: no random crop, i.e. the evaluation geometry (+ flip).
+    still = build_file_transforms(IMAGENET, train=True, crop_padding=0, flip=False)
+    assert torch.equal(still(photo), IMAGENET(photo))
 
 
 def test_autoaugment_policy_and_randaugment_options(photo):
     from torchvision.transforms import v2
 
-    imagenet_auto = build_file_transforms("imagenet", autoaugment=True, image_size=32)
-    assert imagenet_auto.transforms[4].policy == v2.AutoAugmentPolicy.IMAGENET
-    cifar_auto = build_file_transforms("cifar", autoaugment=True)
-    assert cifar_auto.transforms[4].policy == v2.AutoAugmentPolicy.CIFAR10
-    rand = build_file_transforms("cifar", randaugment=True, randaugment_magnitude=14)
-    assert isinstance(rand.transforms[4], v2.RandAugment) and rand.transforms[4].magnitude == 14
-    assert rand(photo.resize((32, 32))).shape == (3, 32, 32)
+    assert build_file_transforms(IMAGENET, autoaugment=True).policy.policy == v2.AutoAugmentPolicy.IMAGENET
+    small = Preprocessing(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, resize="resize")
+    assert build_file_transforms(small, autoaugment=True).policy.policy == v2.AutoAugmentPolicy.CIFAR10
+    rand = build_file_transforms(small, randaugment=True, randaugment_magnitude=14)
+    assert isinstance(rand.policy, v2.RandAugment) and rand.policy.magnitude == 14
+    assert rand(photo).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="at most one"):
-        build_file_transforms("cifar", randaugment=True, autoaugment=True)
-    with pytest.raises(ValueError, match="style"):
-        build_file_transforms("mnist")
+        build_file_transforms(small, randaugment=True, autoaugment=True)
 
 
-def test_cifar_pipeline_crop_padding_and_greyscale_input():
+def test_file_train_pipeline_padding_flip_cutout_and_channels():
     grey = Image.fromarray(np.full((32, 32), 200, dtype=np.uint8), mode="L")
-    train = build_file_transforms("cifar", train=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    assert transform_names(train)[2:4] == ["RandomCrop", "RandomHorizontalFlip"]
+    prep = Preprocessing(size=(32, 32), mean=(0.5,), std=(0.5,), color="L", channels=3)
+    train = build_file_transforms(prep, train=True, crop_padding=4)
     torch.manual_seed(0)
     outs = torch.stack([train(grey) for _ in range(20)])
     assert outs.shape == (20, 3, 32, 32)
+    assert torch.equal(outs[:, 0], outs[:, 2])  # the grey channel repeated for an RGB model
     # Pixels are either the image value or the zero padding (-1 after normalisation).
     values = set(torch.round(outs * 1000).unique().tolist())
     assert values <= {round((200 / 255 - 0.5) / 0.5 * 1000), -1000}
     assert -1000 in values
+    # No crop, no flip, Cutout 8: exactly one 8x8 hole of zeros (the mean colour) per image, clipped at borders.
+    ramp = Image.fromarray(np.tile(np.arange(0, 256, 8, dtype=np.uint8), (32, 1)), mode="L")
+    cut = build_file_transforms(prep, train=True, crop_padding=0, flip=False, cutout=8)
+    plain = prep(ramp)
+    for _ in range(10):
+        out = cut(ramp)
+        changed = (out != plain)[0]
+        assert 0 < int(changed.sum()) <= 64 and torch.all(out[:, changed] == 0)
+    # Flip off: with no crop and no flip the training transform is the evaluation one.
+    assert torch.equal(build_file_transforms(prep, train=True, crop_padding=0, flip=False)(ramp), plain)

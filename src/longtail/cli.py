@@ -51,7 +51,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("target", metavar="RUN_DIR_OR_CHECKPOINT")
     evaluate.add_argument("--split", default="test", choices=("test", "train", "val"),
                           help="which split to evaluate (default: test)")
+    evaluate.add_argument("--data-root", default=None, metavar="DIR",
+                          help="score another folder laid out like the run's training data (same dataset type "
+                               "and class names), e.g. a new image folder DIR/test/<class>/*")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+    predict = commands.add_parser(
+        "predict", help="predict the classes of image files with a trained run (no training data needed)",
+        description="Classify image files (or folders, searched recursively) with the weights a run reports. "
+                    "Writes per image: path, predicted class, its probability, and the top-k classes with "
+                    "probabilities; CSV or JSON by the --output extension, a table on stdout without --output.")
+    predict.add_argument("run", metavar="RUN_DIR")
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    predict.add_argument("--output", default=None, metavar="FILE.csv|FILE.json")
+    predict.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
+    predict.add_argument("--posthoc", default=None, metavar="METHOD_OR_FILE",
+                         help="apply the post-hoc classifier `longtail posthoc` chose: tau_norm, logit_adjust, ncm "
+                              "(reads RUN_DIR/posthoc_<method>.json) or the path of such a file")
+    predict.add_argument("--skip-unreadable", action="store_true",
+                         help="skip images that cannot be decoded (listed on stderr) instead of failing (exit 2)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+    export = commands.add_parser(
+        "export", help="export a run's model to TorchScript or ONNX, with its preprocessing beside it",
+        description="Export the weights a run reports (validation-selected when it selected). Writes the model "
+                    "and OUTPUT.json: class names, input shape, preprocessing (resize, mean / std).")
+    export.add_argument("run", metavar="RUN_DIR")
+    export.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    export.add_argument("--output", default=None,
+                        help="file to write (default: RUN_DIR/export/model.pt or model.onnx)")
 
     posthoc = commands.add_parser(
         "posthoc", help="post-hoc classifier of a trained run: tau-norm, logit adjustment or NCM (no training)",
@@ -105,7 +134,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"train": cmd_train, "eval": cmd_eval, "posthoc": cmd_posthoc, "recipes": cmd_recipes,
+    handler = {"train": cmd_train, "eval": cmd_eval, "posthoc": cmd_posthoc, "predict": cmd_predict,
+               "export": cmd_export, "recipes": cmd_recipes,
                "compare": cmd_compare,
                "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
     try:
@@ -137,7 +167,7 @@ def cmd_train(args) -> int:
     from longtail.engine.config import ConfigError, dump_yaml
     from longtail.engine.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
                                          finished_results)
-    from longtail.report.tables import results_table
+    from longtail.report.tables import per_class_table, results_table
 
     if not (args.resume or args.recipe or args.config or args.overrides or args.method or args.print_config):
         return quick_start()
@@ -191,6 +221,7 @@ def cmd_train(args) -> int:
         trainer.close()
     if main_process:
         print(results_table(results))
+        print(per_class_table(results))
         print(f"run directory: {trainer.run_dir}")
     return 0
 
@@ -225,17 +256,112 @@ def quick_start() -> int:
 
 def cmd_eval(args) -> int:
     from longtail.engine.checkpoint import CheckpointError
-    from longtail.engine.evaluate import NonFiniteOutputError, evaluate_checkpoint
-    from longtail.report.tables import results_table
+    from longtail.engine.evaluate import NonFiniteOutputError, evaluate_run, name_classes
+    from longtail.report.tables import per_class_table, results_table
 
+    if args.data_root is not None:
+        from longtail.engine.inference import InferenceError, evaluate_data_root, load_run
+
+        try:
+            loaded = load_run(args.target, args.device)
+            results, notes = evaluate_data_root(loaded, args.data_root, args.split)
+        except InferenceError as error:
+            raise UsageError(str(error)) from None
+        results = name_classes({args.split: results}, loaded.classes, loaded.class_counts)
+        print("\n".join(notes))
+        print(results_table(results))
+        print(per_class_table(results))
+        return 0
     try:
-        results = evaluate_checkpoint(Path(args.target), args.split, args.device)
+        results = evaluate_run(Path(args.target), args.split, args.device)
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     except NonFiniteOutputError as error:
         print(f"longtail eval: error: {error}", file=sys.stderr)
         return 1
-    print(results_table({args.split: results}))
+    print(results_table(results))
+    print(per_class_table(results))
+    return 0
+
+
+def _write_predictions(predictions: list, output: Optional[str], header: dict) -> None:
+    from longtail.engine.checkpoint import atomic_write_json, atomic_write_text
+
+    if output is None:
+        from longtail.report.tables import markdown_table
+
+        rows = [[p["path"], p["prediction"], f"{p['probability']:.4f}",
+                 ", ".join(f"{name} {prob:.3f}" for name, prob in p["top_k"][1:])] for p in predictions]
+        print(markdown_table(["path", "prediction", "probability", "next"], rows))
+        return
+    if output.endswith(".json"):
+        records = [{"path": p["path"], "prediction": p["prediction"], "probability": p["probability"],
+                    "top_k": [{"class": name, "probability": prob} for name, prob in p["top_k"]]}
+                   for p in predictions]
+        atomic_write_json(Path(output), {**header, "predictions": records})
+        return
+    import csv
+    import io
+
+    k = max((len(p["top_k"]) for p in predictions), default=0)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "prediction", "probability"]
+                    + [column for i in range(1, k + 1) for column in (f"class_{i}", f"probability_{i}")])
+    for p in predictions:
+        writer.writerow([p["path"], p["prediction"], f"{p['probability']:.6f}"]
+                        + [cell for name, prob in p["top_k"] for cell in (name, f"{prob:.6f}")])
+    atomic_write_text(Path(output), buffer.getvalue())
+
+
+def cmd_predict(args) -> int:
+    from longtail.engine.inference import InferenceError, find_images, load_run, predict_files
+
+    if args.output is not None and not args.output.endswith((".csv", ".json")):
+        raise UsageError(f"--output must end in .csv or .json, got {args.output!r}")
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UsageError("--top-k and --batch-size must be at least 1")
+    try:
+        files = find_images(args.paths)
+        if not files:
+            raise InferenceError(f"no image files ({', '.join(sorted({'.jpg', '.png', '.jpeg'}))}, ...) under "
+                                 f"{', '.join(args.paths)}")
+        loaded = load_run(args.run, args.device, posthoc=args.posthoc)
+        predictions, unreadable = predict_files(loaded, files, args.top_k, args.batch_size)
+    except InferenceError as error:
+        raise UsageError(str(error)) from None
+    if unreadable:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50])
+        more = f"\n  ... and {len(unreadable) - 50} more" if len(unreadable) > 50 else ""
+        if not args.skip_unreadable:
+            raise UsageError(f"{len(unreadable)} image(s) cannot be decoded (nothing written):\n{listing}{more}\n"
+                             f"Remove or fix them, or pass --skip-unreadable to predict the others.")
+        print(f"longtail predict: skipped {len(unreadable)} unreadable image(s):\n{listing}{more}", file=sys.stderr)
+    header = {"run": str(loaded.run_dir), "weights": loaded.weights,
+              "posthoc": None if loaded.posthoc is None else {"method": loaded.posthoc.method,
+                                                              "tau": loaded.posthoc.tau,
+                                                              "source": loaded.posthoc.source},
+              "skipped_unreadable": [path for path, _ in unreadable]}
+    _write_predictions(predictions, args.output, header)
+    adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
+    where = f" -> {args.output}" if args.output else ""
+    print(f"{len(predictions)} image(s) predicted with {loaded.run_dir} ({loaded.weights}{adjusted}){where}",
+          file=sys.stderr if args.output is None else sys.stdout)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from longtail.engine.inference import InferenceError, export_run, load_run
+
+    suffix = ".onnx" if args.format == "onnx" else ".pt"
+    output = Path(args.output) if args.output else Path(args.run) / "export" / f"model{suffix}"
+    try:
+        loaded = load_run(args.run, "cpu")
+        written = export_run(loaded, args.format, output)
+    except InferenceError as error:
+        raise UsageError(str(error)) from None
+    print(f"exported {loaded.run_dir} ({loaded.weights}) as {args.format}: {written}\n"
+          f"metadata (classes, preprocessing, input shape): {written}.json")
     return 0
 
 
@@ -267,6 +393,11 @@ def cmd_posthoc(args) -> int:
         print(f"tau = {result['tau']:g} ({chosen})")
     print(results_table({"test": result["test"]}))
     output = run_dir / f"posthoc_{args.method}.json"
+    class_means = result.pop("class_means", None)
+    if class_means is not None:  # NCM: what `longtail predict --posthoc ncm` classifies with
+        from longtail.engine.checkpoint import save_checkpoint
+
+        save_checkpoint(output.with_suffix(".pt"), {"class_means": class_means})
     atomic_write_json(output, result)
     print(f"written: {output}")
     return 0

@@ -20,6 +20,7 @@ from .images import InMemoryImages
 from .imbalance import LongTailSplit, index_hash, longtail_counts, make_longtail
 from .listfile import FileImageDataset, ListFileDataset, ListFileError, read_list_file
 from .loader import InMemoryLoader
+from .preprocess import Preprocessing
 from .mixing import CutMix, Mixup, available_mixers, build_mixer, cutmix_box, paste_box
 from .registry import available_datasets, build_dataset, dataset_options, dataset_splits
 from .samplers import ClassPowerSampler, ProgressiveSampler, available_samplers, build_sampler
@@ -31,6 +32,7 @@ __all__ = [
     "CutMix",
     "InMemoryLoader",
     "Mixup",
+    "Preprocessing",
     "ProgressiveSampler",
     "available_mixers",
     "available_samplers",

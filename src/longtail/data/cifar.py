@@ -70,8 +70,11 @@ _ALLOWED_GLOBALS = frozenset(
 )
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside the CIFAR allow-list; nothing was executed."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle referenced a global outside the CIFAR allow-list; nothing was executed.
+
+    Also a ValueError, the library's bad-input error: `longtail train` turns it into exit code 2
+    with this message instead of a traceback."""
 
 
 class SafeUnpickler(pickle.Unpickler):

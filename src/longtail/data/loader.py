@@ -10,9 +10,11 @@ processes than cores) use ``torch.set_num_threads(1)``: the batch ops are small,
 threads waiting on each other at barriers were measured ~10x slower than one thread.
 
 Determinism and resumption: the order comes from the sampler, whose draw depends only on
-(seed, epoch); a batch's augmentation uses a generator seeded from (seed, epoch, batch index).
-So ``set_epoch(epoch, start_batch=k)`` skips the first k batches without computing them, and the
-batches that follow are bit-identical to those of an uninterrupted run on the same device.
+(seed, epoch); each sample's augmentation depends only on (seed, epoch, the sample's global
+position in the epoch's draw) (:func:`longtail.data.transforms.sample_uniforms`). So
+``set_epoch(epoch, start_batch=k)`` skips the first k batches without computing them, the batches
+that follow are bit-identical to those of an uninterrupted run on the same device, and R
+processes with batch B / R each see exactly the augmented samples of one process with batch B.
 """
 
 from __future__ import annotations
@@ -22,20 +24,23 @@ import warnings
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from longtail.data.samplers import ClassPowerSampler, derive_seed
 from longtail.data.transforms import (
     BatchAugment,
     apply_cutout,
     crop_flip,
+    augment_policy,
     normalize,
     resize_images,
-    sample_crop_flip,
-    sample_cutout,
+    sample_seed,
+    sample_uniforms,
+    uniforms_to_crop_flip,
+    uniforms_to_cutout,
 )
 
-__all__ = ["InMemoryLoader"]
+__all__ = ["FileLoader", "InMemoryLoader"]
 
 
 def _channel_statistics(images: torch.Tensor, chunk_size: int = 8192) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +82,10 @@ class InMemoryLoader:
         repeat_channels: repeat single-channel images to this many channels per batch (3 for
             ImageNet-style backbones); the statistics are repeated with them.
         dtype: floating dtype of the produced images.
+        preprocessing: a :class:`~longtail.data.preprocess.Preprocessing` instead of ``resize_to`` /
+            ``mean`` / ``std`` / ``repeat_channels``: its colour conversion and geometry are applied
+            once to the stored images, its normalisation per batch, so an evaluation batch is
+            exactly ``preprocessing(images)``.
 
     The defaults (no sampler, no augmentation, keep the last batch) are evaluation mode. Call
     ``set_epoch(epoch)`` before each training epoch; ``len(loader)`` is the number of batches in
@@ -101,6 +110,7 @@ class InMemoryLoader:
         resize_to: Optional[Tuple[int, int]] = None,
         repeat_channels: Optional[int] = None,
         dtype: torch.dtype = torch.float32,
+        preprocessing=None,
     ) -> None:
         if isinstance(data, torch.Tensor):
             images = data
@@ -123,7 +133,12 @@ class InMemoryLoader:
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.images = images.to(self.device)
-        if resize_to is not None:
+        if preprocessing is not None:
+            if resize_to is not None or repeat_channels is not None:
+                raise ValueError("give either preprocessing= or resize_to / repeat_channels, not both")
+            self.images = preprocessing.prepare(self.images)
+            mean, std, repeat_channels = preprocessing.mean, preprocessing.std, preprocessing.channels
+        elif resize_to is not None:
             # Once here rather than per batch: resizing is deterministic, and the per-batch crop
             # should happen at the network's input size.
             self.images = resize_images(self.images, resize_to)
@@ -153,6 +168,7 @@ class InMemoryLoader:
         if augment is not None and not isinstance(augment, BatchAugment):
             raise ValueError(f"augment must be a bool or a BatchAugment, got {augment!r}")
         self.augment: Optional[BatchAugment] = augment
+        self._policy = None  # the torchvision policy module, built on first use
 
         if sampler is None and shuffle:
             sampler = ClassPowerSampler(self.labels.cpu(), q=1.0, seed=seed)
@@ -195,30 +211,50 @@ class InMemoryLoader:
         return indices.to(self.device, non_blocking=True)
 
     # -- batches -------------------------------------------------------------------------------
-    def batch_generator(self, batch_index: int) -> torch.Generator:
-        """The generator of one batch's augmentation: seeded from (seed, epoch, batch index) only."""
-        return torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, self.epoch, batch_index))
+    def global_positions(self, batch_index: int, batch_size: int) -> torch.Tensor:
+        """Positions in the epoch's global draw of this rank's batch ``batch_index``.
+
+        A distributed sampler (``num_replicas`` R, ``rank`` r, e.g. ``ClassPowerSampler``) gives
+        rank r the draw's positions r, r + R, ...; any other sampler is one process's whole order.
+        """
+        local = torch.arange(batch_index * self.batch_size, batch_index * self.batch_size + batch_size, device=self.device)
+        replicas = int(getattr(self.sampler, "num_replicas", 1))
+        return local * replicas + int(getattr(self.sampler, "rank", 0))
 
     def make_batch(self, indices: torch.Tensor, batch_index: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Gather, augment and normalise the images at ``indices`` (dataset positions, on the device)."""
         images = self.images.index_select(0, indices)
         labels = self.labels.index_select(0, indices)
         augment = self.augment
-        generator = self.batch_generator(batch_index) if augment is not None else None
+        if augment is not None:
+            positions = self.global_positions(batch_index, images.shape[0])
+            uniforms = sample_uniforms(self.seed, self.epoch, positions, 5)
         if augment is not None and (augment.crop_padding > 0 or augment.flip):
-            top, left, flipped = sample_crop_flip(
-                images.shape[0], augment.crop_padding, augment.flip_probability if augment.flip else 0.0, generator
-            )
+            top, left, flipped = uniforms_to_crop_flip(
+                uniforms, augment.crop_padding, augment.flip_probability if augment.flip else 0.0)
             images = crop_flip(images, augment.crop_padding, top, left, flipped if augment.flip else None, augment.padding_mode)
+        if augment is not None and augment.policy != "none":
+            images = self._apply_policy(images, positions)
         batch = normalize(images, self.mean, self.std, self.dtype)
         if augment is not None and augment.cutout_size > 0:
             # After normalisation, as in DeVries & Taylor: the hole is the dataset mean colour.
-            center_y, center_x = sample_cutout(batch.shape[0], batch.shape[2], batch.shape[3], generator)
+            center_y, center_x = uniforms_to_cutout(uniforms, batch.shape[2], batch.shape[3])
             batch = apply_cutout(batch, augment.cutout_size, center_y, center_x)
         if self.repeat_channels is not None and self.repeat_channels != batch.shape[1]:
             batch = batch.expand(-1, self.repeat_channels, -1, -1)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         return batch.contiguous(memory_format=memory_format), labels
+
+    def _apply_policy(self, images: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """RandAugment / AutoAugment image by image (their ops differ per image), each seeded from its position."""
+        if self._policy is None:
+            self._policy = augment_policy(self.augment.policy)
+        out = torch.empty_like(images)
+        with torch.random.fork_rng(devices=[]):
+            for i, position in enumerate(positions.tolist()):
+                torch.manual_seed(sample_seed(self.seed, self.epoch, position))
+                out[i] = self._policy(images[i])
+        return out
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         # A fixed index list (e.g. an evaluation shard) is not random: re-iterating it is expected.
@@ -242,3 +278,78 @@ class InMemoryLoader:
             f"sampler={self.sampler!r}, augment={self.augment!r}, device={self.device}, "
             f"channels_last={self.channels_last}, drop_last={self.drop_last}, seed={self.seed}, epoch={self.epoch})"
         )
+
+
+class _SeededSamples(Dataset):
+    """Wraps a file dataset: item ``(index, epoch, position)`` is ``dataset[index]`` transformed with torch's
+    generator seeded from (seed, epoch, position); ``epoch=None`` (evaluation) draws nothing."""
+
+    def __init__(self, dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, epoch, position = key
+        if epoch is None:
+            return self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, position))
+            return self.dataset[index]
+
+
+class FileLoader:
+    """Batches of a file dataset (``dataset[i] -> (transformed image, label)``) through a ``DataLoader``
+    with ``workers`` processes, with the in-memory loader's ``set_epoch(epoch, start_batch)`` and ``len``.
+
+    Training (``augment=True``): every sample's transform runs with torch's generator seeded from
+    (seed, epoch, the sample's global position in the epoch's draw), the numbers
+    :class:`InMemoryLoader` uses. So the augmented batches do not depend on the number of workers
+    or processes, and a resumed run (``start_batch=k`` skips k batches without loading them) gets
+    exactly the batches an uninterrupted one would have.
+    """
+
+    def __init__(self, dataset, batch_size: int, sampler, device, channels_last: bool = False, workers: int = 0,
+                 drop_last: bool = False, seed: int = 0, augment: bool = False) -> None:
+        self.dataset = dataset
+        self.batch_size, self.sampler = int(batch_size), sampler
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.channels_last, self.workers, self.drop_last = bool(channels_last), int(workers), bool(drop_last)
+        self.seed, self.augment = int(seed), bool(augment)
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= int(start_batch) <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
+
+    def keys(self) -> list:
+        """``(dataset index, epoch or None, global position)`` of every sample from ``start_batch`` on."""
+        indices = list(iter(self.sampler))
+        replicas = int(getattr(self.sampler, "num_replicas", 1))
+        rank = int(getattr(self.sampler, "rank", 0))
+        epoch = self.epoch if self.augment else None
+        first = self.start_batch * self.batch_size
+        end = len(self) * self.batch_size
+        return [(index, epoch, local * replicas + rank) for local, index in enumerate(indices) if first <= local < end]
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(_SeededSamples(self.dataset, self.seed), batch_size=self.batch_size, sampler=self.keys(),
+                            num_workers=self.workers, pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
+                            persistent_workers=False)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in loader:
+            yield (images.to(self.device, non_blocking=True).contiguous(memory_format=memory_format),
+                   torch.as_tensor(labels).to(self.device, non_blocking=True))
+
+    def __repr__(self) -> str:
+        return (f"FileLoader(n={len(self.dataset)}, batch_size={self.batch_size}, sampler={self.sampler!r}, "
+                f"workers={self.workers}, augment={self.augment}, seed={self.seed}, epoch={self.epoch})")

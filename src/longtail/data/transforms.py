@@ -29,7 +29,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "apply_cutout",
+    "FileAugment",
+    "augment_policy",
     "build_file_transforms",
+    "sample_seed",
+    "sample_uniforms",
     "crop_flip",
     "normalize",
     "resize_images",
@@ -58,6 +62,8 @@ class BatchAugment:
             ``reflect`` or ``edge``.
         cutout_size: side of the Cutout square (16 on CIFAR-10, 8 on CIFAR-100 in DeVries &
             Taylor); 0 disables it.
+        policy: ``none`` | ``randaugment`` | ``autoaugment`` (CIFAR-10 policy), applied per image
+            after crop + flip (torchvision v2 on uint8, as in the Balanced Softmax CIFAR pipeline).
     """
 
     crop_padding: int = 4
@@ -65,8 +71,10 @@ class BatchAugment:
     flip_probability: float = 0.5
     padding_mode: str = "constant"
     cutout_size: int = 0
+    policy: str = "none"
 
     def __post_init__(self) -> None:
+        augment_policy(self.policy)  # validates the name
         if self.crop_padding < 0 or self.cutout_size < 0:
             raise ValueError("crop_padding and cutout_size must be >= 0")
         if self.padding_mode not in PADDING_MODES:
@@ -215,63 +223,169 @@ def resize_images(images: torch.Tensor, size: Tuple[int, int], chunk_size: int =
     return torch.cat(pieces)
 
 
-# -- file pipelines (torchvision transforms.v2) --------------------------------------------------
+# -- per-sample randomness ----------------------------------------------------------------------
+#
+# Every random number of a sample's augmentation is a function of (seed, epoch, global position of
+# the sample in the epoch's draw) only. So the batches of a run do not depend on how the draw is
+# split into processes (rank r of R holds global positions r, r + R, ...), on DataLoader workers,
+# or on where a resumed run restarts: N processes see exactly the augmentations of one process
+# with the same global batch.
+
+_M32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+AUGMENT_STREAM = 11  # separates augmentation keys from the sampler's and the mixer's seeds
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 tensors holding uint32 values, without int64 overflow."""
+    low = (x & 0xFFFF) * constant
+    high = (((x >> 16) * constant) & 0xFFFF) << 16
+    return (low + high) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """The 'lowbias32' integer hash (C. Wellons, hash-prospector) on uint32 values in int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def sample_uniforms(seed: int, epoch: int, positions: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` uniform numbers in [0, 1) per sample, float64 (len(positions), count).
+
+    Sample at global epoch position p gets u_j = mix(mix(mix(p_lo ^ k0) ^ p_hi ^ k1) ^ (j + 1) * golden)
+    / 2**32, where (k0, k1) are the halves of ``derive_seed(seed, epoch, AUGMENT_STREAM)`` and ``mix``
+    is lowbias32. Vectorised (no Python loop over samples) and identical on every device.
+    """
+    from longtail.data.samplers import derive_seed
+
+    key = derive_seed(seed, epoch, AUGMENT_STREAM)
+    positions = torch.as_tensor(positions, dtype=torch.int64)
+    if positions.numel() and int(positions.min()) < 0:
+        raise ValueError("sample positions must be non-negative")
+    base = _mix32(_mix32((positions & _M32) ^ (key & _M32)) ^ ((positions >> 32) & _M32) ^ ((key >> 32) & _M32))
+    draws = torch.arange(1, count + 1, dtype=torch.int64, device=positions.device)
+    words = _mix32(base[:, None] ^ ((draws * _GOLDEN) & _M32)[None, :])
+    return words.to(torch.float64) / 2.0**32
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The torch seed of one sample's per-image augmentation (file pipelines, AutoAugment / RandAugment)."""
+    from longtail.data.samplers import derive_seed
+
+    return derive_seed(seed, epoch, int(position), AUGMENT_STREAM)
+
+
+def uniforms_to_crop_flip(
+    uniforms: torch.Tensor, padding: int, flip_probability: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Crop offsets in [0, 2 * padding] and flip flags from per-sample uniforms (columns 0, 1, 2)."""
+    span = 2 * padding + 1
+    top = (uniforms[:, 0] * span).long().clamp_(max=span - 1)
+    left = (uniforms[:, 1] * span).long().clamp_(max=span - 1)
+    flipped = uniforms[:, 2] < flip_probability
+    return top, left, flipped
+
+
+def uniforms_to_cutout(uniforms: torch.Tensor, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Cutout centres uniform over the image from per-sample uniforms (columns 3, 4)."""
+    center_y = (uniforms[:, 3] * height).long().clamp_(max=height - 1)
+    center_x = (uniforms[:, 4] * width).long().clamp_(max=width - 1)
+    return center_y, center_x
+
+
+def augment_policy(name: str, imagenet: bool = False, randaugment_num_ops: int = 2, randaugment_magnitude: int = 9):
+    """The per-image policy step: ``none`` -> None, ``randaugment`` or ``autoaugment`` (ImageNet or CIFAR-10 policy)."""
+    from torchvision.transforms import v2
+
+    if name == "none":
+        return None
+    if name == "randaugment":
+        return v2.RandAugment(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude)
+    if name == "autoaugment":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET if imagenet else v2.AutoAugmentPolicy.CIFAR10)
+    raise ValueError(f"augmentation policy must be none | randaugment | autoaugment, got {name!r}")
+
+
+# -- file pipelines (per image, in DataLoader workers) --------------------------------------------
+
+
+class FileAugment:
+    """Training transform of a file pipeline: decoded image -> augmented, normalised float (C, H, W).
+
+    Steps: colour conversion (``preprocessing.color``); geometry: ImageNet-style
+    (``preprocessing.resize == 'resize_center_crop'``) RandomResizedCrop(size, scale=(min_scale, 1)),
+    or the deterministic resize of ``preprocessing`` then RandomCrop(size, padding=crop_padding,
+    zero fill); horizontal flip; RandAugment / AutoAugment; ``preprocessing.normalize``; Cutout
+    (after normalisation, as in the in-memory loader). ``crop_padding=0`` turns the random crop off
+    (ImageNet style then uses the evaluation resize + centre crop). Randomness comes from torch's
+    global generator: the file loader seeds it per sample from (seed, epoch, position).
+    """
+
+    def __init__(self, preprocessing, crop_padding: int = 4, flip: bool = True, cutout: int = 0,
+                 policy: str = "none", min_scale: float = 0.08, randaugment_num_ops: int = 2,
+                 randaugment_magnitude: int = 9):
+        if crop_padding < 0 or cutout < 0:
+            raise ValueError("crop_padding and cutout must be >= 0")
+        self.preprocessing = preprocessing
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
+        self.cutout = int(cutout)
+        self.imagenet = preprocessing.resize == "resize_center_crop"
+        self.min_scale = float(min_scale)
+        self.policy = augment_policy(policy, self.imagenet, randaugment_num_ops, randaugment_magnitude)
+
+    def __call__(self, image) -> torch.Tensor:
+        from torchvision.transforms import v2
+
+        from longtail.data.preprocess import to_uint8_image
+
+        p = self.preprocessing
+        image = to_uint8_image(image, p.color)
+        if self.imagenet and self.crop_padding > 0:
+            image = v2.RandomResizedCrop(p.size, scale=(self.min_scale, 1.0), antialias=True)(image)
+        else:
+            image = p.geometry(image.unsqueeze(0))[0]
+            if self.crop_padding > 0:
+                image = v2.RandomCrop(p.size, padding=self.crop_padding, fill=0)(image)
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        if self.policy is not None:
+            image = self.policy(image)
+        batch = p.normalize(image.unsqueeze(0))
+        if self.cutout > 0:
+            height, width = batch.shape[-2:]
+            center_y = torch.randint(0, height, (1,))
+            center_x = torch.randint(0, width, (1,))
+            batch = apply_cutout(batch, self.cutout, center_y, center_x)
+        return batch[0]
+
+    def __repr__(self) -> str:
+        return (f"FileAugment({self.preprocessing!r}, crop_padding={self.crop_padding}, flip={self.flip}, "
+                f"cutout={self.cutout}, policy={self.policy!r}, min_scale={self.min_scale})")
 
 
 def build_file_transforms(
-    style: str = "imagenet",
+    preprocessing,
     train: bool = True,
-    image_size: Optional[int] = None,
+    crop_padding: int = 4,
+    flip: bool = True,
+    cutout: int = 0,
     randaugment: bool = False,
     autoaugment: bool = False,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    crop_padding: int = 4,
-    resize_ratio: float = 0.875,
+    min_scale: float = 0.08,
     randaugment_num_ops: int = 2,
     randaugment_magnitude: int = 9,
-    min_scale: float = 0.08,
 ):
-    """A per-image ``torchvision.transforms.v2.Compose`` for a file dataset + ``DataLoader``.
-
-    ``style="imagenet"`` (ImageNet-LT / Places-LT / iNat protocol, methods.md section 5):
-        train: RandomResizedCrop(image_size, scale=(min_scale, 1)) + horizontal flip
-        [+ RandAugment(num_ops, magnitude) | AutoAugment(IMAGENET policy)];
-        eval: Resize(image_size / resize_ratio) (256 for 224) + CenterCrop(image_size).
-    ``style="cifar"`` (CIFAR-sized images stored as files):
-        train: RandomCrop(image_size, padding=crop_padding) + horizontal flip
-        [+ RandAugment | AutoAugment(CIFAR10 policy)]; eval: no geometric change.
-    Both end with ToImage -> ToDtype(float32, scale=True) -> Normalize(mean, std). Defaults for
-    ``image_size``: 224 / 32; for ``mean`` / ``std``: ImageNet's / CIFAR's (LDAM-DRW values).
-    Images are converted to RGB first, so greyscale or palette files work.
-    """
-    from torchvision.transforms import v2
-
-    style = style.lower()
-    if style not in ("imagenet", "cifar"):
-        raise ValueError(f"style must be 'imagenet' or 'cifar', got {style!r}")
+    """The per-image transform of a file dataset: ``preprocessing`` itself for evaluation, a
+    :class:`FileAugment` around it for training (see there for the steps)."""
     if randaugment and autoaugment:
         raise ValueError("choose at most one of randaugment and autoaugment")
-    is_imagenet = style == "imagenet"
-    image_size = int(image_size or (224 if is_imagenet else 32))
-    mean = tuple(mean or (IMAGENET_MEAN if is_imagenet else CIFAR_MEAN))
-    std = tuple(std or (IMAGENET_STD if is_imagenet else CIFAR_STD))
-
-    # Work on uint8 tensors from the start: v2 geometric ops and the auto-augment policies are
-    # faster on tensors than on PIL, and the policies expect uint8.
-    steps = [v2.ToImage(), v2.RGB()]
-    if train:
-        if is_imagenet:
-            steps.append(v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True))
-        else:
-            steps.append(v2.RandomCrop(image_size, padding=crop_padding))
-        steps.append(v2.RandomHorizontalFlip())
-        if randaugment:
-            steps.append(v2.RandAugment(num_ops=randaugment_num_ops, magnitude=randaugment_magnitude))
-        elif autoaugment:
-            policy = v2.AutoAugmentPolicy.IMAGENET if is_imagenet else v2.AutoAugmentPolicy.CIFAR10
-            steps.append(v2.AutoAugment(policy))
-    elif is_imagenet:
-        steps += [v2.Resize(int(round(image_size / resize_ratio)), antialias=True), v2.CenterCrop(image_size)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
-    return v2.Compose(steps)
+    if not train:
+        return preprocessing
+    policy = "randaugment" if randaugment else "autoaugment" if autoaugment else "none"
+    return FileAugment(preprocessing, crop_padding=crop_padding, flip=flip, cutout=cutout, policy=policy,
+                       min_scale=min_scale, randaugment_num_ops=randaugment_num_ops,
+                       randaugment_magnitude=randaugment_magnitude)

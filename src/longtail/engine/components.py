@@ -62,15 +62,15 @@ def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool =
         raise FileNotFoundError(f"model.init_from={source}: no checkpoint at {path}; give a run directory "
                                 f"(runs/<run>) or a checkpoint file")
     state = load_run_checkpoint(path)
+    if state.get("class_counts_hash") != class_counts_hash(class_counts):
+        raise CheckpointError(f"model.init_from={source} was trained on different class counts than this run's "
+                              f"data; stage 2 must use the same dataset and split")
     note = None
-    if fingerprint is not None:
+    if fingerprint is not None:  # same counts, but are they the same images?
         from longtail.engine.fingerprint import check_same_data, read_recorded
 
         source_dir = path.parent.parent if path.parent.name == "checkpoints" else None
         note = check_same_data(read_recorded(source_dir, state), fingerprint, f"model.init_from={source}")
-    if state.get("class_counts_hash") != class_counts_hash(class_counts):
-        raise CheckpointError(f"model.init_from={source} was trained on different class counts than this run's "
-                              f"data; stage 2 must use the same dataset and split")
     weights = reported_weights(state)
     target = model.head.base_head if isinstance(model.head, LWSHead) else model.head
     head_prefix = "head."

@@ -78,12 +78,28 @@ class DataConfig:
     crop_padding: int = _help("random-crop padding in pixels (0 = no crop)", 4)
     flip: bool = _help("random horizontal flip", True)
     cutout: int = _help("Cutout square side in pixels (0 = off)", 0)
-    image_size: Optional[int] = _help("resize images to this side (None = native)", None)
+    image_size: Optional[int] = _help(
+        "model input side in pixels (None = the images' native size; 224 for large image files)", None)
+    resize: str = _help(
+        "image files: auto (native size; resize to the most common size if sizes differ; ImageNet-style if "
+        "images are large or image_size > 64) | native | resize (to image_size, then crop / flip) | imagenet "
+        "(RandomResizedCrop for training, resize + centre crop for evaluation)", "auto")
+    in_memory: Optional[bool] = _help(
+        "decode image files into memory once and train through the in-memory loader "
+        "(None = automatic: when they fit in 2 GiB and no ImageNet-style crop is used)", None)
+    check_images: str = _help(
+        "image files are checked before training: header (fast: header + end marker) | decode (full decode)", "header")
+    bad_images: str = _help(
+        "unreadable image files: error (list them all and stop) | skip (train without them; recorded in "
+        "class_counts.json)", "error")
+    test_fraction: float = _help(
+        "single-folder image layouts root/<class>/*: fraction of each class held out as the test split "
+        "(seeded by split_seed)", 0.2)
     channels: Optional[int] = _help(
         "repeat single-channel images to this many channels (3 for ImageNet-pretrained backbones)", None)
-    randaugment: bool = _help("RandAugment (file datasets)", False)
-    autoaugment: bool = _help("AutoAugment, the ImageNet or CIFAR-10 policy by image size (file datasets)", False)
-    workers: int = _help("DataLoader workers (file datasets)", 2)
+    randaugment: bool = _help("RandAugment, per image after crop and flip", False)
+    autoaugment: bool = _help("AutoAugment, the ImageNet policy for ImageNet-style sizes, else CIFAR-10's", False)
+    workers: int = _help("DataLoader workers (image files read per image)", 2)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
     mixing_prob: float = _help("probability that a batch is mixed", 1.0)
@@ -227,7 +243,7 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
 def eval_annotation(text: str) -> Any:
     return {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict,
             "Optional[str]": Optional[str], "Optional[int]": Optional[int],
-            "Optional[float]": Optional[float]}[text]
+            "Optional[float]": Optional[float], "Optional[bool]": Optional[bool]}[text]
 
 
 def _section_fields(section_cls) -> dict:

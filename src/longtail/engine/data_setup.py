@@ -1,28 +1,46 @@
 """Turn a config's ``data`` section into training / evaluation loaders on the right device and rank.
 
-Datasets that fit in memory (``InMemoryImages``) go through the batched on-device pipeline;
-file datasets (ImageNet-LT, Places-LT, iNat, image folders) through torchvision-v2 transforms in
-a DataLoader with workers. Both expose ``set_epoch(epoch, start_batch)`` and ``len()``, so the
-trainer does not care which one it has.
+Datasets that fit in memory (``InMemoryImages``, and image files decoded into memory once) go
+through the batched on-device pipeline; other image files through per-image transforms in a
+DataLoader with workers (``FileLoader``). Both expose ``set_epoch(epoch, start_batch)`` and
+``len()``, so the trainer does not care which one it has; both evaluate through the run's one
+``Preprocessing`` (written to the run directory as preprocessing.json).
+
+Image files (image folders, list files) are scanned before anything else: every bad file is
+reported together (or skipped with data.bad_images=skip), and the scan's sizes choose the
+geometry (native size unless asked otherwise or the images are large) and whether the decoded
+images fit in memory. Every choice made for the user is printed in one line and recorded in the
+run directory (class_counts.json, "split").
 """
 
 from __future__ import annotations
 
+import os
+import statistics
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader
 
 from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
-from longtail.data.loader import InMemoryLoader
+from longtail.data.imagefiles import BadImagesError, decode_images, scan_images
+from longtail.data.imbalance import index_hash, make_longtail
+from longtail.data.loader import FileLoader, InMemoryLoader, _channel_statistics
 from longtail.data.mixing import build_mixer
+from longtail.data.preprocess import Preprocessing
 from longtail.data.samplers import build_sampler, derive_seed
-from longtail.data.transforms import BatchAugment, build_file_transforms
+from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
 from longtail.engine.config import ConfigError, RunConfig
 
 # A separate stream of seeds for batch mixing, so mixing never shares random numbers with augmentation.
 _MIXING_STREAM = 7
+_TEST_STREAM = 1_000_033  # seed stream of a single folder's test split
+LARGE_IMAGE_SIDE = 128  # median shorter side above which image files are trained ImageNet-style by default
+IN_MEMORY_LIMIT = 2 << 30  # decoded bytes up to which image files are held in memory by default
+STATISTICS_SAMPLE = 2000  # training images the mean / std of image files are computed from
+RESIZE_MODES = ("auto", "native", "resize", "imagenet")
+_GREY_IMAGENET = ((0.449,), (0.226,))  # ImageNet's statistics averaged over channels, for grey images
 
 
 @dataclass
@@ -36,7 +54,21 @@ class DataBundle:
     split_info: dict
     mix: Callable = field(default=lambda images, targets, epoch, batch: (images, targets))
     metric_options: dict = field(default_factory=dict)
+    preprocessing: Preprocessing = None  # what every evaluation loader applies (preprocessing.json)
     fingerprint: dict = field(default_factory=dict)  # engine.fingerprint.data_fingerprint of the data used
+
+
+@dataclass
+class _Sets:
+    train: object
+    test: object
+    val: object = None
+    split_info: dict = field(default_factory=dict)
+
+
+def _say(context, message: str) -> None:
+    if context.is_main:
+        print(message, flush=True)
 
 
 def _dataset_kwargs(config: RunConfig) -> dict:
@@ -55,6 +87,20 @@ def _dataset_kwargs(config: RunConfig) -> dict:
     return options
 
 
+def _holdout(labels: torch.Tensor, per_class: torch.Tensor, seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split positions into (kept, held out) with ``per_class[j]`` random images of class j held out."""
+    num_classes = per_class.numel()
+    counts = torch.bincount(labels, minlength=num_classes)
+    generator = torch.Generator().manual_seed(derive_seed(seed, stream))
+    order = torch.randperm(labels.numel(), generator=generator)
+    # Stable sort by label keeps the random order inside each class; the first per_class[j] of each are held out.
+    by_class = order[torch.argsort(labels[order], stable=True)]
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.arange(labels.numel()) - starts.repeat_interleave(counts)
+    held = rank_in_class < per_class.repeat_interleave(counts)
+    return by_class[~held].sort().values, by_class[held].sort().values
+
+
 def carve_validation(labels: torch.Tensor, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split training positions into (train, validation) with ``per_class`` validation images per class.
 
@@ -68,15 +114,21 @@ def carve_validation(labels: torch.Tensor, per_class: int, seed: int) -> tuple[t
         raise ConfigError(
             f"data.validation_per_class={per_class} would leave class {j} ({int(counts[j])} training images) "
             f"with none; lower it to at most {int(counts.min()) - 1}")
-    generator = torch.Generator().manual_seed(derive_seed(seed, 1_000_003))
-    order = torch.randperm(labels.numel(), generator=generator)
-    # Stable sort by label keeps the random order inside each class; the first per_class of each go to validation.
-    shuffled_labels = labels[order]
-    by_class = order[torch.argsort(shuffled_labels, stable=True)]
-    starts = torch.cumsum(counts, 0) - counts
-    rank_in_class = torch.arange(labels.numel()) - starts.repeat_interleave(counts)
-    is_validation = rank_in_class < per_class
-    return by_class[~is_validation].sort().values, by_class[is_validation].sort().values
+    return _holdout(labels, torch.full((num_classes,), per_class), seed, 1_000_003)
+
+
+def carve_test(labels: torch.Tensor, fraction: float, seed: int, classes: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) positions of a single-folder layout: round(fraction * N_j) test images of class j
+    (at least one, and at least one left for training); seeded, per class."""
+    counts = torch.bincount(labels, minlength=len(classes))
+    too_small = [classes[j] for j in (counts < 2).nonzero().flatten().tolist()]
+    if too_small:
+        raise ConfigError(
+            f"single-folder layout: class(es) {too_small[:10]} have fewer than 2 images, so none can be held out "
+            f"for testing. Add images, or lay the data out as root/train/<class>/* and root/test/<class>/*")
+    per_class = torch.round(counts.double() * fraction).long().clamp(min=1)
+    per_class = torch.minimum(per_class, counts - 1)
+    return _holdout(labels, per_class, seed, _TEST_STREAM)
 
 
 def _rank_share(size: int, rank: int, world_size: int) -> list:
@@ -91,22 +143,38 @@ def _per_rank_batch(config: RunConfig, world_size: int) -> int:
     return batch // world_size
 
 
+def _check_data_options(config: RunConfig) -> None:
+    spec = config.data
+    choices = {"resize": RESIZE_MODES, "check_images": ("header", "decode"), "bad_images": ("error", "skip")}
+    for key, valid in choices.items():
+        if getattr(spec, key) not in valid:
+            raise ConfigError(f"data.{key}={getattr(spec, key)!r} is not valid; choose one of: {' | '.join(valid)}")
+    if not 0.0 < spec.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction={spec.test_fraction} must be in (0, 1), e.g. 0.2")
+    if spec.image_size is not None and spec.image_size < 1:
+        raise ConfigError(f"data.image_size={spec.image_size} must be a positive number of pixels (or null for native)")
+    if spec.channels is not None and spec.channels not in (1, 3):
+        raise ConfigError(f"data.channels={spec.channels} must be 1 or 3 (or null: as the images are)")
+    if spec.randaugment and spec.autoaugment:
+        raise ConfigError("data.randaugment and data.autoaugment are both set; choose at most one")
+    if spec.crop_padding < 0 or spec.cutout < 0:
+        raise ConfigError("data.crop_padding and data.cutout must be >= 0")
+
+
 def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     spec = config.data
-    options = _dataset_kwargs(config)
-    train_set = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=True), **options)
-    test_set = build_dataset(spec.name, "test", root=spec.root, **_file_options(config, spec.name, train=False), **options)
+    _check_data_options(config)
+    sets = _build_sets(config, context)
+    fingerprint = _fingerprint(sets, spec.root)  # before files are decoded: file rows keep their paths
+    preprocessing = None
+    if not isinstance(sets.train, InMemoryImages):
+        sets, preprocessing = _prepare_files(config, sets, context)
+    elif spec.resize not in ("auto", "native", "resize") or spec.in_memory is False:
+        raise ConfigError(f"dataset '{spec.name}' is held in memory as arrays: data.resize={spec.resize} / "
+                          f"data.in_memory=false apply to image files only (use data.image_size to resize)")
+    train_set = sets.train
     in_memory = isinstance(train_set, InMemoryImages)
-    labels = train_set.labels if in_memory else torch.as_tensor(train_set.labels)
-    split_info = {"dataset": spec.name}
-    if in_memory and train_set.longtail_split is not None:
-        split_info["longtail"] = train_set.longtail_split.to_dict()
-        split_info["longtail"].pop("indices", None)
-    validation_positions = None
-    if spec.validation_per_class:
-        train_positions, validation_positions = carve_validation(labels, spec.validation_per_class, spec.split_seed)
-        split_info["validation_per_class"] = spec.validation_per_class
-        labels = labels[train_positions]
+    labels = torch.as_tensor(train_set.labels)
     num_classes = len(train_set.classes)
     class_counts = torch.bincount(labels, minlength=num_classes)
     empty = (class_counts == 0).nonzero().flatten()
@@ -119,50 +187,258 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                             seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
     batch = _per_rank_batch(config, context.world_size)
     build_loaders = _in_memory if in_memory else _from_files
-    train_loader, eval_loaders, in_channels = build_loaders(
-        config, train_set, test_set, sampler, batch, device, context, validation_positions,
-        None if validation_positions is None else train_positions)
+    train_loader, eval_loaders, preprocessing = build_loaders(config, sets, sampler, batch, device, context,
+                                                              preprocessing)
     if config.train.select_on != "final" and "val" not in eval_loaders:
         raise ConfigError(f"train.select_on={config.train.select_on} selects on the validation split, and "
                           f"'{spec.name}' has none here; set data.validation_per_class (e.g. 20) to hold out "
                           f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
-                      in_channels, split_info, mix=_mixing(config, num_classes),
-                      fingerprint=_fingerprint(train_set, test_set, eval_loaders, validation_positions, split_info,
-                                               spec.root))
+                      preprocessing.channels, sets.split_info, mix=_mixing(config, num_classes),
+                      preprocessing=preprocessing, fingerprint=fingerprint)
 
 
-def _fingerprint(train_set, test_set, eval_loaders, validation_positions, split_info, root) -> dict:
-    """The data fingerprint (see engine.fingerprint): train and test sets, a validation set of its own
-    (one carved from the training set is covered by the train set and the carved positions)."""
+def _fingerprint(sets, root) -> dict:
+    """The data fingerprint (engine.fingerprint) of the train / val / test sets as split."""
     from longtail.engine.fingerprint import data_fingerprint
 
-    splits = {"train": train_set, "test": test_set}
-    if validation_positions is None and "val" in eval_loaders:
-        loader = eval_loaders["val"]
-        splits["val"] = getattr(loader, "dataset", loader)  # FileBatches wrap a dataset; InMemoryLoader is one
-    return data_fingerprint(splits, split_info, validation_positions, root)
+    return data_fingerprint(_named_sets(sets), sets.split_info, root=root)
 
 
-def _file_options(config: RunConfig, name: str, train: bool) -> dict:
-    if "transform" not in dataset_options(name):
-        return {}
+# ----------------------------------------------------------------------------- datasets and splits
+
+
+def _single_folder(config: RunConfig) -> bool:
+    """An image folder laid out as root/<class>/* (no train/ split folder)."""
     spec = config.data
-    style = "cifar" if (spec.image_size or 224) <= 64 else "imagenet"
-    return {"transform": build_file_transforms(style, train=train, image_size=spec.image_size,
-                                               randaugment=spec.randaugment and train,
-                                               autoaugment=spec.autoaugment and train, crop_padding=spec.crop_padding)}
+    return spec.name == "imagefolder" and spec.root is not None and Path(spec.root).is_dir() \
+        and not (Path(spec.root) / "train").is_dir()
 
 
-def _in_memory(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
+def _build_sets(config: RunConfig, context) -> _Sets:
     spec = config.data
-    if train_positions is not None:
-        validation_set = train_set.subset(validation_positions, name=f"{train_set.name}-validation")
-        train_set = train_set.subset(train_positions, name=train_set.name, longtail_split=train_set.longtail_split)
-    resize = (spec.image_size, spec.image_size) if spec.image_size else None
-    common = dict(device=device, channels_last=config.model.channels_last, resize_to=resize,
-                  mean=train_set.mean, std=train_set.std, repeat_channels=spec.channels)
-    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout)
+    options = _dataset_kwargs(config)
+    split_info: dict = {"dataset": spec.name}
+    val_set = None
+    if _single_folder(config):
+        everything = build_dataset(spec.name, "all", root=spec.root)
+        train_positions, test_positions = carve_test(everything.labels, spec.test_fraction, spec.split_seed,
+                                                     everything.classes)
+        train_set, test_set = everything.subset(train_positions), everything.subset(test_positions)
+        test_set.name = f"{everything.name}-test"
+        split_info["layout"] = {
+            "kind": "single folder root/<class>/*", "test_fraction": spec.test_fraction, "seed": spec.split_seed,
+            "test_per_class": torch.bincount(test_set.labels, minlength=len(everything.classes)).tolist(),
+            "test_index_hash": index_hash(test_positions.numpy())}
+        _say(context, f"data: {spec.root} has no train/ folder: holding out {spec.test_fraction:g} of each class "
+                      f"as the test split ({len(test_set)} images, seed {spec.split_seed}; data.test_fraction / "
+                      f"data.split_seed)")
+        if spec.imbalance_factor is not None:
+            lt = make_longtail(train_set.labels, spec.imbalance_factor, profile=spec.profile, seed=spec.split_seed,
+                               num_classes=len(train_set.classes))
+            train_set = train_set.subset(lt.indices, longtail_split=lt)
+    else:
+        train_set = build_dataset(spec.name, "train", root=spec.root, **options)
+        test_set = build_dataset(spec.name, "test", root=spec.root, **options)
+        val_set = _own_validation_set(config)
+    if getattr(train_set, "longtail_split", None) is not None:
+        split_info["longtail"] = train_set.longtail_split.to_dict()
+        split_info["longtail"].pop("indices", None)
+    if spec.validation_per_class:
+        if val_set is not None:
+            raise ConfigError(f"data.validation_per_class={spec.validation_per_class}: '{spec.name}' has its own "
+                              f"validation split here (val/ or a val list), which selection already uses; unset it")
+        labels = torch.as_tensor(train_set.labels)
+        train_positions, validation_positions = carve_validation(labels, spec.validation_per_class, spec.split_seed)
+        val_set = _subset(train_set, validation_positions, f"{train_set.name}-validation")
+        train_set = _subset(train_set, train_positions, train_set.name, keep_longtail=True)
+        split_info["validation_per_class"] = spec.validation_per_class
+    return _Sets(train_set, test_set, val_set, split_info)
+
+
+def _subset(dataset, positions, name: str, keep_longtail: bool = False):
+    split = getattr(dataset, "longtail_split", None) if keep_longtail else None
+    if isinstance(dataset, InMemoryImages):
+        return dataset.subset(positions, name=name, longtail_split=split)
+    subset = dataset.subset(positions, longtail_split=split)
+    subset.name = name
+    return subset
+
+
+def _own_validation_set(config: RunConfig):
+    """The dataset's own validation split (ImageNet-LT / Places-LT lists, an image folder's val/), or
+    None when it has none. Optional unless train.select_on needs it: a missing one is then an error."""
+    spec = config.data
+    if "val" not in dataset_splits(spec.name):
+        return None
+    try:
+        return build_dataset(spec.name, "val", root=spec.root, **_dataset_kwargs(config))
+    except FileNotFoundError:
+        if config.train.select_on != "final":
+            raise
+        return None
+
+
+# ----------------------------------------------------------------------------- image files
+
+
+def _named_sets(sets: _Sets) -> dict:
+    return {name: data for name, data in (("train", sets.train), ("val", sets.val), ("test", sets.test))
+            if data is not None}
+
+
+def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Preprocessing]:
+    """Scan the files, drop or refuse bad ones, choose geometry and pipeline; decode into memory if chosen."""
+    spec = config.data
+    named = _named_sets(sets)
+    threads = max(1, min(spec.workers, os.cpu_count() or 1))
+    scans = {}
+    problems = []
+    for name, data in named.items():
+        scans[name] = scan_images(data.paths, decode=spec.check_images == "decode", threads=threads)
+        problems += scans[name].problems
+    if problems and spec.bad_images == "error":
+        raise BadImagesError(problems, "Remove or replace these files, or set data.bad_images=skip to train "
+                                       "without them (the skipped files are then recorded in the run directory). "
+                                       "data.check_images=decode also decodes every file fully.")
+    if problems:
+        _say(context, f"data: skipping {len(problems)} unreadable image file(s) (data.bad_images=skip); "
+                      f"they are listed in class_counts.json")
+        sets.split_info["skipped_images"] = [{"path": path, "reason": reason} for path, reason in problems]
+        for name, data in list(named.items()):
+            good = scans[name].good_positions
+            if len(good) != len(data):
+                kept = data.subset(good, longtail_split=data.longtail_split)
+                kept.name = data.name
+                named[name], scans[name] = kept, scans[name].select(good)
+        sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
+    all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
+    grey = all(scan.all_grey for scan in scans.values())
+    policy, size = _choose_geometry(config, all_sizes, context)
+    color = "L" if grey else "RGB"
+    if spec.channels == 1 and not grey:
+        raise ConfigError("data.channels=1: these images are in colour; data.channels only repeats grey images "
+                          "(to 3 for RGB backbones). Unset it to train on the colour images")
+    decoded_bytes = sum(len(data) for data in named.values()) * (1 if grey else 3) * size[0] * size[1]
+    in_memory = spec.in_memory
+    if in_memory is None:
+        in_memory = policy != "imagenet" and decoded_bytes <= _memory_limit()
+    elif in_memory and policy == "imagenet":
+        raise ConfigError("data.in_memory=true keeps images at the model's input size, but ImageNet-style training "
+                          "(data.resize=imagenet, or large images) crops from the full image. Set "
+                          "data.resize=resize to resize once and train in memory, or data.in_memory=false")
+    geometry = {"native": "none", "resize": "resize", "imagenet": "resize_center_crop"}[policy]
+    if policy == "imagenet":
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not grey else _GREY_IMAGENET
+        preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
+                                      channels=spec.channels)
+    else:
+        unnormalised = Preprocessing(size=size, mean=(0.0,) * (1 if grey else 3), std=(1.0,) * (1 if grey else 3),
+                                     resize=geometry, color=color)
+        mean, std = _file_statistics(sets.train, unnormalised, spec.split_seed, threads)
+        preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
+                                      channels=spec.channels)
+    sets.split_info["images"] = {
+        "pipeline": "in-memory" if in_memory else "files", "resize": policy, "size": list(size), "color": color,
+        "sizes_found": {f"{h}x{w}": n for (h, w), n in _size_counts(all_sizes).most_common(5)},
+        "check": spec.check_images}
+    if in_memory:
+        _say(context, f"data: decoding {sum(len(d) for d in named.values())} images into memory "
+                      f"({decoded_bytes / 2**20:.0f} MiB at {size[0]}x{size[1]}; data.in_memory=false reads them "
+                      f"per batch instead)")
+        decoded = {name: _decode(data, preprocessing, threads) for name, data in _named_sets(sets).items()}
+        sets = _Sets(decoded["train"], decoded["test"], decoded.get("val"), sets.split_info)
+    return sets, preprocessing
+
+
+def _size_counts(sizes):
+    from collections import Counter
+
+    return Counter(sizes)
+
+
+def _memory_limit() -> int:
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return IN_MEMORY_LIMIT
+    return min(IN_MEMORY_LIMIT, physical // 4)
+
+
+def _choose_geometry(config: RunConfig, sizes: list, context) -> tuple[str, tuple[int, int]]:
+    """(native | resize | imagenet, (H, W) of the model input) from data.resize / data.image_size and the sizes found."""
+    spec = config.data
+    counts = _size_counts(sizes)
+    # The most common size; ties go to the larger image (less information thrown away).
+    common = max(counts.items(), key=lambda item: (item[1], item[0][0] * item[0][1]))[0]
+    requested = (spec.image_size, spec.image_size) if spec.image_size else None
+    mode = spec.resize
+    if mode == "auto":
+        if spec.image_size:
+            mode = "imagenet" if spec.image_size > 64 else "resize"
+        elif statistics.median(min(size) for size in sizes) > LARGE_IMAGE_SIDE:
+            mode = "imagenet"
+            _say(context, f"data: images are large (median shorter side "
+                          f"{statistics.median(min(s) for s in sizes):g} px > {LARGE_IMAGE_SIDE}): training "
+                          f"ImageNet-style at 224 (RandomResizedCrop; resize + centre crop for evaluation). "
+                          f"Set data.image_size / data.resize=native|resize to choose otherwise")
+        elif len(counts) == 1:
+            mode = "native"
+        else:
+            mode = "resize"
+            shown = ", ".join(f"{h}x{w} ({n})" for (h, w), n in counts.most_common(4))
+            _say(context, f"data: the images have {len(counts)} different sizes ({shown}{', ...' if len(counts) > 4 else ''}); "
+                          f"all are resized to {common[0]}x{common[1]}, the most common (data.image_size to choose)")
+    if mode == "native":
+        if len(counts) > 1:
+            shown = ", ".join(f"{h}x{w} ({n} images)" for (h, w), n in counts.most_common(5))
+            raise ConfigError(f"data.resize=native but the images have {len(counts)} different sizes: {shown}. "
+                              f"Set data.resize=resize (to data.image_size or the most common size) or resize the files")
+        if requested and requested != common:
+            raise ConfigError(f"data.resize=native keeps the images' {common[0]}x{common[1]} size, but "
+                              f"data.image_size={spec.image_size}; set data.resize=resize or unset data.image_size")
+        return "native", common
+    if mode == "resize":
+        return "resize", requested or common
+    return "imagenet", requested or (224, 224)
+
+
+def _file_statistics(train_set, unnormalised: Preprocessing, seed: int, threads: int):
+    """Per-channel mean / std of up to STATISTICS_SAMPLE training images (seeded choice), at the model size.
+
+    The same sample is used whether the images are then held in memory or read per batch, so both
+    pipelines normalise identically."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, 1_000_037))
+    chosen = torch.randperm(len(train_set), generator=generator)[:STATISTICS_SAMPLE].sort().values.tolist()
+    images = decode_images([train_set.paths[i] for i in chosen], unnormalised, threads)
+    mean, std = _channel_statistics(images)
+    return tuple(mean.tolist()), tuple(std.clamp(min=1e-3).tolist())
+
+
+def _decode(dataset, preprocessing: Preprocessing, threads: int) -> InMemoryImages:
+    images = decode_images(dataset.paths, preprocessing, threads)
+    return InMemoryImages(images, torch.as_tensor(dataset.labels), list(dataset.classes), preprocessing.mean,
+                          preprocessing.std, name=dataset.name, longtail_split=getattr(dataset, "longtail_split", None))
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _in_memory(config, sets: _Sets, sampler, batch, device, context, preprocessing):
+    spec = config.data
+    train_set = sets.train
+    if preprocessing is None:  # arrays (CIFAR, MNIST-type): native size unless data.image_size asks
+        channels = train_set.images.shape[1]
+        if spec.channels == 1 and channels != 1:
+            raise ConfigError(f"data.channels=1: '{spec.name}' has {channels}-channel images; data.channels only "
+                              f"repeats single-channel images (to 3 for RGB backbones)")
+        preprocessing = Preprocessing(
+            size=(spec.image_size, spec.image_size) if spec.image_size else tuple(train_set.images.shape[-2:]),
+            mean=train_set.mean, std=train_set.std, resize="resize" if spec.image_size else "none",
+            color="L" if channels == 1 else "RGB", channels=spec.channels)
+    common = dict(device=device, channels_last=config.model.channels_last, preprocessing=preprocessing)
+    policy = "randaugment" if spec.randaugment else "autoaugment" if spec.autoaugment else "none"
+    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout, policy=policy)
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
     train_loader = InMemoryLoader(train_set, batch_size=batch, sampler=sampler, augment=augment, drop_last=drop_last,
@@ -172,82 +448,39 @@ def _in_memory(config, train_set, test_set, sampler, batch, device, context, val
         return InMemoryLoader(dataset, batch_size=spec.eval_batch_size,
                               sampler=_rank_share(len(dataset), context.rank, context.world_size), **common)
 
-    eval_loaders = {"test": evaluation(test_set), "train": evaluation(train_set)}
-    if train_positions is not None:
-        eval_loaders["val"] = evaluation(validation_set)
-    return train_loader, eval_loaders, spec.channels or train_set.images.shape[1]
+    eval_loaders = {"test": evaluation(sets.test), "train": evaluation(train_set)}
+    if sets.val is not None:
+        eval_loaders["val"] = evaluation(sets.val)
+    return train_loader, eval_loaders, preprocessing
 
 
-class FileBatches:
-    """A DataLoader over a file dataset with the in-memory loader's ``set_epoch(epoch, start_batch)``.
-
-    Resuming mid-epoch skips the first ``start_batch`` batches' indices without loading them.
-    (Per-image augmentation in worker processes is not replayed bit for bit; resumption from epoch
-    boundaries is exact in data order.)
-    """
-
-    def __init__(self, dataset, batch_size, sampler, device, channels_last, workers, drop_last):
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
-        self.device, self.channels_last, self.workers, self.drop_last = device, channels_last, workers, drop_last
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-        self.start_batch = start_batch
-
-    def __len__(self) -> int:
-        count = len(self.sampler)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
-
-    def __iter__(self):
-        indices = list(iter(self.sampler))[self.start_batch * self.batch_size:]
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", drop_last=self.drop_last,
-                            persistent_workers=False)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for images, labels in loader:
-            yield (images.to(self.device, non_blocking=True).contiguous(memory_format=memory_format),
-                   torch.as_tensor(labels).to(self.device, non_blocking=True))
+def _with_transform(dataset, transform):
+    copy = dataset.subset(range(len(dataset)), longtail_split=getattr(dataset, "longtail_split", None))
+    copy.name, copy.transform = dataset.name, transform
+    return copy
 
 
-def _from_files(config, train_set, test_set, sampler, batch, device, context, validation_positions, train_positions):
-
+def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocessing):
     spec = config.data
-    if train_positions is not None:
-        raise ConfigError("data.validation_per_class is for in-memory datasets; file datasets ship a val split "
-                          "(evaluate it with `longtail eval RUN --split val`)")
+    train_transform = build_file_transforms(preprocessing, train=True, crop_padding=spec.crop_padding, flip=spec.flip,
+                                            cutout=spec.cutout, randaugment=spec.randaugment,
+                                            autoaugment=spec.autoaugment)
     drop_last = len(sampler) % batch == 1
-    train_loader = FileBatches(train_set, batch, sampler, device, config.model.channels_last, spec.workers, drop_last)
+    train_loader = FileLoader(_with_transform(sets.train, train_transform), batch, sampler, device,
+                              config.model.channels_last, spec.workers, drop_last, seed=config.train.seed,
+                              augment=True)
 
     def evaluation(dataset):
         share = _rank_share(len(dataset), context.rank, context.world_size)
-        return FileBatches(dataset, spec.eval_batch_size, share, device, config.model.channels_last,
-                           spec.workers, False)
+        return FileLoader(_with_transform(dataset, preprocessing), spec.eval_batch_size, share, device,
+                          config.model.channels_last, spec.workers, False)
 
-    eval_loaders = {"test": evaluation(test_set)}
-    validation_set = _file_validation_set(config)
-    if validation_set is not None:
-        eval_loaders["val"] = evaluation(validation_set)
+    eval_loaders = {"test": evaluation(sets.test)}
+    if sets.val is not None:
+        eval_loaders["val"] = evaluation(sets.val)
     if config.train.eval_train:
-        train_eval = build_dataset(spec.name, "train", root=spec.root, **_file_options(config, spec.name, train=False))
-        eval_loaders["train"] = evaluation(train_eval)
-    return train_loader, eval_loaders, 3  # file images are decoded as RGB
-
-
-def _file_validation_set(config: RunConfig):
-    """The dataset's own validation split (ImageNet-LT / Places-LT lists, an image folder's val/), or
-    None when it has none. Optional unless train.select_on needs it: a missing one is then an error."""
-    spec = config.data
-    if "val" not in dataset_splits(spec.name):
-        return None
-    try:
-        return build_dataset(spec.name, "val", root=spec.root, **_file_options(config, spec.name, train=False),
-                             **_dataset_kwargs(config))
-    except FileNotFoundError:
-        if config.train.select_on != "final":
-            raise
-        return None
+        eval_loaders["train"] = evaluation(sets.train)
+    return train_loader, eval_loaders, preprocessing
 
 
 def _mixing(config: RunConfig, num_classes: int) -> Callable:

@@ -82,8 +82,35 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
 
 def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
     """Re-evaluate the model of a run directory or checkpoint file (see :func:`load_trained`)."""
+    return evaluate_run(target, split, device)[split]
+
+
+def evaluate_run(target: Path, split: str = "test", device: str = "auto") -> dict:
+    """:func:`evaluate_checkpoint` as ``{split: metrics}`` with the class names (:func:`name_classes`)."""
     model, data, config, torch_device = load_trained(target, device, with_train_split=split == "train")
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
-    return evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
-                           config.train.precision).compute(spectral_norm=split == "test")
+    metrics = evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
+                              config.train.precision).compute(spectral_norm=split == "test")
+    return name_classes({split: metrics}, data.classes, data.class_counts)
+
+
+def name_classes(results: dict, classes, class_counts) -> dict:
+    """Add class names to a run's results (in place; returned): ``classes``, each split's
+    ``worst_class_name``, and ``per_class``: one row per class (name, training images, then per
+    evaluated split its accuracy and number of images), in label order."""
+    classes = [str(name) for name in classes]
+    results["classes"] = classes
+    splits = [s for s in ("test", "val", "train") if isinstance(results.get(s), dict)]
+    for split in splits:
+        worst = results[split].get("worst_class")
+        results[split]["worst_class_name"] = None if worst is None else classes[worst]
+    rows = []
+    for j, name in enumerate(classes):
+        row = {"class": name, "train_images": int(class_counts[j])}
+        for split in splits:
+            row[f"{split}_accuracy"] = results[split]["per_class_accuracy"][j]
+            row[f"{split}_images"] = int(results[split]["per_class_support"][j])
+        rows.append(row)
+    results["per_class"] = rows
+    return results

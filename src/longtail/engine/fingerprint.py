@@ -9,8 +9,9 @@ One place computes it (:func:`data_fingerprint`, called by ``build_data`` for ev
   content, which would read the whole dataset (13 GB for ImageNet-LT) at every start, resume and
   eval. Editing, replacing, adding or removing a file changes the rows; so does copying the data
   without keeping modification times (``cp -p`` / ``rsync -t`` keep them);
-- the split: the long-tailed split's profile / IF / seed / index hash and the sha256 of the
-  validation positions carved from the training set.
+- the split: train / val / test are fingerprinted as split (a validation set carved from the
+  training set apart from the rest), with the long-tailed split's profile / IF / seed / index hash
+  and a carved test split's record.
 
 The run directory keeps the full record (``data_fingerprint.json``, file rows included, so a
 mismatch can name the files); checkpoints keep the summary (:func:`summary`).
@@ -70,14 +71,14 @@ def dataset_fingerprint(dataset, root: Optional[str] = None) -> dict:
             "sha256": digest.hexdigest()}
 
 
-def data_fingerprint(splits: dict, split_info: dict, validation_positions=None, root: Optional[str] = None) -> dict:
-    """The fingerprint of a run's data: ``splits`` maps split name -> dataset (train / test / val)."""
+def data_fingerprint(splits: dict, split_info: dict, root: Optional[str] = None) -> dict:
+    """The fingerprint of a run's data: ``splits`` maps split name -> dataset (train / val / test, as
+    split: a validation set carved from the training set is fingerprinted apart from what remains)."""
     record = {"splits": {name: dataset_fingerprint(dataset, root) for name, dataset in splits.items()
                          if dataset is not None}}
-    split = {key: value for key, value in split_info.items() if key != "dataset"}
-    if validation_positions is not None:
-        positions = [int(p) for p in torch.as_tensor(validation_positions).tolist()]
-        split["validation_positions_sha256"] = _sha256_json(positions)
+    # How the data was cut (long-tailed split, carved test / validation); not how it is fed ("images":
+    # in-memory or files, which may differ between machines for the same data).
+    split = json.loads(json.dumps({key: value for key, value in split_info.items() if key not in ("dataset", "images")}))
     record["split"] = split
     record["sha256"] = _sha256_json({"splits": {k: v["sha256"] for k, v in record["splits"].items()},
                                      "split": split})
@@ -127,8 +128,21 @@ def differences(recorded: dict, current: dict) -> list[str]:
         else:
             lines.append(f"{name} split: {old['count']} {old['kind']} then, {new['count']} {new['kind']} now")
     if recorded.get("split") != current.get("split"):
-        lines.append(f"the split differs: {recorded.get('split')} then, {current.get('split')} now")
+        before, after = _flat(recorded.get("split") or {}), _flat(current.get("split") or {})
+        keys = [k for k in dict.fromkeys([*before, *after]) if before.get(k) != after.get(k)]
+        shown = ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in keys[:4])
+        lines.append(f"the split differs ({shown}{' and more' if len(keys) > 4 else ''})")
     return lines or ["the data fingerprint differs"]
+
+
+def _flat(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        elif not isinstance(value, list):  # per-class lists are summarised by their scalars (counts, hashes)
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def read_recorded(run_dir: Optional[Path], state: Optional[dict]) -> Optional[dict]:

@@ -58,7 +58,8 @@ def _classifier(method: str, model, class_counts, tau: Optional[float], train_fe
 def run_posthoc(target: Path, method: str, taus: Sequence[float] = DEFAULT_TAUS,
                 select_on: str = "balanced_accuracy", device: str = "auto") -> dict:
     """Sweep ``taus`` on the validation split (one tau: apply it, no sweep) and evaluate the test
-    split with the chosen one. ``ncm`` has no tau: class means of the training set (eval transforms)."""
+    split with the chosen one. ``ncm`` has no tau: class means of the training set (eval transforms),
+    returned as the tensor ``result["class_means"]`` (K, D)."""
     if method not in METHODS:
         raise ValueError(f"unknown post-hoc method {method!r}; valid: {', '.join(METHODS)}")
     taus = [float(t) for t in taus]
@@ -88,4 +89,10 @@ def run_posthoc(target: Path, method: str, taus: Sequence[float] = DEFAULT_TAUS,
     classifier = _classifier(method, model, counts, result["tau"], train_features)
     features, labels = split_features(model, data.eval_loaders["test"], torch_device, precision)
     result["test"] = _metrics(classifier, features, labels, counts, spectral_norm=True)
+    from longtail.engine.checkpoint import class_counts_hash
+
+    result["class_counts_hash"] = class_counts_hash(counts)  # `longtail predict --posthoc` checks it
+    if method == "ncm":
+        # Not JSON: the caller stores the (K, D) means beside the result, for `longtail predict`.
+        result["class_means"] = classifier.class_means.detach().cpu()
     return result

@@ -31,9 +31,9 @@ from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dum
 from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine import fingerprint as data_fp
-from longtail.engine.runinfo import check_output_dir, create_run_dir, environment_info
+from longtail.engine.runinfo import check_output_dir, create_run_dir, dataset_title, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import NonFiniteOutputError, autocast_context, evaluate_loader
+from longtail.engine.evaluate import NonFiniteOutputError, autocast_context, evaluate_loader, name_classes
 
 
 
@@ -159,6 +159,8 @@ class Trainer:
                 "split": self.data.split_info,
             })
             ckpt.atomic_write_json(run_dir / data_fp.FINGERPRINT_FILE, self.data.fingerprint)
+            # Everything inference needs to turn new images into model input (longtail predict / load_run).
+            ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             ckpt.atomic_write_json(run_dir / "environment.json", environment_info(self.device, self.context))
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
@@ -375,9 +377,10 @@ class Trainer:
                     self.state.history.append(record)
                     self.state.epoch += 1
                     self.state.batch = 0
-                    self._log_epoch(record)
+                    # Checkpoint first: history.jsonl never shows an epoch the checkpoint has not got.
                     if (epoch + 1) % self.config.train.checkpoint_every == 0 or epoch + 1 == epochs:
                         self.save()
+                    self._log_epoch(record)
                     if self._stop_requested(stop):
                         raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
             return self.finish()
@@ -429,11 +432,13 @@ class Trainer:
         history = self.state.history
         results["train_images_per_s"] = (sum(h["images_per_s"] for h in history) / len(history)) if history else None
         results["train_seconds"] = sum(h["seconds"] for h in history)
+        name_classes(results, self.data.classes, self.class_counts)
         if self.context.is_main:
             ckpt.atomic_write_json(self.run_dir / "metrics.json", results)
             from longtail.report.plots import write_run_plots
 
-            write_run_plots(self.run_dir, results, self.class_counts, self.confusions.get("test"))
+            write_run_plots(self.run_dir, results, self.class_counts, self.confusions.get("test"),
+                            dataset=dataset_title(self.config))
         return results
 
     def _open_writer(self) -> None:

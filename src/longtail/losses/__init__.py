@@ -10,6 +10,7 @@ Every loss is an ``nn.Module`` called as ``loss(logits, targets)`` with class-in
 
 from .base import PerSampleLoss, SoftmaxLoss, reduce_loss
 from .ccar import CCAR, ccar_weight, class_frequencies
+from .contrastive import BalancedContrastiveLoss, balanced_contrastive_loss
 from .ce import CrossEntropy, WeightedCrossEntropy
 from .class_balanced import ClassBalancedLoss
 from .focal import FocalLoss
@@ -22,6 +23,7 @@ from .weights import class_weights
 DRW = DeferredReweighting
 
 __all__ = [
+    "BalancedContrastiveLoss",
     "BalancedSoftmaxLoss",
     "CCAR",
     "ClassBalancedLoss",
@@ -35,6 +37,7 @@ __all__ = [
     "SoftmaxLoss",
     "WeightedCrossEntropy",
     "available_losses",
+    "balanced_contrastive_loss",
     "build_loss",
     "ccar_weight",
     "class_frequencies",

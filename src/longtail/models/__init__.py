@@ -6,6 +6,7 @@ logits), so that decoupled training (cRT / LWS / tau-norm / NCM, Kang et al. ICL
 freeze, replace or re-initialise the classifier without knowing the backbone.
 """
 
+from .bcl import BCLModel, projection_mlp
 from .factory import BackboneWithHead, PretrainedReport, available_models, create_model, load_pretrained_weights
 from .heads import (
     CosineHead,
@@ -23,6 +24,8 @@ from .resnet_cifar import ResNetCifar
 from .small_cnn import SmallCNN
 
 __all__ = [
+    "BCLModel",
+    "projection_mlp",
     "create_model",
     "available_models",
     "load_pretrained_weights",

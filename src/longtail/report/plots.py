@@ -16,22 +16,34 @@ def _pyplot():
     return plt
 
 
-def write_run_plots(run_dir: Path, results: dict, class_counts, confusion=None) -> None:
+MAX_NAMED_CLASSES = 30  # class names on axes / points up to this many classes
+
+
+def write_run_plots(run_dir: Path, results: dict, class_counts, confusion=None, dataset: str = "") -> None:
+    """Plots of one run, titled with its dataset (``dataset``) and, up to MAX_NAMED_CLASSES
+    classes, with the class names of ``results["classes"]``."""
     plt = _pyplot()
     plots = Path(run_dir) / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     test = results["test"]
+    classes = results.get("classes") or [str(j) for j in range(len(class_counts))]
+    named = len(classes) <= MAX_NAMED_CLASSES
+    # The recipe label is left out: for the user's own data it is the default recipe's name.
+    title = dataset or results.get("label", "")
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for split, marker in (("test", "o"), ("train", "x")):
         if split in results:
             accuracy = results[split]["per_class_accuracy"]
-            points = [(n, 100 * a) for n, a in zip(class_counts, accuracy) if a is not None]
+            points = [(n, 100 * a, name) for n, a, name in zip(class_counts, accuracy, classes) if a is not None]
             axis.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=split, s=18)
+            if named and split == "test":
+                for n, a, name in points:
+                    axis.annotate(name, (n, a), fontsize=6, xytext=(3, 3), textcoords="offset points")
     axis.set_xscale("log")
     axis.set_xlabel("training images of the class (log scale)")
     axis.set_ylabel("per-class accuracy (%)")
-    axis.set_title(f"{results.get('label', '')}: per-class accuracy")
+    axis.set_title(f"{title}: per-class accuracy", fontsize=9)
     axis.legend()
     figure.tight_layout()
     figure.savefig(plots / "per_class_accuracy.png", dpi=120)
@@ -46,20 +58,27 @@ def write_run_plots(run_dir: Path, results: dict, class_counts, confusion=None) 
     axis.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     axis.set_xlabel("confidence")
     axis.set_ylabel("accuracy")
-    axis.set_title(f"reliability (ECE {100 * test['ece']:.2f}%)")
+    axis.set_title(f"{dataset} test reliability (ECE {100 * test['ece']:.2f}%)", fontsize=9)
     axis.legend(loc="upper left")
     figure.tight_layout()
     figure.savefig(plots / "reliability.png", dpi=120)
     plt.close(figure)
 
     if confusion is not None and confusion.shape[0] <= MAX_CONFUSION_CLASSES:
+        # Rows and columns ordered by training count, head first (stable: ties keep label order).
+        order = sorted(range(len(class_counts)), key=lambda j: -class_counts[j])
+        confusion = confusion[order][:, order]
         row_sums = confusion.sum(axis=1, keepdims=True)
         normalised = confusion / row_sums.clip(min=1)
-        figure, axis = plt.subplots(figsize=(6, 5))
+        figure, axis = plt.subplots(figsize=(6.5, 5.5) if named else (6, 5))
         image = axis.imshow(normalised, cmap="viridis", vmin=0, vmax=1)
+        if named:
+            names = [classes[j] for j in order]
+            axis.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+            axis.set_yticks(range(len(names)), names, fontsize=6)
         axis.set_xlabel("predicted class")
-        axis.set_ylabel("true class (sorted by index; index 0 = most frequent for LT splits)")
-        axis.set_title("test confusion (rows normalised)")
+        axis.set_ylabel("true class (most training images first)")
+        axis.set_title(f"{dataset} test confusion (rows normalised)", fontsize=9)
         figure.colorbar(image)
         figure.tight_layout()
         figure.savefig(plots / "confusion.png", dpi=120)

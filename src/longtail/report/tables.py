@@ -38,6 +38,12 @@ def results_table(results: dict) -> str:
     if selected:
         extra.append(f"weights of epoch {selected['epoch'] + 1} of {results.get('epochs')}, chosen on "
                      f"{selected['metric']} = {100 * selected['value']:.2f}%")
+    for split in ("test", "val"):
+        scored = results.get(split) or {}
+        if scored.get("worst_class_name") is not None:
+            extra.append(f"worst class ({split}): {scored['worst_class_name']} "
+                         f"{format_percent(scored['worst_class_accuracy'])}%")
+            break
     test = results.get("test") or {}
     if test.get("confusion_spectral_norm") is not None:
         extra.append(f"weighted hard-confusion spectral norm (test): {test['confusion_spectral_norm']:.4f}")
@@ -46,3 +52,29 @@ def results_table(results: dict) -> str:
     if results.get("train_images_per_s"):
         extra.append(f"training: {results['train_seconds']:.1f} s, {results['train_images_per_s']:.0f} images/s")
     return table + ("\n" + "\n".join(extra) if extra else "")
+
+
+MAX_TABLE_CLASSES = 20  # beyond this the per-class table goes to metrics.json only
+
+
+def per_class_table(results: dict, max_classes: int = MAX_TABLE_CLASSES) -> str:
+    """Per class (after :func:`longtail.engine.evaluate.name_classes`): name, training images, and
+    accuracy / images of each evaluated split; up to ``max_classes`` classes, else the five worst."""
+    rows = results.get("per_class")
+    if not rows:
+        return ""
+    splits = [s for s in ("test", "val") if f"{s}_accuracy" in rows[0]]
+    if len(rows) > max_classes:
+        split = splits[0] if splits else None
+        if split is None:
+            return ""
+        scored = [r for r in rows if r[f"{split}_accuracy"] is not None]
+        worst = sorted(scored, key=lambda r: r[f"{split}_accuracy"])[:5]
+        listed = ", ".join(f"{r['class']} {format_percent(r[f'{split}_accuracy'])}% ({r['train_images']} train)"
+                           for r in worst)
+        return f"{len(rows)} classes (per-class results in metrics.json); worst on {split}: {listed}"
+    header = ["class", "train images"] + [title for s in splits for title in (f"{s} acc", f"{s} images")]
+    table = [[r["class"], r["train_images"]]
+             + [cell for s in splits for cell in (format_percent(r[f"{s}_accuracy"]), r[f"{s}_images"])]
+             for r in rows]
+    return markdown_table(header, table)

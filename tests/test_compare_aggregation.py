@@ -1,0 +1,170 @@
+"""`longtail compare` aggregation recomputed independently (plain Python, no numpy / pandas) for
+every column of comparison.csv / .json / .md, from cells whose metrics this test writes itself;
+and resuming a cell that has a checkpoint but no metrics (not only a missing cell)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import re
+import signal
+from argparse import Namespace
+
+import pytest
+
+from conftest import tiny_run_overrides
+from engine_probe import QUIET, tiny_model
+
+# Direction of "best" per column, stated here, not read from the code: calibration errors and
+# losses are better when lower, accuracies when higher.
+LOWER_IS_BETTER = {"ece", "nll", "brier", "loss"}
+METHODS, SEEDS, FACTORS = ("ce", "bs", "la"), (0, 1, 2), (10.0, 20.0)
+K = 10
+
+
+def sample_mean(values):
+    return sum(values) / len(values)
+
+
+def sample_std(values):
+    mean = sample_mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny_idx_root, tmp_path_factory):
+    from longtail.engine.compare import plan_cells, write_comparison
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    output = tmp_path_factory.mktemp("aggregate")
+    args = Namespace(methods=",".join(METHODS), seeds=",".join(map(str, SEEDS)),
+                     imbalance_factors=",".join(map(str, FACTORS)), paired=True, recipe=None, config=None,
+                     output=str(output), overrides=tiny_run_overrides(tiny_idx_root, output))
+    cells, _ = plan_cells(args)
+    rng = random.Random(7)
+    metrics = {}
+    keys = [key for key, _ in SUMMARY_COLUMNS]
+    for cell in cells:
+        test = {key: rng.uniform(0.05, 0.95) for key in keys}
+        test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
+        metrics[(cell.imbalance_factor, cell.method, cell.seed)] = test
+        folder = output / "cells" / cell.name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"test": test}))
+        (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+    write_comparison(output, cells, "ce")
+    return output, metrics, keys
+
+
+def expected_row(metrics, factor, method, key):
+    values = [metrics[(factor, method, s)][key] for s in SEEDS]
+    reference = sample_mean([metrics[(factor, "ce", s)][key] for s in SEEDS])
+    return sample_mean(values), sample_std(values), sample_mean(values) - reference
+
+
+def best_method(metrics, factor, key):
+    means = {m: sample_mean([metrics[(factor, m, s)][key] for s in SEEDS]) for m in METHODS}
+    choose = min if key in LOWER_IS_BETTER else max
+    return choose(means, key=means.get)
+
+
+def test_json_rows_are_the_seed_means_stds_deltas_and_wins(comparison):
+    output, metrics, keys = comparison
+    rows = json.loads((output / "comparison.json").read_text())["rows"]
+    assert [(r["imbalance_factor"], r["method"]) for r in rows] == [(f, m) for f in FACTORS for m in METHODS]
+    for row in rows:
+        factor, method = row["imbalance_factor"], row["method"]
+        for key in keys:
+            mean, std, delta = expected_row(metrics, factor, method, key)
+            assert row[key]["mean"] == pytest.approx(mean, abs=1e-12), key
+            assert row[key]["std"] == pytest.approx(std, abs=1e-12), key
+            assert row[key]["delta"] == pytest.approx(delta, abs=1e-12), key
+        per_class = [sample_mean([metrics[(factor, method, s)]["per_class_accuracy"][j] for s in SEEDS])
+                     for j in range(K)]
+        assert row["per_class_accuracy"] == pytest.approx(per_class, abs=1e-12)
+        wins = sum(metrics[(factor, method, s)]["accuracy"] > metrics[(factor, "ce", s)]["accuracy"] for s in SEEDS)
+        assert row["overall_wins_vs_reference"] == wins and row["seeds"] == len(SEEDS)
+
+
+def test_csv_has_every_column_from_the_seeds(comparison):
+    output, metrics, keys = comparison
+    with open(output / "comparison.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(FACTORS) * len(METHODS)
+    for row in rows:
+        factor, method = float(row["imbalance_factor"]), row["method"]
+        for key in keys:
+            mean, std, delta = expected_row(metrics, factor, method, key)
+            assert float(row[f"{key}_mean"]) == pytest.approx(mean, abs=1e-12), key
+            assert float(row[f"{key}_std"]) == pytest.approx(std, abs=1e-12), key
+            assert float(row[f"{key}_delta"]) == pytest.approx(delta, abs=1e-12), key
+
+
+def test_markdown_cells_and_best_per_column_direction(comparison):
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    output, metrics, keys = comparison
+    text = (output / "comparison.md").read_text()
+    sections = re.split(r"### imbalance factor ", text)[1:]
+    assert len(sections) == len(FACTORS)
+    directions_seen = set()
+    for factor, section in zip(FACTORS, sections):
+        assert section.startswith(f"{factor:g}\n")
+        lines = [line for line in section.splitlines() if line.startswith("| ")]
+        header = [c.strip() for c in lines[0].strip("|").split("|")]
+        assert header[1:1 + len(keys)] == [title for _, title in SUMMARY_COLUMNS]
+        for line in lines[1:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            method = cells[0]
+            for key, cell in zip(keys, cells[1:]):
+                mean, std, _ = expected_row(metrics, factor, method, key)
+                plain = f"{100 * mean:.2f} ± {100 * std:.2f}"
+                best = best_method(metrics, factor, key) == method
+                assert cell == (f"**{plain}**" if best else plain), (factor, method, key, cell)
+                if best:
+                    directions_seen.add(key in LOWER_IS_BETTER)
+            delta = expected_row(metrics, factor, method, "accuracy")[2]
+            assert cells[1 + len(keys)] == f"{100 * delta:+.2f}"
+    assert directions_seen == {True, False}  # both directions were exercised (ECE is lower-is-better)
+    # The construction makes direction matter: the lowest mean ECE is not the highest.
+    for factor in FACTORS:
+        means = [sample_mean([metrics[(factor, m, s)]["ece"] for s in SEEDS]) for m in METHODS]
+        assert min(means) != max(means)
+
+
+def test_a_checkpointed_cell_is_resumed_not_restarted(tiny_idx_root, tmp_path, monkeypatch):
+    """A comparison interrupted inside a cell's second epoch leaves that cell with a checkpoint and no
+    metrics; the next `compare` resumes it (its first epoch's record, timing included, survives)
+    and ends with the metrics of an uninterrupted comparison."""
+    from longtail.cli import main
+    from longtail.engine.trainer import Trainer
+
+    tiny_model(monkeypatch)
+
+    def arguments(output):
+        return ["compare", "--methods", "ce", "--seeds", "0", "--output", str(output),
+                *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=3), *QUIET, "train.device=cpu"]
+
+    assert main(arguments(tmp_path / "reference")) == 0
+    reference = json.loads((tmp_path / "reference" / "cells" / "ce-seed0" / "metrics.json").read_text())
+
+    original = Trainer._loss_terms
+
+    def interrupt(self, logits, targets):
+        if self.state.global_step == 13:  # epoch 1, batch 3
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, logits, targets)
+
+    monkeypatch.setattr(Trainer, "_loss_terms", interrupt)
+    output = tmp_path / "cmp"
+    assert main(arguments(output)) == 128 + signal.SIGTERM  # the cell saved a checkpoint; compare exits 128+N
+    cell = output / "cells" / "ce-seed0"
+    assert not (cell / "metrics.json").exists() and (cell / "checkpoints" / "last.pt").exists()
+    first_epoch = (cell / "history.jsonl").read_text().splitlines()[0]
+    monkeypatch.setattr(Trainer, "_loss_terms", original)
+    assert main(arguments(output)) == 0
+    history = (cell / "history.jsonl").read_text().splitlines()
+    assert len(history) == 3 and history[0] == first_epoch  # not retrained: the same record, same timing
+    assert json.loads((cell / "metrics.json").read_text())["test"] == reference["test"]

@@ -1,0 +1,86 @@
+"""ConCutMix's pair sampler and mixer (spec concutmix.md sections 2, 3.1, 3.4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.data.concutmix import ConCutMix, PairSampler, rectified_targets
+
+LABELS = torch.tensor([0] * 40 + [1] * 12 + [2] * 5 + [3] * 2 + [4] * 1)
+
+
+def test_pair_sampler_background_instance_uniform_foreground_exactly_balanced():
+    sampler = PairSampler(LABELS, seed=3)
+    sampler.set_epoch(2)
+    pairs = sampler.rank_indices()
+    assert sorted(pairs[0].tolist()) == list(range(len(LABELS)))  # every image once
+    counts = torch.bincount(LABELS[pairs[1]], minlength=5)
+    assert int(counts.max() - counts.min()) <= 1 and int(counts.sum()) == len(LABELS)
+    assert torch.equal(pairs, PairSampler(LABELS, seed=3).rank_indices(epoch=2))   # (seed, epoch) only
+    assert not torch.equal(pairs, sampler.rank_indices(epoch=3))
+    assert not torch.equal(pairs[0], pairs[1])
+
+
+def test_pair_sampler_shares_are_disjoint_and_complete_across_ranks():
+    single = PairSampler(LABELS, seed=1).rank_indices(epoch=4)
+    shares = [PairSampler(LABELS, num_replicas=3, rank=r, seed=1).rank_indices(epoch=4) for r in range(3)]
+    merged = torch.stack(shares, dim=2).reshape(2, -1)[:, : single.shape[1]]  # strided shares interleave back
+    assert torch.equal(merged, single)
+    assert len({len(s[0]) for s in shares}) == 1
+
+
+def reference_rectified(g, c, area, y_a, y_b, lam, counts, topk, omega):
+    """Spec section 3.4 in numpy, sample by sample."""
+    out = []
+    for b in range(g.shape[0]):
+        s = np.array([1.0 / np.linalg.norm(g[b] - c[k]) for k in range(c.shape[0])])
+        order = np.argsort(-s)[:topk]
+        s_hat = np.zeros_like(s)
+        s_hat[order] = s[order]
+        s_hat /= s_hat.sum()
+        rho = np.log(lam * counts[y_a[b]] + (1 - lam) * counts[y_b[b]]) / np.log(counts).sum()
+        out.append(omega * rho * s_hat + (1 - omega * rho) * area[b])
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("topk, omega", [(3, 20 / 255), (30, 1.0), (1, 0.5)])
+def test_rectified_label_matches_numpy(topk, omega):
+    generator = torch.Generator().manual_seed(0)
+    counts = np.array([500.0, 120.0, 40.0, 9.0, 3.0])
+    g, c = torch.randn(6, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    y_a, y_b, lam = torch.tensor([0, 1, 2, 3, 4, 0]), torch.tensor([4, 4, 0, 1, 2, 0]), 0.37
+    area = lam * torch.nn.functional.one_hot(y_a, 5) + (1 - lam) * torch.nn.functional.one_hot(y_b, 5)
+    got = rectified_targets(g.requires_grad_(), c, area.float(), y_a, y_b, lam, counts, topk, omega)
+    expected = reference_rectified(g.detach().double().numpy(), c.double().numpy(), area.double().numpy(),
+                                   y_a.numpy(), y_b.numpy(), lam, counts, topk, omega)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert not got.requires_grad
+    np.testing.assert_allclose(got.sum(1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_mixer_probability_exact_area_label_and_reproducibility():
+    mixer = ConCutMix([10, 5, 3], probability=0.5, topk=2, omega_s=0.1, rectify_from_epoch=1)
+    decisions = [mixer.mixes(7, 0, b) for b in range(400)]
+    assert 150 < sum(decisions) < 250
+    batch_index = decisions.index(True)
+    background = torch.zeros(4, 3, 8, 8)
+    foreground = torch.ones(4, 3, 8, 8)
+    labels_a, labels_b = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 2, 0])
+    out = mixer.mix(background, labels_a, foreground, labels_b, 7, 0, batch_index)
+    assert out.mixed
+    kept = 1.0 - out.images[0, 0].mean().item()  # pasted pixels are ones
+    assert out.lam == pytest.approx(kept)
+    expected = out.lam * torch.nn.functional.one_hot(labels_a, 3) + (1 - out.lam) * torch.nn.functional.one_hot(out.labels_b, 3)
+    torch.testing.assert_close(out.area_targets, expected.float())
+    assert sorted(out.labels_b.tolist()) == sorted(labels_b.tolist())  # a permutation of the foregrounds
+    again = mixer.mix(background, labels_a, foreground, labels_b, 7, 0, batch_index)
+    assert torch.equal(again.images, out.images) and again.lam == out.lam
+    # label by epoch: area up to rectify_from_epoch, rectified after; unmixed batches one-hot
+    g, c = torch.randn(4, 2), torch.randn(3, 2)
+    assert torch.equal(mixer.targets(out, 1, g, c), out.area_targets)
+    assert not torch.equal(mixer.targets(out, 2, g, c), out.area_targets)
+    unmixed = mixer.mix(background, labels_a, None, None, 7, 0, decisions.index(False))
+    assert not unmixed.mixed and torch.equal(mixer.targets(unmixed, 5, g, c),
+                                             torch.nn.functional.one_hot(labels_a, 3).float())

@@ -1,0 +1,232 @@
+"""Inference from a run directory whose training data is gone: `longtail predict`, `longtail export`,
+`longtail eval --data-root`, `longtail.load_run`. Real PNG / JPEG files in an image-folder layout.
+
+Independent references: the trainer's own evaluation (metrics.json, computed through the
+training-time data pipeline while the data existed) and `longtail posthoc`'s test metrics; the
+predictions made from the run directory alone must reproduce them image for image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.cli import main
+
+CLASSES = ["ankle boot", "bag", "coat", "sandal", "trouser"]  # folder names, with a space: real names
+FASHION_LABELS = [9, 8, 4, 5, 1]  # the Fashion-MNIST label of each
+
+
+def write_folder(root: Path, per_class, offset: int = 0, jpeg_every: int = 3) -> None:
+    """root/<class>/<n>.png|jpg from the embedded Fashion-MNIST test images; every third file is an
+    RGB JPEG (mixed formats and modes, as users' folders are)."""
+    from PIL import Image
+
+    from longtail.data import load_builtin
+
+    data = load_builtin("test")
+    for name, label, count in zip(CLASSES, FASHION_LABELS, per_class):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        positions = (data.labels == label).nonzero().flatten()[offset:offset + count]
+        for n, index in enumerate(positions.tolist()):
+            image = Image.fromarray(data.images[index, 0].numpy())
+            if n % jpeg_every == jpeg_every - 1:
+                image.convert("RGB").save(folder / f"{index}.jpg", quality=95)
+            else:
+                image.save(folder / f"{index}.png")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 4-epoch run on a long-tailed PNG/JPEG folder with its own val/ (weights selected on it),
+    the three post-hoc results chosen, then the training data deleted. Returns a dict of paths."""
+    base = tmp_path_factory.mktemp("inference")
+    data_root = base / "my-data"
+    write_folder(data_root / "train", [30, 16, 9, 5, 3])
+    write_folder(data_root / "val", [3] * 5, offset=100)
+    write_folder(data_root / "test", [8] * 5, offset=200)
+    output = base / "runs"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "data.name=imagefolder", f"data.root={data_root}", "data.image_size=28",
+                 "data.workers=0", "data.batch_size=16", "optim.epochs=4", "optim.lr=0.05", "optim.warmup_epochs=0",
+                 "train.select_on=accuracy", f"train.output_dir={output}", "train.progress=false",
+                 "train.threads=1", "train.run_name=lt-run"])
+    assert code == 0
+    run = output / "lt-run"
+    for method, taus in (("logit_adjust", "0,0.5,1"), ("tau_norm", "0,1"), ("ncm", None)):
+        assert main(["posthoc", str(run), "--method", method, "--device", "cpu",
+                     *(["--taus", taus] if taus else [])]) == 0
+    new_images = base / "new-images"
+    shutil.copytree(data_root / "test", new_images)
+    shutil.rmtree(data_root)  # everything below must work from the run directory alone
+    return {"run": run, "images": new_images, "base": base, "train_output": printed.getvalue(),
+            "metrics": json.loads((run / "metrics.json").read_text())}
+
+
+def read_csv(path: Path) -> list:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def accuracy_of(rows) -> float:
+    return float(np.mean([row["prediction"] == Path(row["path"]).parent.name for row in rows]))
+
+
+def test_results_and_the_printed_table_name_the_classes(trained):
+    metrics = trained["metrics"]
+    assert metrics["classes"] == CLASSES
+    assert [row["class"] for row in metrics["per_class"]] == CLASSES
+    assert [row["train_images"] for row in metrics["per_class"]] == [30, 16, 9, 5, 3]  # the files written
+    assert [row["test_images"] for row in metrics["per_class"]] == [8] * 5
+    assert [row["test_accuracy"] for row in metrics["per_class"]] == metrics["test"]["per_class_accuracy"]
+    for split in ("test", "val", "train"):
+        assert metrics[split]["worst_class_name"] == CLASSES[metrics[split]["worst_class"]]
+    printed = trained["train_output"]
+    assert "| class | train images | test acc | test images | val acc | val images |" in printed
+    accuracy = metrics["per_class"][3]["test_accuracy"]
+    assert f"| sandal | 5 | {100 * accuracy:.2f} | 8 |" in printed
+    assert f"worst class (test): {metrics['test']['worst_class_name']} " in printed
+
+
+def test_predict_from_the_run_directory_alone_matches_the_trainers_evaluation(trained, tmp_path, capsys):
+    output = tmp_path / "predictions.csv"
+    assert main(["predict", str(trained["run"]), str(trained["images"]), "--output", str(output),
+                 "--top-k", "3", "--device", "cpu"]) == 0
+    rows = read_csv(output)
+    assert len(rows) == 40 and sum(r["path"].endswith(".jpg") for r in rows) > 0
+    assert set(rows[0]) == {"path", "prediction", "probability", "class_1", "probability_1", "class_2",
+                            "probability_2", "class_3", "probability_3"}
+    # the reported (validation-selected) weights, preprocessed as the trainer evaluated: same accuracy
+    assert accuracy_of(rows) == pytest.approx(trained["metrics"]["test"]["accuracy"], abs=1e-12)
+    for row in rows:
+        probabilities = [float(row[f"probability_{i}"]) for i in (1, 2, 3)]
+        assert row["prediction"] == row["class_1"] and row["class_1"] in CLASSES
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    assert "40 image(s) predicted" in capsys.readouterr().out
+
+
+def test_predict_json_stdout_and_single_files(trained, tmp_path, capsys):
+    files = sorted(trained["images"].rglob("*.png"))[:2]
+    output = tmp_path / "out.json"
+    assert main(["predict", str(trained["run"]), *map(str, files), "--output", str(output)]) == 0
+    written = json.loads(output.read_text())
+    assert [p["path"] for p in written["predictions"]] == [str(f) for f in files]
+    first = written["predictions"][0]
+    assert len(first["top_k"]) == 5 and first["top_k"][0]["class"] == first["prediction"]
+    assert sum(entry["probability"] for entry in first["top_k"]) == pytest.approx(1.0, abs=1e-5)
+    assert written["posthoc"] is None and "epoch" in written["weights"]
+    capsys.readouterr()
+    assert main(["predict", str(trained["run"]), str(files[0])]) == 0
+    table = capsys.readouterr().out
+    assert "| path | prediction | probability | next |" in table and first["prediction"] in table
+
+
+@pytest.mark.parametrize("method", ["logit_adjust", "tau_norm", "ncm"])
+def test_predict_with_the_posthoc_classifier_reproduces_its_test_metrics(trained, tmp_path, method):
+    chosen = json.loads((trained["run"] / f"posthoc_{method}.json").read_text())
+    output = tmp_path / "p.csv"
+    assert main(["predict", str(trained["run"]), str(trained["images"]), "--output", str(output),
+                 "--posthoc", method]) == 0
+    assert accuracy_of(read_csv(output)) == pytest.approx(chosen["test"]["accuracy"], abs=1e-12)
+    by_file = tmp_path / "q.json"  # the file path form, same result
+    assert main(["predict", str(trained["run"]), str(trained["images"]), "--output", str(by_file),
+                 "--posthoc", str(trained["run"] / f"posthoc_{method}.json")]) == 0
+    written = json.loads(by_file.read_text())
+    assert written["posthoc"]["method"] == method and written["posthoc"]["tau"] == chosen["tau"]
+    assert [p["prediction"] for p in written["predictions"]] == [r["prediction"] for r in read_csv(output)]
+
+
+def test_unreadable_images_are_listed_and_nothing_is_written_unless_skipped(trained, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    shutil.copytree(trained["images"] / "bag", folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "empty.jpg").write_bytes(b"")
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(trained["run"]), str(folder), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert "2 image(s) cannot be decoded" in error and "broken.png" in error and "empty.jpg" in error
+    assert not output.exists()
+    assert main(["predict", str(trained["run"]), str(folder), "--output", str(output), "--skip-unreadable"]) == 0
+    assert "skipped 2 unreadable" in capsys.readouterr().err
+    assert len(read_csv(output)) == 8
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["{run}", "{images}", "--output", "x.txt"], ".csv or .json"),
+    (["{base}/nope", "{images}"], "not a run directory"),
+    (["{run}", "{base}/missing.png"], "not found"),
+    (["{run}", "{empty}"], "no image files"),
+    (["{run}", "{images}", "--posthoc", "{base}/posthoc_x.json"], "longtail posthoc"),
+])
+def test_predict_usage_errors_exit_2(trained, tmp_path, capsys, arguments, message):
+    (tmp_path / "empty").mkdir()
+    names = dict(run=trained["run"], images=trained["images"], base=trained["base"], empty=tmp_path / "empty")
+    assert main(["predict", *[a.format(**names) for a in arguments]]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_load_run_in_python(trained):
+    import longtail
+    from PIL import Image
+
+    run = longtail.load_run(trained["run"])
+    assert run.classes == CLASSES and not run.model.training
+    files = sorted(trained["images"].rglob("*.*"))
+    images = [Image.open(f) for f in files]
+    results = run.predict(images, top_k=2)
+    correct = [r["prediction"] == f.parent.name for r, f in zip(results, files)]
+    assert np.mean(correct) == pytest.approx(trained["metrics"]["test"]["accuracy"], abs=1e-12)
+    batch = run.preprocess(images[:4])
+    assert batch.dtype == torch.float32 and batch.shape[0] == 4
+    assert torch.allclose(run.logits(images[:4]), run.model(batch), atol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_the_pytorch_logits(trained, tmp_path, capsys, fmt):
+    import longtail
+    from PIL import Image
+
+    output = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    assert main(["export", str(trained["run"]), "--format", fmt, "--output", str(output)]) == 0
+    metadata = json.loads(Path(str(output) + ".json").read_text())
+    assert metadata["classes"] == CLASSES and metadata["input"]["shape"][1:] == [3, 28, 28]
+    assert "preprocessing" in metadata and "epoch" in metadata["weights"]
+    run = longtail.load_run(trained["run"])
+    images = [Image.open(f) for f in sorted(trained["images"].rglob("*.*"))[:7]]
+    batch = run.preprocess(images)
+    with torch.no_grad():
+        expected = run.model(batch).numpy()
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+        got = session.run(["logits"], {"images": batch.numpy()})[0]
+    else:
+        got = torch.jit.load(str(output))(batch).detach().numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_eval_data_root_scores_another_folder(trained, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(trained["images"], other / "test")
+    assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert f"| test | {100 * trained['metrics']['test']['accuracy']:.2f} |" in out and "scored 40 images" in out
+    assert "| ankle boot | 30 |" in out  # the per-class table, with the run's training counts
+    shutil.rmtree(other / "test" / "sandal")  # a class without images here: scored without it, said so
+    assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 0
+    assert "1 of the run's 5 classes have no folder here (sandal)" in capsys.readouterr().out
+    (other / "test" / "hat").mkdir()
+    shutil.copy(next((other / "test" / "bag").iterdir()), other / "test" / "hat")
+    assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 2
+    assert "not trained on: ['hat']" in capsys.readouterr().err
