@@ -66,11 +66,26 @@ def test_option_order_never_matters(tmp_path):
     ("loss.switch_fraction=2", "loss.switch_fraction=2 is out of range"),
     ("model.options={width: .nan}", "model.width=nan is not a finite number"),
     ("optim.min_lr=1", "optim.min_lr=1 is out of range; valid: <= optim.lr"),
+    ("data.test_fraction=1", "data.test_fraction=1.0 is out of range; valid: > 0 and < 1"),
 ])
 def test_out_of_range_values_are_refused_naming_key_value_and_range(override, expected):
     with pytest.raises(ConfigError) as error:
         build_config("fashion-mnist-lt", overrides=[override])
     assert expected in str(error.value)
+
+
+def test_every_numeric_key_has_a_checked_range():
+    import dataclasses
+
+    from longtail.engine.config import _LIST_RANGES, _RANGES, TYPED_SECTIONS, RunConfig
+
+    for section in TYPED_SECTIONS:
+        for field in dataclasses.fields(getattr(RunConfig(), section)):
+            key = f"{section}.{field.name}"
+            if field.type in ("int", "float", "Optional[int]", "Optional[float]"):
+                assert key in _RANGES, f"{key} has no range"
+            elif field.type == "list":
+                assert key in _LIST_RANGES, f"{key} has no range"
 
 
 def test_bad_loss_and_regularizer_options_exit_2_with_a_message(capsys):

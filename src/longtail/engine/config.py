@@ -489,6 +489,7 @@ _RANGES = {
     "data.mixing_alpha": (0, False, None, False),
     "data.mixing_prob": (0, True, 1, True),
     "data.mixing_until_epoch": (0, True, None, False),
+    "data.test_fraction": (0, False, 1, False),
     "model.head_scale": (0, False, None, False),
     "optim.lr": (0, False, None, False),
     "optim.momentum": (0, True, 1, False),
