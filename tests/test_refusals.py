@@ -320,3 +320,28 @@ def test_non_finite_parameters_are_caught_at_the_next_step(tiny_idx_root, tmp_pa
     error = capsys.readouterr().err
     assert "training diverged at epoch 1, batch 4" in error and "parameter_norm=nan" in error
     assert "no checkpoint had been written yet" in error
+
+
+def test_image_folder_fingerprint_lists_files_and_compare_reads_it_without_decoding(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from longtail.engine.data_setup import build_data, data_fingerprint_of
+    from longtail.engine.distributed import DistributedContext
+    from longtail.engine.fingerprint import differences
+
+    root = tmp_path / "folder"
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 4), ("test", 2)):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    config, _ = build_config(overrides=["data.name=imagefolder", f"data.root={root}", "model.channels_last=false"])
+    built = build_data(config, torch.device("cpu"), DistributedContext()).fingerprint
+    assert data_fingerprint_of(config) == built
+    rows = built["splits"]["train"]["files"]
+    assert [row[:2] for row in rows] == [[f"train/{c}/{i}.png", label] for label, c in enumerate(("cat", "dog"))
+                                         for i in range(4)]
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "test" / "dog" / "9.png")
+    assert differences(built, data_fingerprint_of(config)) == ["test split: 1 file(s) added: test/dog/9.png"]

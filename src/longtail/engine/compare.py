@@ -232,17 +232,14 @@ def _check_existing_cells(cells: list[Cell], output: Path) -> None:
 def _attach_fingerprints(cells: list[Cell]) -> None:
     """Build each distinct data setup once, before any cell trains: missing or bad data is reported
     now, and every cell gets the data fingerprint its reused results must match."""
-    import torch
-
-    from longtail.engine.data_setup import build_data
-    from longtail.engine.distributed import DistributedContext
+    from longtail.engine.data_setup import data_fingerprint_of
 
     built = {}
     for cell in cells:
         key = json.dumps(cell.config.to_dict()["data"], sort_keys=True)
         if key not in built:
             try:
-                built[key] = build_data(cell.config, torch.device("cpu"), DistributedContext()).fingerprint
+                built[key] = data_fingerprint_of(cell.config)
             except (ValueError, FileNotFoundError) as error:
                 raise ConfigError(f"cell {cell.name}: {error}") from None
         cell.fingerprint = built[key]

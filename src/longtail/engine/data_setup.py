@@ -198,6 +198,15 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                       preprocessing=preprocessing, fingerprint=fingerprint)
 
 
+def data_fingerprint_of(config: RunConfig) -> dict:
+    """The fingerprint build_data would give, without decoding images or building loaders (compare
+    checks every cell's data with it before the first cell trains)."""
+    from longtail.engine.distributed import DistributedContext
+
+    _check_data_options(config)
+    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root)
+
+
 def _fingerprint(sets, root) -> dict:
     """The data fingerprint (engine.fingerprint) of the train / val / test sets as split."""
     from longtail.engine.fingerprint import data_fingerprint
