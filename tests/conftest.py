@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +58,94 @@ def tiny_run_overrides(root: Path, output_dir: Path, epochs: int = 2) -> list[st
         "data.eval_batch_size=64", f"optim.epochs={epochs}", "optim.warmup_epochs=0", "optim.lr=0.02",
         f"train.output_dir={output_dir}", "train.progress=false", "train.threads=1",
     ]
+
+
+def write_image_folder(root: Path, counts, size=(16, 16), fmt="PNG", grey=False, seed=0, split=None) -> list[Path]:
+    """Real image files root[/split]/c<j>/<n>.png|jpg, ``counts[j]`` per class; returns the paths.
+
+    Each class has its own mean colour plus noise, so a small model can learn it in an epoch or two.
+    ``size`` is (height, width), or a callable (class, n) -> (height, width) for mixed sizes.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / split if split else root
+    suffix = "png" if fmt == "PNG" else "jpg"
+    paths = []
+    for label, count in enumerate(counts):
+        (folder / f"c{label}").mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 256, 3)
+        for n in range(count):
+            height, width = size(label, n) if callable(size) else size
+            pixels = np.clip(base + rng.normal(0, 40, (height, width, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels[:, :, 0] if grey else pixels, mode="L" if grey else "RGB")
+            path = folder / f"c{label}" / f"{n:03d}.{suffix}"
+            image.save(path, format=fmt)
+            paths.append(path)
+    return paths
+
+
+def image_run_overrides(root: Path, output_dir: Path, epochs: int = 1) -> list[str]:
+    """Overrides of a seconds-long CPU training run on a small image folder."""
+    return [
+        "data.name=imagefolder", f"data.root={root}", "data.batch_size=8", "data.eval_batch_size=32",
+        "data.workers=0", f"optim.epochs={epochs}", "optim.warmup_epochs=0", "optim.lr=0.02",
+        f"train.output_dir={output_dir}", "train.progress=false", "train.threads=1",
+    ]
+
+
+# ---------------------------------------------------------------- a trained run on an image folder
+
+CLASSES = ["ankle boot", "bag", "coat", "sandal", "trouser"]  # folder names, with a space: real names
+FASHION_LABELS = [9, 8, 4, 5, 1]  # the Fashion-MNIST label of each
+
+
+def write_folder(root: Path, per_class, offset: int = 0, jpeg_every: int = 3) -> None:
+    """root/<class>/<n>.png|jpg from the embedded Fashion-MNIST test images; every third file is an
+    RGB JPEG (mixed formats and modes, as users' folders are)."""
+    from PIL import Image
+
+    from longtail.data import load_builtin
+
+    data = load_builtin("test")
+    for name, label, count in zip(CLASSES, FASHION_LABELS, per_class):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        positions = (data.labels == label).nonzero().flatten()[offset:offset + count]
+        for n, index in enumerate(positions.tolist()):
+            image = Image.fromarray(data.images[index, 0].numpy())
+            if n % jpeg_every == jpeg_every - 1:
+                image.convert("RGB").save(folder / f"{index}.jpg", quality=95)
+            else:
+                image.save(folder / f"{index}.png")
+
+
+@pytest.fixture(scope="session")
+def trained_folder_run(tmp_path_factory):
+    """A 4-epoch run at native size (28 px) on a long-tailed PNG/JPEG folder with its own val/
+    (weights selected on it), the three post-hoc results chosen, then the training data deleted.
+    Shared by the inference and docs tests. Returns a dict of paths."""
+    from longtail.cli import main
+
+    base = tmp_path_factory.mktemp("inference")
+    data_root = base / "my-data"
+    write_folder(data_root / "train", [30, 16, 9, 5, 3])
+    write_folder(data_root / "val", [3] * 5, offset=100)
+    write_folder(data_root / "test", [8] * 5, offset=200)
+    output = base / "runs"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "data.name=imagefolder", f"data.root={data_root}", "data.workers=0",
+                     "data.batch_size=16", "optim.epochs=4", "optim.lr=0.05", "optim.warmup_epochs=0",
+                     "train.select_on=accuracy", f"train.output_dir={output}", "train.progress=false",
+                     "train.threads=1", "train.run_name=lt-run"])
+    assert code == 0
+    run = output / "lt-run"
+    for method, taus in (("logit_adjust", "0,0.5,1"), ("tau_norm", "0,1"), ("ncm", None)):
+        assert main(["posthoc", str(run), "--method", method, "--device", "cpu",
+                     *(["--taus", taus] if taus else [])]) == 0
+    new_images = base / "new-images"
+    shutil.copytree(data_root / "test", new_images)
+    shutil.rmtree(data_root)  # everything below must work from the run directory alone
+    return {"run": run, "images": new_images, "base": base, "train_output": printed.getvalue(),
+            "metrics": json.loads((run / "metrics.json").read_text())}

@@ -84,3 +84,36 @@ def test_mixer_probability_exact_area_label_and_reproducibility():
     unmixed = mixer.mix(background, labels_a, None, None, 7, 0, decisions.index(False))
     assert not unmixed.mixed and torch.equal(mixer.targets(unmixed, 5, g, c),
                                              torch.nn.functional.one_hot(labels_a, 3).float())
+
+
+def test_batched_autoaugment_applies_torchvisions_ops_per_image_plan():
+    from torchvision.transforms import v2
+
+    from longtail.data.views import batched_autoaugment
+
+    images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out, plan = batched_autoaugment(images, torch.Generator().manual_seed(1))
+    reference = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    for i in range(len(images)):
+        expected = images[i:i + 1]
+        for transform_id, magnitude in plan[i]:
+            expected = reference._apply_image_or_video_transform(expected, transform_id, magnitude,
+                                                                 interpolation=reference.interpolation,
+                                                                 fill=reference._fill)
+        assert torch.equal(out[i:i + 1], expected), (i, plan[i])
+    assert len({tuple(p) for p in plan}) > 10  # images draw different sub-policies / ops
+    again, _ = batched_autoaugment(images, torch.Generator().manual_seed(1))
+    assert torch.equal(again, out)
+
+
+def test_batch_views_are_seeded_per_call_and_random_per_sample():
+    from longtail.data.views import BatchViews
+
+    views = BatchViews("cifar", [0.5] * 3, [0.25] * 3)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    same = images[:1].expand(16, -1, -1, -1).contiguous()
+    for make in (views.classification, views.contrastive):
+        assert torch.equal(make(images, 5), make(images, 5))
+        assert not torch.equal(make(images, 5), make(images, 6))
+        out = make(same, 5)  # one image 16 times: per-sample parameters give different views
+        assert len({out[i].sum().item() for i in range(16)}) > 8

@@ -102,7 +102,8 @@ def test_cifar_protocol_is_the_published_one():
     assert (config.model.name, config.data.batch_size, config.optim.lr, config.optim.epochs) == ("resnet32", 128, 0.1, 200)
     assert config.optim.milestones == [160, 180] and config.optim.milestone_factors == [0.01, 0.0001]
     ldam, _ = build_config("cifar100-lt-r32/ldam_drw")
-    assert ldam.optim.weight_decay == 2e-4 and ldam.optim.milestone_factors == [0.1, 0.01]
+    # LDAM-DRW's adjust_learning_rate: x0.01 after 160, x0.0001 after 180 (methods.md section 5, corrected).
+    assert ldam.optim.weight_decay == 2e-4 and ldam.optim.milestone_factors == [0.01, 0.0001]
     assert ldam.loss.options["switch_fraction"] == 0.8
     assert build_loss_fn(ldam, [500, 5], torch.device("cpu")).switch_epoch == 160
     vit, _ = build_config("imagenet-lt-vits-ft/ldam_drw")

@@ -337,3 +337,63 @@ def test_validation_images_are_never_trained_on(tiny_idx_root, tmp_path, monkeyp
     assert trained.isdisjoint(validation)
     assert trained.isdisjoint(test)
     assert len(trained) == sum(trainer.class_counts)  # every remaining training image was used
+
+
+# ----------------------------------------------------------------------------- augmentation, schedule of outputs
+
+
+def seen_images(root, output, monkeypatch, *overrides):
+    tiny_model(monkeypatch)
+    trainer = make_trainer(root, output, *overrides)
+    forward = spy_forward(trainer)
+    run_epochs(trainer, 1)
+    return torch.cat([c["images"] for c in forward.calls]), trainer
+
+
+@pytest.mark.parametrize("augmentation", ["flip", "crop", "cutout"])
+def test_augmentation_options_change_the_images_the_model_sees_as_documented(tiny_idx_root, tmp_path, monkeypatch,
+                                                                          augmentation):
+    """The same sample order with and without the option (augmentation has its own random stream):
+    every seen image must be its plain self under the documented transformation."""
+    plain, _ = seen_images(tiny_idx_root, tmp_path / "plain", monkeypatch)
+    option = {"flip": ["data.flip=true"], "crop": ["data.crop_padding=2"], "cutout": ["data.cutout=8"]}[augmentation]
+    seen, trainer = seen_images(tiny_idx_root, tmp_path / "aug", monkeypatch, *option)
+    black = plain.min().item()  # the normalised value of a 0 pixel (the padding fill)
+    changed = 0
+    for image, original in zip(seen, plain):
+        if torch.equal(image, original):
+            continue
+        changed += 1
+        if augmentation == "flip":
+            assert torch.equal(image, original.flip(-1))
+        elif augmentation == "crop":
+            padded = F.pad(original, (2, 2, 2, 2), value=black)
+            shifts = [(dy, dx) for dy in range(5) for dx in range(5)
+                      if torch.equal(image, padded[:, dy:dy + 28, dx:dx + 28])]
+            assert shifts, "not a shifted copy within 2 pixels"
+        else:  # a hole of at most 8 x 8 pixels filled with the mean colour (0 after normalisation)
+            rows, cols = (image != original)[0].nonzero(as_tuple=True)
+            assert torch.all(image[0, rows, cols] == 0)
+            assert rows.max() - rows.min() < 8 and cols.max() - cols.min() < 8
+    assert changed > len(seen) // 4, changed
+
+
+def test_mixing_probability_zero_never_mixes(tiny_idx_root, tmp_path, monkeypatch):
+    tiny_model(monkeypatch)
+    trainer = make_trainer(tiny_idx_root, tmp_path, "data.mixing=mixup", "data.mixing_prob=0.0")
+    loss = spy_loss(trainer)
+    run_epochs(trainer, 1)
+    for call in loss.calls:  # one-hot rows: the loss saw the labels as they were
+        assert torch.equal(call["targets"].max(dim=1).values, torch.ones(len(call["targets"])))
+
+
+def test_eval_every_and_checkpoint_every_follow_their_periods(tiny_idx_root, tmp_path, monkeypatch):
+    tiny_model(monkeypatch)
+    trainer = make_trainer(tiny_idx_root, tmp_path, "train.eval_every=2", "train.checkpoint_every=3", epochs=5)
+    saves = []
+    original = trainer.save
+    trainer.save = lambda: (saves.append(trainer.state.epoch), original())
+    trainer.fit()
+    tested = [record["epoch"] for record in trainer.state.history if "test" in record]
+    assert tested == [1, 3]  # after epochs 2 and 4 of 5; the last epoch has the final evaluation
+    assert saves == [3, 5]  # after epoch 3, and at the end

@@ -8,70 +8,23 @@ predictions made from the run directory alone must reproduce them image for imag
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import CLASSES
 from longtail.cli import main
-
-CLASSES = ["ankle boot", "bag", "coat", "sandal", "trouser"]  # folder names, with a space: real names
-FASHION_LABELS = [9, 8, 4, 5, 1]  # the Fashion-MNIST label of each
-
-
-def write_folder(root: Path, per_class, offset: int = 0, jpeg_every: int = 3) -> None:
-    """root/<class>/<n>.png|jpg from the embedded Fashion-MNIST test images; every third file is an
-    RGB JPEG (mixed formats and modes, as users' folders are)."""
-    from PIL import Image
-
-    from longtail.data import load_builtin
-
-    data = load_builtin("test")
-    for name, label, count in zip(CLASSES, FASHION_LABELS, per_class):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        positions = (data.labels == label).nonzero().flatten()[offset:offset + count]
-        for n, index in enumerate(positions.tolist()):
-            image = Image.fromarray(data.images[index, 0].numpy())
-            if n % jpeg_every == jpeg_every - 1:
-                image.convert("RGB").save(folder / f"{index}.jpg", quality=95)
-            else:
-                image.save(folder / f"{index}.png")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 4-epoch run on a long-tailed PNG/JPEG folder with its own val/ (weights selected on it),
-    the three post-hoc results chosen, then the training data deleted. Returns a dict of paths."""
-    base = tmp_path_factory.mktemp("inference")
-    data_root = base / "my-data"
-    write_folder(data_root / "train", [30, 16, 9, 5, 3])
-    write_folder(data_root / "val", [3] * 5, offset=100)
-    write_folder(data_root / "test", [8] * 5, offset=200)
-    output = base / "runs"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = main(["train", "data.name=imagefolder", f"data.root={data_root}", "data.image_size=28",
-                 "data.workers=0", "data.batch_size=16", "optim.epochs=4", "optim.lr=0.05", "optim.warmup_epochs=0",
-                 "train.select_on=accuracy", f"train.output_dir={output}", "train.progress=false",
-                 "train.threads=1", "train.run_name=lt-run"])
-    assert code == 0
-    run = output / "lt-run"
-    for method, taus in (("logit_adjust", "0,0.5,1"), ("tau_norm", "0,1"), ("ncm", None)):
-        assert main(["posthoc", str(run), "--method", method, "--device", "cpu",
-                     *(["--taus", taus] if taus else [])]) == 0
-    new_images = base / "new-images"
-    shutil.copytree(data_root / "test", new_images)
-    shutil.rmtree(data_root)  # everything below must work from the run directory alone
-    return {"run": run, "images": new_images, "base": base, "train_output": printed.getvalue(),
-            "metrics": json.loads((run / "metrics.json").read_text())}
-
+def trained(trained_folder_run):
+    return trained_folder_run
 
 def read_csv(path: Path) -> list:
     with open(path, newline="") as stream:
@@ -147,17 +100,21 @@ def test_predict_with_the_posthoc_classifier_reproduces_its_test_metrics(trained
 
 
 def test_unreadable_images_are_listed_and_nothing_is_written_unless_skipped(trained, tmp_path, capsys):
+    from PIL import Image
+
     folder = tmp_path / "mixed"
     shutil.copytree(trained["images"] / "bag", folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     (folder / "empty.jpg").write_bytes(b"")
+    Image.new("RGB", (40, 30)).save(folder / "too-big.png")  # the run is native 28x28: refused, not resized
     output = tmp_path / "out.csv"
     assert main(["predict", str(trained["run"]), str(folder), "--output", str(output)]) == 2
     error = capsys.readouterr().err
-    assert "2 image(s) cannot be decoded" in error and "broken.png" in error and "empty.jpg" in error
+    assert "3 image(s) cannot be used" in error and "broken.png: cannot be decoded" in error
+    assert "empty.jpg: cannot be decoded" in error and "too-big.png: image is 30x40" in error
     assert not output.exists()
     assert main(["predict", str(trained["run"]), str(folder), "--output", str(output), "--skip-unreadable"]) == 0
-    assert "skipped 2 unreadable" in capsys.readouterr().err
+    assert "skipped 3 unusable" in capsys.readouterr().err
     assert len(read_csv(output)) == 8
 
 
@@ -196,8 +153,13 @@ def test_export_matches_the_pytorch_logits(trained, tmp_path, capsys, fmt):
     import longtail
     from PIL import Image
 
-    output = tmp_path / ("model.onnx" if fmt == "onnx" else "model.pt")
-    assert main(["export", str(trained["run"]), "--format", fmt, "--output", str(output)]) == 0
+    output = tmp_path / "out" / ("model.onnx" if fmt == "onnx" else "model.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", str(trained["run"]), "--format", fmt, "--output", str(output)]) == 0
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    # one model file (ONNX weights inside it, not in an external data file) and its metadata
+    assert sorted(p.name for p in output.parent.iterdir()) == sorted([output.name, output.name + ".json"])
     metadata = json.loads(Path(str(output) + ".json").read_text())
     assert metadata["classes"] == CLASSES and metadata["input"]["shape"][1:] == [3, 28, 28]
     assert "preprocessing" in metadata and "epoch" in metadata["weights"]
@@ -230,3 +192,52 @@ def test_eval_data_root_scores_another_folder(trained, tmp_path, capsys):
     shutil.copy(next((other / "test" / "bag").iterdir()), other / "test" / "hat")
     assert main(["eval", str(trained["run"]), "--data-root", str(other)]) == 2
     assert "not trained on: ['hat']" in capsys.readouterr().err
+
+
+def test_validation_carved_from_an_image_folder_without_val(tmp_path, capsys):
+    """data.validation_per_class on root/{train,test} (no val/) with train.select_on: the carved split
+    serves selection (it used to fail looking for root/val)."""
+    from conftest import write_folder
+
+    write_folder(tmp_path / "data" / "train", [8, 6, 5, 4, 3])
+    write_folder(tmp_path / "data" / "test", [2] * 5, offset=200)
+    assert main(["train", "data.name=imagefolder", f"data.root={tmp_path / 'data'}", "data.workers=0",
+                 "data.batch_size=8", "data.validation_per_class=1", "train.select_on=balanced_accuracy",
+                 "optim.epochs=1", "optim.warmup_epochs=0", f"train.output_dir={tmp_path / 'runs'}",
+                 "train.progress=false", "train.threads=1", "train.run_name=r"]) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    assert metrics["val"]["num_samples"] == 5 and metrics["selected"]["metric"] == "val/balanced_accuracy"
+
+
+def test_eval_data_root_on_an_idx_dataset_and_predict_on_png_files(tiny_idx_root, tmp_path, capsys):
+    """An in-memory (idx) run: --data-root another copy of the files scores like the run's own test
+    evaluation, and predict on PNG exports of the same test images agrees image for image."""
+    from PIL import Image
+
+    from conftest import tiny_run_overrides
+    from longtail.data import build_dataset
+
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_idx_root, other)
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, tmp_path / "runs", epochs=1), "train.run_name=r"]) == 0
+    run = tmp_path / "runs" / "r"
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-root", str(other)]) == 0
+    assert f"| test | {100 * metrics['test']['accuracy']:.2f} |" in capsys.readouterr().out
+    test = build_dataset("mnist", "test", root=str(other))
+    folder = tmp_path / "pngs"
+    for index in range(0, len(test), 7):
+        target = folder / test.classes[int(test.labels[index])]
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[index, 0].numpy()).save(target / f"{index}.png")
+    output = tmp_path / "p.json"
+    assert main(["predict", str(run), str(folder), "--output", str(output)]) == 0
+    predictions = json.loads(output.read_text())["predictions"]
+    assert len(predictions) == len(range(0, len(test), 7))
+    import longtail
+
+    loaded = longtail.load_run(run)
+    expected = loaded.logits(list(test.images[::7])).argmax(dim=1).tolist()
+    by_index = {int(Path(p["path"]).stem): p["prediction"] for p in predictions}
+    assert [by_index[i] for i in range(0, len(test), 7)] == [loaded.classes[j] for j in expected]

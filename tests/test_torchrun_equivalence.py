@@ -4,8 +4,8 @@ process, with the same global batch, end on the same parameters (float tolerance
 The model is cRT's stage 2 (Kang et al. 2020) on a real small CNN: its backbone and batch-norm
 statistics are frozen (eval mode), so the batch-norm statistics, which differ between a batch of
 24 and two of 12, cannot make the runs differ. What is compared is everything the engine does:
-the class-balanced sampler's draw split over ranks, each rank's share of the global batch, DDP's
-gradient averaging, the lr schedule per step, 2 epochs of 9 steps.
+the class-balanced sampler's draw split over ranks, each rank's share of the global batch, the
+per-sample augmentation, DDP's gradient averaging, the lr schedule per step, 2 epochs of 9 steps.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from test_torchrun import free_port, torchrun_executable
 
 # Imbalance factor 4 gives 216 training images: 9 global batches of 24 (12 per rank), nothing
 # padded or dropped, so both runs see exactly the same images per step.
-# Augmentation is off: per-batch augmentation seeds draw different crops for a rank's 12 images
-# than for the same images inside one batch of 24. (Per-sample seeds from (seed, epoch, sample
-# index) would remove that; switch data.crop_padding / data.flip on here when the loader has them.)
-COMMON = ["data.imbalance_factor=4", "data.batch_size=24", "data.crop_padding=0", "data.flip=false",
-          "train.eval_train=false", "train.device=cpu", "optim.lr=0.5"]
+# Augmentation is on (crop, flip, Cutout): each sample's augmentation depends on (seed, epoch, its
+# position in the epoch's global draw), so a rank's 12 images are augmented as they are inside
+# the one process's batch of 24.
+COMMON = ["data.imbalance_factor=4", "data.batch_size=24", "data.crop_padding=2", "data.flip=true",
+          "data.cutout=6", "train.eval_train=false", "train.device=cpu", "optim.lr=0.5"]
 
 
 def test_two_processes_end_on_the_parameters_of_one(tiny_idx_root, tmp_path):

@@ -153,3 +153,28 @@ def test_file_train_pipeline_padding_flip_cutout_and_channels():
         assert 0 < int(changed.sum()) <= 64 and torch.all(out[:, changed] == 0)
     # Flip off: with no crop and no flip the training transform is the evaluation one.
     assert torch.equal(build_file_transforms(prep, train=True, crop_padding=0, flip=False)(ramp), plain)
+
+def test_sample_uniforms_match_a_plain_python_lowbias32_and_are_uniform():
+    from longtail.data.samplers import derive_seed
+    from longtail.data.transforms import AUGMENT_STREAM, sample_uniforms
+
+    def mix(x):  # lowbias32 with Python's unbounded integers
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    key = derive_seed(3, 7, AUGMENT_STREAM)
+    positions = [0, 1, 2, 999, 2**33 + 5]
+    got = sample_uniforms(3, 7, torch.tensor(positions), 4)
+    for row, p in zip(got.tolist(), positions):
+        base = mix(mix((p & 0xFFFFFFFF) ^ (key & 0xFFFFFFFF)) ^ (p >> 32) ^ (key >> 32))
+        expected = [mix(base ^ (((j + 1) * 0x9E3779B9) & 0xFFFFFFFF)) / 2**32 for j in range(4)]
+        assert row == expected
+    many = sample_uniforms(0, 0, torch.arange(20000), 2)
+    from scipy import stats
+
+    assert stats.kstest(many[:, 0].numpy(), "uniform").pvalue > 1e-3
+    assert abs(float(torch.corrcoef(many.T)[0, 1])) < 0.03
+    assert not torch.equal(sample_uniforms(0, 1, torch.arange(10), 2), sample_uniforms(0, 0, torch.arange(10), 2))

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="apply the post-hoc classifier `longtail posthoc` chose: tau_norm, logit_adjust, ncm "
                               "(reads RUN_DIR/posthoc_<method>.json) or the path of such a file")
     predict.add_argument("--skip-unreadable", action="store_true",
-                         help="skip images that cannot be decoded (listed on stderr) instead of failing (exit 2)")
+                         help="skip images that cannot be decoded or preprocessed (listed on stderr) instead of failing "
+                              "(exit 2, nothing written)")
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
@@ -122,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("name", nargs="?", help="dataset to analyse")
     data.add_argument("--root", default=None)
     data.add_argument("--imbalance-factor", type=float, default=None)
+    data.add_argument("--all-classes", action="store_true", help="list every class (default: the 50 largest)")
 
     commands.add_parser("losses", help="list the loss names")
     commands.add_parser("models", help="list the model names")
@@ -334,9 +336,9 @@ def cmd_predict(args) -> int:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50])
         more = f"\n  ... and {len(unreadable) - 50} more" if len(unreadable) > 50 else ""
         if not args.skip_unreadable:
-            raise UsageError(f"{len(unreadable)} image(s) cannot be decoded (nothing written):\n{listing}{more}\n"
+            raise UsageError(f"{len(unreadable)} image(s) cannot be used (nothing written):\n{listing}{more}\n"
                              f"Remove or fix them, or pass --skip-unreadable to predict the others.")
-        print(f"longtail predict: skipped {len(unreadable)} unreadable image(s):\n{listing}{more}", file=sys.stderr)
+        print(f"longtail predict: skipped {len(unreadable)} unusable image(s):\n{listing}{more}", file=sys.stderr)
     header = {"run": str(loaded.run_dir), "weights": loaded.weights,
               "posthoc": None if loaded.posthoc is None else {"method": loaded.posthoc.method,
                                                               "tau": loaded.posthoc.tau,
@@ -456,12 +458,29 @@ def cmd_data(args) -> int:
     options = {}
     if args.imbalance_factor is not None:
         options["imbalance_factor"] = args.imbalance_factor
+    split = "train"
+    if args.name == "imagefolder" and args.root and not (Path(args.root) / "train").is_dir():
+        split = "all"  # a single folder root/<class>/*: train splits it per class (data.test_fraction)
     try:
-        dataset = data.build_dataset(args.name, "train", root=args.root, **options)
+        if split == "all" and options:
+            # What `train` would train on: the test split is held out first, then made long-tailed.
+            from longtail.engine.config import build_config
+            from longtail.engine.data_setup import _build_sets
+            from longtail.engine.distributed import DistributedContext
+
+            config, _ = build_config(None, None, ["data.name=imagefolder", f"data.root={args.root}",
+                                                  f"data.imbalance_factor={args.imbalance_factor}"])
+            dataset = _build_sets(config, DistributedContext()).train
+        else:
+            dataset = data.build_dataset(args.name, split, root=args.root, **options)
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
-    report = data.analyze(dataset.labels)
+    report = data.analyze(dataset.labels, num_classes=len(dataset.classes))
     print(report)
+    print(report.class_table(dataset.classes, limit=None if args.all_classes else 50))
+    if split == "all":
+        print("single folder (no train/ sub-folder): `longtail train` holds out data.test_fraction of each class "
+              "as the test split")
     return 0
 
 

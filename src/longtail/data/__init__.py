@@ -7,8 +7,9 @@ Datasets half (this file's exports): long-tailed splits with the LDAM-DRW genera
 ``analyze`` for any labelled set, and the registry ``available_datasets`` / ``build_dataset``.
 
 Batch half: DDP-correct samplers (``build_sampler``), the in-memory batched pipeline
-(``InMemoryLoader`` with ``BatchAugment``), torchvision-v2 file pipelines
-(``build_file_transforms``) and batch mixers (``Mixup``, ``CutMix``, ``build_mixer``).
+(``InMemoryLoader`` with ``BatchAugment``), per-image file pipelines (``FileLoader`` with
+``build_file_transforms``), batch mixers (``Mixup``, ``CutMix``, ``build_mixer``), the evaluation
+``Preprocessing`` every pipeline shares, and ``scan_images`` (bad files before training).
 """
 
 from .analyze import DatasetReport, analyze, gini_coefficient
@@ -19,10 +20,11 @@ from .imagefolder import ImageFolderDataset
 from .images import InMemoryImages
 from .imbalance import LongTailSplit, index_hash, longtail_counts, make_longtail
 from .listfile import FileImageDataset, ListFileDataset, ListFileError, read_list_file
-from .loader import InMemoryLoader
+from .imagefiles import BadImagesError, scan_images
+from .loader import FileLoader, InMemoryLoader
 from .preprocess import Preprocessing
 from .mixing import CutMix, Mixup, available_mixers, build_mixer, cutmix_box, paste_box
-from .registry import available_datasets, build_dataset, dataset_options, dataset_splits
+from .registry import available_datasets, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from .samplers import ClassPowerSampler, ProgressiveSampler, available_samplers, build_sampler
 from .transforms import BatchAugment, build_file_transforms
 
@@ -30,7 +32,10 @@ __all__ = [
     "BatchAugment",
     "ClassPowerSampler",
     "CutMix",
+    "BadImagesError",
+    "FileLoader",
     "InMemoryLoader",
+    "scan_images",
     "Mixup",
     "Preprocessing",
     "ProgressiveSampler",
@@ -57,6 +62,7 @@ __all__ = [
     "build_dataset",
     "dataset_options",
     "dataset_splits",
+    "dataset_test_splits",
     "gini_coefficient",
     "index_hash",
     "load_builtin",

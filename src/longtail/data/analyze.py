@@ -12,7 +12,7 @@ Quantities (methods.md preamble; classifier-balancing's ``shot_acc`` split):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -51,6 +51,26 @@ class DatasetReport:
         record = asdict(self)
         record.update(num_many=self.num_many, num_medium=self.num_medium, num_few=self.num_few)
         return record
+
+    def class_table(self, classes: Sequence[str] | None = None, limit: int | None = None) -> str:
+        """One line per class, most frequent first: index, name, count, Many / Medium / Few group."""
+        names = list(classes) if classes is not None else [str(j) for j in range(self.num_classes)]
+        if len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+        order = sorted(range(self.num_classes), key=lambda j: (-self.class_counts[j], j))
+        width = max(len("class"), *(len(n) for n in names))
+
+        def group(count: int) -> str:
+            if count > self.many_threshold:
+                return "many"
+            return "few" if count < self.few_threshold else "medium"
+
+        lines = [f"{'index':>5}  {'class':<{width}}  {'images':>7}  group"]
+        shown = order if limit is None else order[:limit]
+        lines += [f"{j:>5}  {names[j]:<{width}}  {self.class_counts[j]:>7}  {group(self.class_counts[j])}" for j in shown]
+        if len(shown) < len(order):
+            lines.append(f"... {len(order) - len(shown)} more classes")
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         lines = [

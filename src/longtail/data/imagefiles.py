@@ -2,8 +2,8 @@
 
 ``scan_images`` opens every file's header (PIL reads only the header until pixels are asked for)
 and checks that JPEG / PNG files end with their end marker, which catches empty, non-image and
-truncated files in a fraction of a decode's time; ``decode=True`` decodes every image fully
-instead (slower, catches corruption inside the compressed data too). All problems are collected
+truncated files in a fraction of a decode's time; ``decode=True`` also decodes every image fully
+(slower, catches corruption inside the compressed data too). All problems are collected
 and reported together (``BadImagesError``), never one per attempt, and never mid-training.
 
 ``decode_images`` reads a list of files into one uint8 (N, C, H, W) tensor through a
@@ -87,13 +87,14 @@ def _check_one(path: str, decode: bool) -> tuple:
             with Image.open(stream) as image:
                 width, height = image.size
                 mode, kind = image.mode, image.format
-                if decode:
-                    image.load()
-                elif kind in _TRAILERS:
+                if kind in _TRAILERS:
                     marker, window = _TRAILERS[kind]
                     stream.seek(max(0, length - window))
                     if marker not in stream.read():
                         return None, None, f"truncated {kind} (no end-of-image marker)"
+                    stream.seek(0)
+                if decode:
+                    image.load()
     except UnidentifiedImageError:
         return None, None, "not an image file PIL can read"
     except Image.DecompressionBombError as error:

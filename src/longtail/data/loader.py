@@ -30,8 +30,11 @@ from longtail.data.samplers import ClassPowerSampler, derive_seed
 from longtail.data.transforms import (
     BatchAugment,
     apply_cutout,
+    RESIZED_CROP_COLUMNS,
     crop_flip,
     augment_policy,
+    random_resized_crop,
+    uniforms_to_resized_crop,
     normalize,
     resize_images,
     sample_seed,
@@ -228,7 +231,13 @@ class InMemoryLoader:
         augment = self.augment
         if augment is not None:
             positions = self.global_positions(batch_index, images.shape[0])
-            uniforms = sample_uniforms(self.seed, self.epoch, positions, 5)
+            resized_crop = augment.crop_scale_min is not None
+            uniforms = sample_uniforms(self.seed, self.epoch, positions,
+                                       RESIZED_CROP_COLUMNS.stop if resized_crop else 5)
+            if resized_crop:
+                boxes = uniforms_to_resized_crop(uniforms, images.shape[2], images.shape[3],
+                                                 (augment.crop_scale_min, 1.0))
+                images = random_resized_crop(images, boxes)
         if augment is not None and (augment.crop_padding > 0 or augment.flip):
             top, left, flipped = uniforms_to_crop_flip(
                 uniforms, augment.crop_padding, augment.flip_probability if augment.flip else 0.0)

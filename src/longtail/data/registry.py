@@ -51,6 +51,8 @@ class DatasetEntry:
     splits: tuple[str, ...]
     options: dict[str, Any] = field(default_factory=dict)  # name -> default
     description: str = ""
+    # Splits that read the test data (iNaturalist 2018's "val" is its test set): never for selection.
+    same_as_test: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- MNIST-type (idx files)
@@ -259,7 +261,8 @@ _DATASETS: dict[str, DatasetEntry] = {
     "imagenet-lt": DatasetEntry(_build_list("imagenet-lt"), ("train", "val", "test"), dict(_FILE_OPTIONS), "ImageNet-LT list files, 1000 classes"),
     "places-lt": DatasetEntry(_build_list("places-lt"), ("train", "val", "test"), dict(_FILE_OPTIONS), "Places-LT list files, 365 classes"),
     "inat2018": DatasetEntry(
-        _build_list("inat2018"), ("train", "val", "test"), dict(_FILE_OPTIONS), "iNaturalist 2018 list files, 8142 classes (test = val)"
+        _build_list("inat2018"), ("train", "val", "test"), dict(_FILE_OPTIONS),
+        "iNaturalist 2018 list files, 8142 classes (test = val)", same_as_test=("val",),
     ),
     "imagefolder": DatasetEntry(
         _build_imagefolder,
@@ -278,6 +281,12 @@ def available_datasets() -> list[str]:
 def dataset_splits(name: str) -> tuple[str, ...]:
     """The splits ``name`` has (``build_dataset(name, split)``)."""
     return tuple(_entry(name).splits)
+
+
+def dataset_test_splits(name: str) -> tuple[str, ...]:
+    """The splits of ``name`` that hold its test data: ``"test"`` and any split that reads the same
+    files (iNaturalist 2018's ``"val"``). Checkpoint selection and tuning must use none of them."""
+    return ("test",) + tuple(_entry(name).same_as_test)
 
 
 def dataset_options(name: str) -> dict[str, Any]:

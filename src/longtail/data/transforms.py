@@ -16,6 +16,7 @@ RandomResizedCrop 224 + flip; optional RandAugment / AutoAugment).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "BatchAugment",
+    "random_resized_crop",
+    "uniforms_to_resized_crop",
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",
@@ -64,6 +67,9 @@ class BatchAugment:
             Taylor); 0 disables it.
         policy: ``none`` | ``randaugment`` | ``autoaugment`` (CIFAR-10 policy), applied per image
             after crop + flip (torchvision v2 on uint8, as in the Balanced Softmax CIFAR pipeline).
+        crop_scale_min: RandomResizedCrop with area scale in [crop_scale_min, 1] (aspect ratio 3/4
+            to 4/3) back to the image size, instead of the padded crop (needs crop_padding=0);
+            see :func:`uniforms_to_resized_crop` and :func:`random_resized_crop`.
     """
 
     crop_padding: int = 4
@@ -72,9 +78,15 @@ class BatchAugment:
     padding_mode: str = "constant"
     cutout_size: int = 0
     policy: str = "none"
+    crop_scale_min: Optional[float] = None
 
     def __post_init__(self) -> None:
         augment_policy(self.policy)  # validates the name
+        if self.crop_scale_min is not None:
+            if not 0.0 < self.crop_scale_min <= 1.0:
+                raise ValueError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+            if self.crop_padding:
+                raise ValueError("crop_scale_min (random resized crop) replaces the padded crop: set crop_padding=0")
         if self.crop_padding < 0 or self.cutout_size < 0:
             raise ValueError("crop_padding and cutout_size must be >= 0")
         if self.padding_mode not in PADDING_MODES:
@@ -294,6 +306,53 @@ def uniforms_to_cutout(uniforms: torch.Tensor, height: int, width: int) -> Tuple
     center_y = (uniforms[:, 3] * height).long().clamp_(max=height - 1)
     center_x = (uniforms[:, 4] * width).long().clamp_(max=width - 1)
     return center_y, center_x
+
+
+# Uniform columns of the random resized crop: after crop / flip (0-2) and Cutout (3-4), 2 per attempt + 2.
+RESIZED_CROP_COLUMNS = slice(5, 5 + 2 * 10 + 2)
+
+
+def uniforms_to_resized_crop(
+    uniforms: torch.Tensor, height: int, width: int, scale: Tuple[float, float] = (0.08, 1.0),
+    ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """(B, 4) boxes ``top, left, box_height, box_width`` drawn as torchvision's
+    ``RandomResizedCrop.get_params`` does, from per-sample uniforms (``RESIZED_CROP_COLUMNS``): up to 10
+    draws of area fraction ~ U(scale) and log aspect ratio ~ U(log ratio), the first that fits wins;
+    none fits -> the whole image."""
+    u = uniforms[:, RESIZED_CROP_COLUMNS].to(torch.float64)
+    attempts = (u.shape[1] - 2) // 2
+    fractions = scale[0] + (scale[1] - scale[0]) * u[:, 0:2 * attempts:2]
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1:2 * attempts:2])
+    area = height * width
+    box_w = torch.sqrt(area * fractions * aspect).round()
+    box_h = torch.sqrt(area * fractions / aspect).round()
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    chosen = fits.to(torch.int64).argmax(1, keepdim=True)  # first attempt that fits
+    any_fit = fits.any(1)
+    box_w = torch.where(any_fit, box_w.gather(1, chosen).squeeze(1), torch.full_like(box_w[:, 0], width))
+    box_h = torch.where(any_fit, box_h.gather(1, chosen).squeeze(1), torch.full_like(box_h[:, 0], height))
+    top = (u[:, -2] * (height - box_h + 1)).floor().clamp_(max=height - box_h)
+    left = (u[:, -1] * (width - box_w + 1)).floor().clamp_(max=width - box_w)
+    return torch.stack([top, left, box_h, box_w], dim=1)
+
+
+def random_resized_crop(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Crop each image of a uint8 (B, C, H, W) batch to its box and resize it back to (H, W), bilinear
+    (one ``grid_sample`` for the batch; no antialiasing, which matters little for scales near 1)."""
+    batch, channels, height, width = images.shape
+    boxes = boxes.to(device=images.device, dtype=torch.float32)
+    top, left, box_h, box_w = boxes.unbind(1)
+    theta = torch.zeros(batch, 2, 3, device=images.device)
+    # Output coordinate u in [-1, 1] reads input pixel x = left + (u + 1) / 2 * box_w - 1 / 2, i.e.
+    # normalised x' = (2 * left + box_w) / W - 1 + u * box_w / W (align_corners=False convention).
+    theta[:, 0, 0] = box_w / width
+    theta[:, 0, 2] = (2 * left + box_w) / width - 1
+    theta[:, 1, 1] = box_h / height
+    theta[:, 1, 2] = (2 * top + box_h) / height - 1
+    grid = F.affine_grid(theta, [batch, channels, height, width], align_corners=False)
+    resized = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def augment_policy(name: str, imagenet: bool = False, randaugment_num_ops: int = 2, randaugment_magnitude: int = 9):

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from longtail.engine.config import ConfigError, RunConfig
+from longtail.engine.concutmix import ConCutMixObjective, is_contrastive, settings_from_config
+from longtail.engine.config import ConfigError, RunConfig, check_ldam_head, is_ldam
 from longtail.losses import build_loss
-from longtail.models import create_model
+from longtail.models import BCLModel, create_model
 from longtail.models.heads import LWSHead
 from longtail.regularizers import CAR
 
@@ -22,6 +23,9 @@ def build_model(config: RunConfig, num_classes: int, in_channels: int, device: t
     spec = config.model
     model = create_model(spec.name, num_classes, in_channels=in_channels, head=spec.head,
                          head_scale=spec.head_scale, pretrained=spec.pretrained, **spec.options)
+    if is_contrastive(config):  # BCL / ConCutMix: projection and prototype heads on the same backbone
+        settings = settings_from_config(config)
+        model = BCLModel(model, feat_dim=settings.feat_dim, hidden_dim=settings.hidden_dim)
     if spec.decoupled != "none":
         freeze_backbone(model)
         if spec.decoupled == "lws":
@@ -91,8 +95,18 @@ def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool =
     return f"initialised from {path} (epoch {epoch})" + (f"\n{note}" if note else "")
 
 
-def build_loss_fn(config: RunConfig, class_counts, device: torch.device) -> nn.Module:
+def build_loss_fn(config: RunConfig, class_counts, device: torch.device, rank: int = 0,
+                  head: nn.Module = None) -> nn.Module:
+    """The configured loss. LDAM's scale is the cosine head's (model.head_scale): one setting, so
+    loss.scale is refused; ``head`` (the built model's) is checked to be that cosine head."""
+    if is_contrastive(config):  # a method that owns its training step (see engine/concutmix.py)
+        return ConCutMixObjective(settings_from_config(config), class_counts, config.train.seed, rank).to(device)
     options = dict(config.loss.options)
+    if is_ldam(config):
+        check_ldam_head(config)
+        options["scale"] = config.model.head_scale
+        if head is not None:
+            options["head"] = head
     if "switch_fraction" in options:
         # Engine-level option: a schedule switch (DRW) placed relative to the protocol's length,
         # so one method preset means "80% of training" on a 200-epoch and a 6-epoch protocol alike.

@@ -100,6 +100,13 @@ class DataConfig:
     randaugment: bool = _help("RandAugment, per image after crop and flip", False)
     autoaugment: bool = _help("AutoAugment, the ImageNet policy for ImageNet-style sizes, else CIFAR-10's", False)
     workers: int = _help("DataLoader workers (image files read per image)", 2)
+    normalization: str = _help(
+        "dataset (in-memory: the dataset's own mean / std; image files: the pipeline's choice) | imagenet "
+        "(ImageNet's mean / std, for ImageNet-pretrained weights)", "dataset")
+    crop_scale_min: Optional[float] = _help(
+        "RandomResizedCrop area scale lower bound (scale in [min, 1], ratio 3/4-4/3). ImageNet-style image files: "
+        "default 0.08; in-memory datasets: None = the padded crop, a value = a random resized crop back to the "
+        "image size after data.image_size's resize (needs data.crop_padding=0)", None)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
     mixing_prob: float = _help("probability that a batch is mixed", 1.0)
@@ -137,6 +144,16 @@ class OptimConfig:
     milestone_factors: list = _help(
         "lr multiplier (of the base lr) from each milestone on", None, lambda: [0.01, 0.0001])
     min_lr: float = _help("final lr of the cosine schedule", 0.0)
+    warmup_style: str = _help(
+        "linear (per step, from optim.warmup_start_lr to optim.lr) | stepwise (LDAM-DRW: lr * e / warmup_epochs "
+        "in epochs e = 1..warmup_epochs, constant within an epoch)", "linear")
+    warmup_start_lr: Optional[float] = _help("lr at the start of a linear warm-up (None = 0)", None)
+    iterations: Optional[int] = _help(
+        "train for exactly this many batches instead of a number of epochs (the Balanced Softmax CIFAR "
+        "protocol: 13000); optim.epochs is then set to ceil(iterations / batches per epoch) and the last "
+        "epoch is cut short", None)
+    warmup_iterations: Optional[int] = _help(
+        "warm-up length in batches (iteration-based recipes; needs optim.warmup_epochs=0)", None)
     grad_accumulation: int = _help("accumulate gradients over this many batches", 1)
     clip_grad_norm: Optional[float] = _help("clip the gradient norm to this value", None)
 
@@ -464,10 +481,12 @@ def config_from_dict(mapping: dict) -> RunConfig:
 _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.mixing": ("none", "mixup", "cutmix"),
+    "data.normalization": ("dataset", "imagenet"),
     "model.head": ("linear", "cosine"),
     "model.decoupled": ("none", "crt", "lws"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("multistep", "cosine", "constant"),
+    "optim.warmup_style": ("linear", "stepwise"),
     "train.precision": ("fp32", "bf16", "fp16"),
 }
 
@@ -490,6 +509,10 @@ _RANGES = {
     "data.mixing_prob": (0, True, 1, True),
     "data.mixing_until_epoch": (0, True, None, False),
     "data.test_fraction": (0, False, 1, False),
+    "data.crop_scale_min": (0, False, 1, True),
+    "optim.warmup_start_lr": (0, True, None, False),
+    "optim.iterations": (1, True, None, False),
+    "optim.warmup_iterations": (0, True, None, False),
     "model.head_scale": (0, False, None, False),
     "optim.lr": (0, False, None, False),
     "optim.momentum": (0, True, 1, False),
@@ -588,31 +611,48 @@ def _check_component_options(section: str, name: str, options: dict, builder, en
 
 
 def _check_components(config: RunConfig) -> None:
-    """Check loss / regularizer names and option types now, before any data is read."""
+    """Check loss / regularizer names, option names and option types now, before any data is read."""
+    _check_loss(config)
+    regularizer = config.regularizer
+    if regularizer.name == "none":
+        if regularizer.options:
+            raise ConfigError(f"regularizer options {regularizer.options} given but regularizer.name=none")
+        return
+    if regularizer.name != "car":
+        raise ConfigError(f"unknown regularizer '{regularizer.name}'; valid: none, car")
+    from longtail.regularizers import CAR
+
+    _check_component_options("regularizer", "car", regularizer.options, CAR.__init__)
+    try:  # CAR's own value checks (weighting, surrogate...) on a tiny class-count vector
+        CAR([2, 1], **regularizer.options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"regularizer 'car' with options {regularizer.options}: {error}") from None
+
+
+def _check_loss(config: RunConfig) -> None:
+    from longtail.engine.concutmix import CONTRASTIVE_METHODS, settings_from_config
+    from longtail.losses import build_loss
     from longtail.losses.registry import ALIASES, LOSSES
 
     loss = config.loss
+    if loss.name in CONTRASTIVE_METHODS:  # methods with their own training step and option set
+        try:
+            settings_from_config(config)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:  # e.g. a text where a number belongs
+            raise ConfigError(f"loss '{loss.name}' with options {loss.options}: {error}") from None
+        return
     key = ALIASES.get(loss.name, loss.name)
     if key not in LOSSES:
-        raise ConfigError(f"unknown loss '{loss.name}'; valid: {', '.join(sorted([*LOSSES, *ALIASES]))}")
+        raise ConfigError(f"unknown loss '{loss.name}'; valid: {', '.join(sorted([*LOSSES, *ALIASES, *CONTRASTIVE_METHODS]))}")
     switch = loss.options.get("switch_fraction")
     if switch is not None and (isinstance(switch, bool) or not isinstance(switch, (int, float))
                                or not 0 <= switch <= 1):
         raise ConfigError(f"loss.switch_fraction={switch!r} is out of range; valid: a number in [0, 1]")
     _check_component_options("loss", loss.name, loss.options, LOSSES[key], engine_options=("switch_fraction",))
-    regularizer = config.regularizer
-    if regularizer.name == "car":
-        from longtail.regularizers import CAR
-
-        _check_component_options("regularizer", "car", regularizer.options, CAR.__init__)
-    elif regularizer.name != "none":
-        raise ConfigError(f"unknown regularizer '{regularizer.name}'; valid: none, car")
-    elif regularizer.options:
-        raise ConfigError(f"regularizer options {regularizer.options} given but regularizer.name=none")
-    # Build both once on a tiny class-count vector: the builders' own value checks (omega range,
-    # unknown weighting...) then also fire here, before any data is read.
-    from longtail.losses import build_loss
-
+    # Build it once on a tiny class-count vector: the builder's own value checks (omega range,
+    # unknown weighting...) then fire here, before any data is read.
     options = {k: v for k, v in loss.options.items() if k != "switch_fraction"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -620,13 +660,6 @@ def _check_components(config: RunConfig) -> None:
             build_loss(loss.name, [2, 1], **options)
         except (ValueError, TypeError) as error:
             raise ConfigError(f"loss '{loss.name}' with options {options}: {error}") from None
-        if regularizer.name == "car":
-            from longtail.regularizers import CAR
-
-            try:
-                CAR([2, 1], **regularizer.options)
-            except (ValueError, TypeError) as error:
-                raise ConfigError(f"regularizer 'car' with options {regularizer.options}: {error}") from None
 
 
 def check_run_name(run_name: Optional[str]) -> None:
@@ -656,17 +689,90 @@ def validate(config: RunConfig) -> None:
         )
     if optim.min_lr > optim.lr:
         raise ConfigError(f"optim.min_lr={optim.min_lr:g} is out of range; valid: <= optim.lr ({optim.lr:g})")
+    _validate_iterations(config)
     select_on = config.train.select_on
     if select_on != "final":
         if select_on not in SELECTABLE_METRICS:
             raise ConfigError(f"train.select_on={select_on!r} is not valid; choose final or one of: "
                               f"{', '.join(SELECTABLE_METRICS)}")
+    _refuse_selection_on_test(config)
+    check_ldam_head(config)
+    if config.data.crop_scale_min is not None and not 0 < config.data.crop_scale_min <= 1:
+        raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {config.data.crop_scale_min}")
     if config.data.randaugment and config.data.autoaugment:
         raise ConfigError("data.randaugment and data.autoaugment are alternatives; switch on at most one")
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
     _check_components(config)
+
+
+def is_ldam(config: RunConfig) -> bool:
+    from longtail.losses.registry import _canonical
+
+    try:
+        return _canonical(config.loss.name) in ("ldam", "ldam_drw")
+    except ValueError:
+        return False  # an unknown name is reported with the valid ones when the loss is built
+
+
+def check_ldam_head(config: RunConfig) -> None:
+    """LDAM's scale and the cosine head's scale are one setting (model.head_scale)."""
+    if not is_ldam(config):
+        return
+    options = config.loss.options
+    if config.model.head != "cosine":
+        raise ConfigError(f"loss.name={config.loss.name} needs the cosine classifier it was built for: set "
+                          f"model.head=cosine (its scale s is model.head_scale, {config.model.head_scale:g})")
+    if "scale" in options:
+        raise ConfigError(f"loss.scale: LDAM's scale is the cosine head's scale, one setting; set "
+                          f"model.head_scale={options['scale']} instead of loss.scale")
+    if options.get("logits_prescaled", True) is not True:
+        raise ConfigError("loss.logits_prescaled: the engine's cosine head outputs s * cos; leave it True")
+    if "head" in options:
+        raise ConfigError("loss.head: the engine passes the model's own head")
+
+
+def _refuse_selection_on_test(config: RunConfig) -> None:
+    """train.select_on reads the 'val' split; refuse it where 'val' is the dataset's test split
+    (iNaturalist 2018) unless data.validation_per_class carves a validation split from training."""
+    if config.train.select_on == "final" or config.data.validation_per_class:
+        return
+    from longtail.data import dataset_test_splits
+
+    try:
+        test_splits = dataset_test_splits(config.data.name)
+    except ValueError:
+        return  # unknown dataset: reported with the valid names when the data is built
+    if "val" in test_splits:
+        raise ConfigError(
+            f"train.select_on={config.train.select_on} would select on split 'val', which is the test split of "
+            f"{config.data.name} (its val list is the test set of every paper); set data.validation_per_class=N to "
+            f"carve a validation split from the training list, or train.select_on=final")
+
+
+def _validate_iterations(config: RunConfig) -> None:
+    """Iteration-based length and warm-up (optim.iterations / warmup_iterations / warmup_start_lr)."""
+    optim = config.optim
+    if optim.iterations is not None and optim.iterations < 1:
+        raise ConfigError(f"optim.iterations must be at least 1 (or null for epoch-based training), got {optim.iterations}")
+    if optim.warmup_iterations is not None:
+        if optim.warmup_iterations < 0:
+            raise ConfigError(f"optim.warmup_iterations must be >= 0, got {optim.warmup_iterations}")
+        if optim.warmup_epochs:
+            raise ConfigError(f"give optim.warmup_iterations or optim.warmup_epochs, not both "
+                              f"(set optim.warmup_epochs=0; it is {optim.warmup_epochs})")
+        if optim.warmup_style == "stepwise":
+            raise ConfigError("optim.warmup_style=stepwise steps once per epoch; use optim.warmup_epochs with it")
+    if optim.warmup_start_lr is not None:
+        if optim.warmup_style == "stepwise":
+            raise ConfigError("optim.warmup_start_lr applies to the linear warm-up; the stepwise one starts at "
+                              "lr / warmup_epochs")
+        if optim.warmup_start_lr < 0:
+            raise ConfigError(f"optim.warmup_start_lr must be >= 0, got {optim.warmup_start_lr}")
+    if optim.iterations is not None and config.data.sampler == "progressive":
+        raise ConfigError("data.sampler=progressive schedules over optim.epochs, which optim.iterations derives "
+                          "from the batches per epoch; give optim.epochs instead of optim.iterations")
 
 
 def describe_keys() -> str:

@@ -23,14 +23,18 @@ from typing import Callable, Optional
 
 import torch
 
-from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits
+from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from longtail.data.imagefiles import BadImagesError, decode_images, scan_images
 from longtail.data.imbalance import index_hash, make_longtail
 from longtail.data.loader import FileLoader, InMemoryLoader, _channel_statistics
+from longtail.data.concutmix import PairSampler
 from longtail.data.mixing import build_mixer
+from longtail.data.pair_loader import FilePairLoader, InMemoryPairLoader, PairViewDataset
+from longtail.data.views import BatchViews, file_view_transforms
 from longtail.data.preprocess import Preprocessing
 from longtail.data.samplers import build_sampler, derive_seed
 from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
+from longtail.engine import concutmix
 from longtail.engine.config import ConfigError, RunConfig
 
 # A separate stream of seeds for batch mixing, so mixing never shares random numbers with augmentation.
@@ -183,12 +187,19 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
             f"dataset '{spec.name}' has {empty.numel()} class(es) with no training images (first: class "
             f"{int(empty[0])} '{train_set.classes[int(empty[0])]}'); every class needs at least one")
     sampler_options = {"q": spec.sampler_q} if spec.sampler_q is not None else {}
-    sampler = build_sampler(spec.sampler, labels, num_replicas=context.world_size, rank=context.rank,
-                            seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
+    if concutmix.is_contrastive(config):  # (background, foreground) pairs, concutmix.md section 2
+        sampler = PairSampler(labels, num_replicas=context.world_size, rank=context.rank, seed=config.train.seed,
+                              num_classes=num_classes)
+    else:
+        sampler = build_sampler(spec.sampler, labels, num_replicas=context.world_size, rank=context.rank,
+                                seed=config.train.seed, total_epochs=config.optim.epochs, **sampler_options)
     batch = _per_rank_batch(config, context.world_size)
     build_loaders = _in_memory if in_memory else _from_files
     train_loader, eval_loaders, preprocessing = build_loaders(config, sets, sampler, batch, device, context,
                                                               preprocessing)
+    if concutmix.is_contrastive(config):
+        train_loader = _pair_loader(config, train_loader, sets.train, sampler, batch, device, context,
+                                    class_counts.tolist(), preprocessing)
     if config.train.select_on != "final" and "val" not in eval_loaders:
         raise ConfigError(f"train.select_on={config.train.select_on} selects on the validation split, and "
                           f"'{spec.name}' has none here; set data.validation_per_class (e.g. 20) to hold out "
@@ -262,6 +273,9 @@ def _build_sets(config: RunConfig, context) -> _Sets:
         val_set = _subset(train_set, validation_positions, f"{train_set.name}-validation")
         train_set = _subset(train_set, train_positions, train_set.name, keep_longtail=True)
         split_info["validation_per_class"] = spec.validation_per_class
+        # Recorded so the split can be rebuilt and audited: per class, seeded, carved from the training list.
+        split_info["validation"] = {"from": "train", "per_class": spec.validation_per_class,
+                                    "seed": spec.split_seed, "size": int(validation_positions.numel())}
     return _Sets(train_set, test_set, val_set, split_info)
 
 
@@ -278,13 +292,13 @@ def _own_validation_set(config: RunConfig):
     """The dataset's own validation split (ImageNet-LT / Places-LT lists, an image folder's val/), or
     None when it has none. Optional unless train.select_on needs it: a missing one is then an error."""
     spec = config.data
-    if "val" not in dataset_splits(spec.name):
-        return None
+    if "val" not in dataset_splits(spec.name) or "val" in dataset_test_splits(spec.name):
+        return None  # none, or it is the test set (iNaturalist 2018): never a validation split
     try:
         return build_dataset(spec.name, "val", root=spec.root, **_dataset_kwargs(config))
     except FileNotFoundError:
-        if config.train.select_on != "final":
-            raise
+        if config.train.select_on != "final" and not spec.validation_per_class:
+            raise  # selection needs a validation split, and none will be carved from train
         return None
 
 
@@ -321,6 +335,12 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                 kept.name = data.name
                 named[name], scans[name] = kept, scans[name].select(good)
         sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
+        for name, data in named.items():
+            counts = torch.bincount(torch.as_tensor(data.labels), minlength=len(data.classes))
+            if name == "train" and bool((counts == 0).any()) or len(data) == 0:
+                empty = [data.classes[j] for j in (counts == 0).nonzero().flatten().tolist()]
+                raise ConfigError(f"after skipping the unreadable files, the {name} split has no training images "
+                                  f"for class(es) {empty[:10]}; every class needs at least one. Replace the files")
     all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
     grey = all(scan.all_grey for scan in scans.values())
     policy, size = _choose_geometry(config, all_sizes, context)
@@ -337,7 +357,9 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                           "(data.resize=imagenet, or large images) crops from the full image. Set "
                           "data.resize=resize to resize once and train in memory, or data.in_memory=false")
     geometry = {"native": "none", "resize": "resize", "imagenet": "resize_center_crop"}[policy]
-    if policy == "imagenet":
+    if spec.normalization == "imagenet" and grey:
+        raise ConfigError("data.normalization=imagenet needs colour images; these are grey")
+    if policy == "imagenet" or spec.normalization == "imagenet":
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not grey else _GREY_IMAGENET
         preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
                                       channels=spec.channels)
@@ -441,13 +463,23 @@ def _in_memory(config, sets: _Sets, sampler, batch, device, context, preprocessi
         if spec.channels == 1 and channels != 1:
             raise ConfigError(f"data.channels=1: '{spec.name}' has {channels}-channel images; data.channels only "
                               f"repeats single-channel images (to 3 for RGB backbones)")
+        mean, std = train_set.mean, train_set.std
+        if spec.normalization == "imagenet":
+            if channels != 3:
+                raise ConfigError(f"data.normalization=imagenet needs RGB images; '{spec.name}' has {channels} "
+                                  f"channel(s)")
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
         preprocessing = Preprocessing(
             size=(spec.image_size, spec.image_size) if spec.image_size else tuple(train_set.images.shape[-2:]),
-            mean=train_set.mean, std=train_set.std, resize="resize" if spec.image_size else "none",
+            mean=mean, std=std, resize="resize" if spec.image_size else "none",
             color="L" if channels == 1 else "RGB", channels=spec.channels)
     common = dict(device=device, channels_last=config.model.channels_last, preprocessing=preprocessing)
     policy = "randaugment" if spec.randaugment else "autoaugment" if spec.autoaugment else "none"
-    augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout, policy=policy)
+    try:
+        augment = BatchAugment(crop_padding=spec.crop_padding, flip=spec.flip, cutout_size=spec.cutout, policy=policy,
+                               crop_scale_min=spec.crop_scale_min)
+    except ValueError as error:
+        raise ConfigError(f"data: {error}") from None
     # One sample left over would make a batch-norm batch of size 1, which cannot train: drop it then.
     drop_last = len(sampler) % batch == 1
     train_loader = InMemoryLoader(train_set, batch_size=batch, sampler=sampler, augment=augment, drop_last=drop_last,
@@ -471,9 +503,13 @@ def _with_transform(dataset, transform):
 
 def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocessing):
     spec = config.data
+    if spec.crop_scale_min is not None and preprocessing.resize != "resize_center_crop":
+        raise ConfigError("data.crop_scale_min sets the RandomResizedCrop of ImageNet-style image files "
+                          "(data.resize=imagenet or large images); these use the padded crop (data.crop_padding)")
+    scale = {} if spec.crop_scale_min is None else {"min_scale": spec.crop_scale_min}
     train_transform = build_file_transforms(preprocessing, train=True, crop_padding=spec.crop_padding, flip=spec.flip,
                                             cutout=spec.cutout, randaugment=spec.randaugment,
-                                            autoaugment=spec.autoaugment)
+                                            autoaugment=spec.autoaugment, **scale)
     drop_last = len(sampler) % batch == 1
     train_loader = FileLoader(_with_transform(sets.train, train_transform), batch, sampler, device,
                               config.model.channels_last, spec.workers, drop_last, seed=config.train.seed,
@@ -490,6 +526,32 @@ def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocess
     if config.train.eval_train:
         eval_loaders["train"] = evaluation(sets.train)
     return train_loader, eval_loaders, preprocessing
+
+
+def _pair_loader(config: RunConfig, train_loader, train_set, sampler, batch, device, context, class_counts,
+                 preprocessing):
+    """ConCutMix's pair-batch loader in place of the ordinary training loader (same data, same device)."""
+    settings = concutmix.settings_from_config(config)
+    style = concutmix.view_style(config, settings)
+    mixer = concutmix.build_mixer(settings, class_counts)
+    seed, rank = config.train.seed, context.rank
+
+    def mixes(epoch: int, batch_index: int) -> bool:
+        return mixer.mixes(seed, epoch, batch_index, rank)
+
+    if isinstance(train_loader, InMemoryLoader):  # its resident (resized) images and statistics
+        views = BatchViews(style, train_loader.mean, train_loader.std, crop_padding=config.data.crop_padding,
+                           policy=settings.policy, repeat_channels=train_loader.repeat_channels,
+                           channels_last=config.model.channels_last)
+        return InMemoryPairLoader(train_loader.images, train_loader.labels, sampler, views, batch, mixes, seed=seed,
+                                  rank=rank, drop_last=train_loader.drop_last)
+    classification, contrastive = file_view_transforms(
+        style, preprocessing.size, preprocessing.mean, preprocessing.std, config.data.crop_padding, settings.policy,
+        resize_first=preprocessing.resize == "resize", grey=preprocessing.color == "L",
+        repeat_channels=preprocessing.channels)
+    return FilePairLoader(PairViewDataset(train_set, classification, contrastive), sampler, batch, mixes, device,
+                          workers=config.data.workers, drop_last=train_loader.drop_last,
+                          channels_last=config.model.channels_last)
 
 
 def _mixing(config: RunConfig, num_classes: int) -> Callable:

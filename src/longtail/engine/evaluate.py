@@ -22,10 +22,39 @@ def autocast_context(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def spectral_norm_weighting(config, class_counts) -> tuple[torch.Tensor, dict]:
+    """The class weights of the reported ``confusion_spectral_norm`` and a description of them.
+
+    With CAR on, the run's own CAR weighting (``weighting``, ``r0``, ``l0`` as configured, CAR's
+    defaults otherwise), so the reported test value is the quantity the run regularised; without
+    CAR, CAR's default weighting. The description goes into metrics.json next to the value.
+    """
+    import inspect
+
+    from longtail.regularizers import CAR
+    from longtail.regularizers.bounds import class_weights
+
+    keys = ("weighting", "r0", "l0")
+    options = {k: p.default for k, p in inspect.signature(CAR).parameters.items() if k in keys}
+    car_on = config.regularizer.name == "car"
+    if car_on:
+        options.update({k: v for k, v in config.regularizer.options.items() if k in keys})
+    weights = class_weights(class_counts, options["weighting"], options["r0"], options["l0"])
+    described = {"weighting": options["weighting"],
+                 "source": "this run's CAR regularizer" if car_on else "CAR's default (this run has no CAR)"}
+    if options["weighting"] == "frequency":
+        described["r0"] = options["r0"]
+    elif options["weighting"] == "count":
+        described["l0"] = options["l0"]
+    return weights, described
+
+
 @torch.no_grad()
-def evaluate_loader(model, loader, class_counts, device: torch.device, precision: str = "fp32") -> LongTailMetrics:
-    """Accumulate the model's predictions on ``loader``; summed over processes when distributed."""
-    metrics = LongTailMetrics(len(class_counts), class_counts)
+def evaluate_loader(model, loader, class_counts, device: torch.device, precision: str = "fp32",
+                    class_weights=None) -> LongTailMetrics:
+    """Accumulate the model's predictions on ``loader``; summed over processes when distributed.
+    ``class_weights``: of the weighted confusion spectral norm (see :func:`spectral_norm_weighting`)."""
+    metrics = LongTailMetrics(len(class_counts), class_counts, class_weights=class_weights)
     was_training = model.training
     model.eval()
     # Counted on the device and read once at the end (a per-batch check would stall a GPU).
@@ -90,8 +119,11 @@ def evaluate_run(target: Path, split: str = "test", device: str = "auto") -> dic
     model, data, config, torch_device = load_trained(target, device, with_train_split=split == "train")
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
+    weights, described = spectral_norm_weighting(config, data.class_counts)
     metrics = evaluate_loader(model, data.eval_loaders[split], data.class_counts, torch_device,
-                              config.train.precision).compute(spectral_norm=split == "test")
+                              config.train.precision, class_weights=weights).compute(spectral_norm=split == "test")
+    if split == "test":
+        metrics["confusion_spectral_norm_weighting"] = described
     return name_classes({split: metrics}, data.classes, data.class_counts)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,36 +31,11 @@ class InferenceError(ValueError):
 # --------------------------------------------------------------------------- preprocessing
 
 
-class _EvalTransformAdapter:
-    """TEMPORARY (until ``longtail.data.Preprocessing`` / preprocessing.json land): the evaluation
-    transforms of an image-folder run, rebuilt from its config (they need no data)."""
-
-    def __init__(self, config):
-        from longtail.data.transforms import build_file_transforms
-
-        self.image_size = config.data.image_size
-        style = "cifar" if (self.image_size or 224) <= 64 else "imagenet"
-        self.size = int(self.image_size or (224 if style == "imagenet" else 32))
-        self.transform = build_file_transforms(style, train=False, image_size=self.image_size)
-        self.style = style
-
-    def __call__(self, images):
-        return torch.stack([self.transform(image) for image in images])
-
-    def input_size(self):
-        return (3, self.size, self.size)
-
-    def to_dict(self):
-        return {"style": self.style, "image_size": self.size}
-
-
-def load_preprocessing(run_dir: Path, config=None):
+def load_preprocessing(run_dir: Path):
     """The ``longtail.data.Preprocessing`` a run wrote to ``preprocessing.json``."""
-    path = Path(run_dir) / "preprocessing.json"
-    if not path.is_file() and config is not None and config.data.name == "imagefolder":
-        return _EvalTransformAdapter(config)
     from longtail.data import Preprocessing
 
+    path = Path(run_dir) / "preprocessing.json"
     if not path.is_file():
         raise InferenceError(f"{run_dir} has no preprocessing.json (the run was made by an older longtail); "
                              f"train it again to predict or export from it")
@@ -107,11 +83,15 @@ class LoadedRun:
         with the post-hoc adjustment of :meth:`with_posthoc` when one is set."""
         outputs = []
         for start in range(0, len(images), batch_size):
-            batch = self.preprocess(list(images[start:start + batch_size])).to(self.device)
-            outputs.append(self._classify(batch).float().cpu())
+            outputs.append(self.classify(self.preprocess(list(images[start:start + batch_size]))))
         if not outputs:
             return torch.zeros(0, len(self.classes))
         return torch.cat(outputs)
+
+    @torch.no_grad()
+    def classify(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K), float32 on the CPU, of an already preprocessed batch (N, C, H, W)."""
+        return self._classify(batch.to(self.device)).float().cpu()
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
         if self.posthoc is None:
@@ -128,7 +108,10 @@ class LoadedRun:
 
     def predict(self, images: Sequence, top_k: int = 5, batch_size: int = 64) -> list:
         """One dict per image: ``{"prediction": name, "probability": p, "top_k": [(name, p), ...]}``."""
-        probabilities = self.probabilities(images, batch_size)
+        return self.rank(self.probabilities(images, batch_size), top_k)
+
+    def rank(self, probabilities: torch.Tensor, top_k: int = 5) -> list:
+        """:meth:`predict`'s dicts from probabilities (N, K)."""
         k = min(top_k, len(self.classes))
         values, indices = probabilities.topk(k, dim=1)
         results = []
@@ -190,7 +173,7 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     model = build_model(config, len(classes), int(state["in_channels"]), torch_device)
     model.load_state_dict(reported_weights(state))
     model.eval()
-    loaded = LoadedRun(model, load_preprocessing(run_dir, config), classes, list(state["class_counts"]), torch_device,
+    loaded = LoadedRun(model, load_preprocessing(run_dir), classes, list(state["class_counts"]), torch_device,
                        run_dir, config, _weights_description(state))
     if posthoc is not None:
         loaded.with_posthoc(read_posthoc(run_dir, posthoc, state["class_counts_hash"]))
@@ -267,19 +250,26 @@ def read_image(path: Path):
 
 
 def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batch_size: int = 64):
-    """(predictions, unreadable): one dict per readable file (``path`` added), and a list of
-    ``(path, reason)`` for the files that could not be decoded."""
+    """(predictions, unusable): one dict per usable file (``path`` added), and a list of
+    ``(path, reason)`` for the files that could not be decoded or preprocessed (e.g. a size the
+    model does not take: a native-size run refuses to resize behind the user's back)."""
     predictions, unreadable = [], []
     for start in range(0, len(files), batch_size):
-        images, names = [], []
+        inputs, names = [], []
         for path in files[start:start + batch_size]:
             try:
-                images.append(read_image(path))
-                names.append(path)
+                image = read_image(path)
             except Exception as error:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
-                unreadable.append((str(path), f"{type(error).__name__}: {error}"))
-        if images:
-            for path, result in zip(names, loaded.predict(images, top_k=top_k, batch_size=batch_size)):
+                unreadable.append((str(path), f"cannot be decoded ({type(error).__name__}: {error})"))
+                continue
+            try:  # one at a time, so a wrong size is reported with its file
+                inputs.append(loaded.preprocess(image))
+                names.append(path)
+            except ValueError as error:
+                unreadable.append((str(path), str(error)))
+        if inputs:
+            probabilities = loaded.classify(torch.stack(inputs)).softmax(dim=1)
+            for path, result in zip(names, loaded.rank(probabilities, top_k)):
                 predictions.append({"path": str(path), **result})
     return predictions, unreadable
 
@@ -294,22 +284,25 @@ def export_run(loaded: LoadedRun, fmt: str, output: Path) -> Path:
 
     if fmt not in ("torchscript", "onnx"):
         raise InferenceError(f"unknown export format {fmt!r}; choose torchscript or onnx")
-    size = loaded.preprocess.input_size()
+    size = (loaded.preprocess.channels, *loaded.preprocess.size)
     example = torch.zeros(1, *size, device=loaded.device)
     model = loaded.model.eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch flags TorchScript and parts of its own exporter as deprecated; the user chose the format.
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
             if fmt == "torchscript":
                 traced = torch.jit.trace(model, example, check_trace=False)
                 traced.save(str(temporary))
             else:
-                # torch.export-based exporter (onnxscript); batch size left free.
+                # torch.export-based exporter (onnxscript); batch size left free; the weights inside the
+                # one file (external_data=False), so the model is a single file to copy.
                 torch.onnx.export(model, (example.expand(2, *size),), str(temporary), input_names=["images"],
                                   output_names=["logits"], dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
-                                  dynamo=True, verbose=False)
+                                  dynamo=True, external_data=False, verbose=False)
         os.replace(temporary, output)
     finally:
         if temporary.exists():

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from longtail.engine.evaluate import autocast_context, load_trained
+from longtail.engine.evaluate import autocast_context, load_trained, spectral_norm_weighting
 from longtail.losses import post_hoc_adjust
 from longtail.metrics import LongTailMetrics
 from longtail.models.heads import LinearHead, NCMHead, class_mean_features, tau_normalized_head
@@ -37,8 +37,8 @@ def split_features(model, loader, device: torch.device, precision: str) -> tuple
 
 
 def _metrics(classifier, features: torch.Tensor, labels: torch.Tensor, class_counts,
-             spectral_norm: bool = False) -> dict:
-    metrics = LongTailMetrics(len(class_counts), class_counts)
+             spectral_norm: bool = False, class_weights=None) -> dict:
+    metrics = LongTailMetrics(len(class_counts), class_counts, class_weights=class_weights)
     for start in range(0, len(labels), CHUNK):  # bounded memory at K = 8142
         metrics.update(classifier(features[start:start + CHUNK]).float(), labels[start:start + CHUNK])
     return metrics.compute(spectral_norm=spectral_norm)
@@ -75,7 +75,11 @@ def run_posthoc(target: Path, method: str, taus: Sequence[float] = DEFAULT_TAUS,
         train_features = split_features(model, data.eval_loaders["train"], torch_device, precision)
     elif len(taus) > 1:
         if "val" not in data.eval_loaders:
-            raise ValueError("choosing tau needs a validation split and this run has none: train with "
+            from longtail.data import dataset_test_splits
+
+            test_note = (f" ('{config.data.name}' has a 'val' split, but it is its test split: a tau chosen on it "
+                         f"would be tuned on the test set)" if "val" in dataset_test_splits(config.data.name) else "")
+            raise ValueError(f"choosing tau needs a validation split and this run has none{test_note}: train with "
                              "data.validation_per_class=N, or give one tau (--taus 1.0) to apply without choosing")
         features, labels = split_features(model, data.eval_loaders["val"], torch_device, precision)
         for tau in taus:
@@ -88,7 +92,9 @@ def run_posthoc(target: Path, method: str, taus: Sequence[float] = DEFAULT_TAUS,
         result["tau"] = taus[0]
     classifier = _classifier(method, model, counts, result["tau"], train_features)
     features, labels = split_features(model, data.eval_loaders["test"], torch_device, precision)
-    result["test"] = _metrics(classifier, features, labels, counts, spectral_norm=True)
+    weights, described = spectral_norm_weighting(config, counts)
+    result["test"] = _metrics(classifier, features, labels, counts, spectral_norm=True, class_weights=weights)
+    result["test"]["confusion_spectral_norm_weighting"] = described
     from longtail.engine.checkpoint import class_counts_hash
 
     result["class_counts_hash"] = class_counts_hash(counts)  # `longtail predict --posthoc` checks it

@@ -33,7 +33,8 @@ from longtail.engine.distributed import broadcast_object, init_distributed, shut
 from longtail.engine import fingerprint as data_fp
 from longtail.engine.runinfo import check_output_dir, create_run_dir, dataset_title, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import NonFiniteOutputError, autocast_context, evaluate_loader, name_classes
+from longtail.engine.evaluate import (NonFiniteOutputError, autocast_context, evaluate_loader, name_classes,
+                                     spectral_norm_weighting)
 
 
 
@@ -115,6 +116,7 @@ class Trainer:
         seed_everything(config.train.seed)  # every rank builds the same initial model
         self.data: DataBundle = build_data(config, self.device, self.context)
         self.class_counts = self.data.class_counts
+        self._derive_epochs_from_iterations()
         self.num_classes = len(self.class_counts)
         self.model = build_model(config, self.num_classes, self.data.in_channels, self.device)
         report = getattr(self.model, "pretrained_report", None)
@@ -131,7 +133,8 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.model.compile:
             self.train_model = torch.compile(self.train_model)
-        self.loss_fn = build_loss_fn(config, self.class_counts, self.device)
+        self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
+                                     head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
         self.optimizer = build_optimizer(config, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
@@ -247,10 +250,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
+    def _derive_epochs_from_iterations(self) -> None:
+        """optim.iterations: the run lasts ceil(iterations / batches per epoch) epochs, the last cut short.
+        Written into the config before anything reads optim.epochs (loss switch, history, config.yaml)."""
+        optim = self.config.optim
+        if optim.iterations is None:
+            return
+        epochs = math.ceil(optim.iterations / self.data.steps_per_epoch)
+        if epochs != optim.epochs and self.context.is_main:
+            print(f"optim.iterations={optim.iterations} at {self.data.steps_per_epoch} batches per epoch: "
+                  f"{epochs} epochs (optim.epochs set to {epochs})", flush=True)
+        optim.epochs = epochs
+
     def _lr(self, epoch_position: float) -> float:
         optim = self.config.optim
-        return learning_rate(optim.lr, epoch_position, optim.epochs, optim.schedule, optim.warmup_epochs,
-                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr)
+        total, warmup = optim.epochs, optim.warmup_epochs
+        if optim.iterations is not None:  # iteration-based: the schedule spans exactly `iterations` batches
+            total = optim.iterations / self.data.steps_per_epoch
+        if optim.warmup_iterations is not None:
+            warmup = optim.warmup_iterations / self.data.steps_per_epoch
+        return learning_rate(optim.lr, epoch_position, total, optim.schedule, warmup,
+                             tuple(optim.milestones), tuple(optim.milestone_factors), optim.min_lr,
+                             optim.warmup_style, optim.warmup_start_lr)
 
     def _stop_requested(self, stop: _StopFlag) -> bool:
         """True on every rank as soon as any rank got a signal (ranks must stop at the same step)."""
@@ -290,7 +311,7 @@ class Trainer:
         epoch = self.state.epoch
         loader = self.data.train_loader
         steps = self.data.steps_per_epoch
-        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules
+        if hasattr(self.loss_fn, "set_epoch"):  # DRW-style schedules, also nested (e.g. inside CCAR)
             self.loss_fn.set_epoch(epoch)
         loader.set_epoch(epoch, start_batch=self.state.batch)
         self.train_model.train()
@@ -307,16 +328,24 @@ class Trainer:
             lr = self._lr(epoch + batch_index / steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            images, targets = self.data.mix(images, targets, epoch, batch_index)
-            boundary = (batch_index + 1) % accumulation == 0 or batch_index + 1 == steps
+            last_batch = batch_index + 1 == steps or (
+                config.optim.iterations is not None and self.state.global_step + 1 >= config.optim.iterations)
+            boundary = (batch_index + 1) % accumulation == 0 or last_batch
             sync = contextlib.nullcontext() if boundary or not self.context.enabled else self.train_model.no_sync()
             with sync:
-                with autocast_context(self.device, config.train.precision):
-                    logits = self.train_model(images)
-                logits = logits.float()
-                terms = self._loss_terms(logits, targets)
+                if hasattr(self.loss_fn, "training_step"):
+                    # A method that owns its step (ConCutMix: views, mixing, one forward, several losses).
+                    terms = self.loss_fn.training_step(
+                        self.train_model, images, targets, epoch, batch_index,
+                        autocast=lambda: autocast_context(self.device, config.train.precision),
+                        regularizer=self.regularizer, check_finite=self._check_finite)
+                else:
+                    images, targets = self.data.mix(images, targets, epoch, batch_index)
+                    with autocast_context(self.device, config.train.precision):
+                        logits = self.train_model(images)
+                    logits = logits.float()
+                    terms = self._loss_terms(logits, targets)
                 self._check_finite(terms)
-                base_loss = terms["base_loss"]
                 loss = sum(terms.values())
                 self.scaler.scale(loss / accumulation).backward()
             if boundary:
@@ -326,12 +355,13 @@ class Trainer:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
-            batch_size = images.shape[0]
+            batch_size = targets.shape[0]
             seen += batch_size
             totals["loss"] += loss.detach() * batch_size
-            totals["base_loss"] += base_loss.detach() * batch_size
-            if "regularizer" in terms:
-                totals["regularizer"] += terms["regularizer"].detach() * batch_size
+            for name, value in terms.items():
+                if name not in totals:
+                    totals[name] = torch.zeros((), dtype=torch.float64, device=self.device)
+                totals[name] += value.detach() * batch_size
             self.state.batch += 1
             self.state.global_step += 1
             if progress is not None:
@@ -342,6 +372,8 @@ class Trainer:
             if boundary and self._stop_requested(stop):
                 self.save()
                 raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
+            if config.optim.iterations is not None and self.state.global_step >= config.optim.iterations:
+                break  # iteration-based length: the last epoch ends here
         if progress is not None:
             progress.close()
         elapsed = time.perf_counter() - started
@@ -350,6 +382,8 @@ class Trainer:
         record.update({k: v.item() / max(seen, 1) for k, v in totals.items()})
         if self.regularizer is not None:
             record["spectral_norm"] = float(self.regularizer.spectral_norm)
+        if hasattr(self.loss_fn, "epoch_statistics"):
+            record.update(self.loss_fn.epoch_statistics())
         return record
 
     def _progress(self, steps: int, initial: int):
@@ -393,10 +427,14 @@ class Trainer:
     def evaluate(self, split: str, spectral_norm: bool = False) -> dict:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
+        weights, described = spectral_norm_weighting(self.config, self.class_counts)
         metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.config.train.precision)
+                                  self.config.train.precision, class_weights=weights)
         self.confusions[split] = metrics.confusion.cpu().numpy()
-        return metrics.compute(spectral_norm=spectral_norm)
+        results = metrics.compute(spectral_norm=spectral_norm)
+        if spectral_norm:
+            results["confusion_spectral_norm_weighting"] = described
+        return results
 
     def _keep_if_best(self, epoch: int, validation: dict) -> None:
         """Remember this epoch's weights if its validation metric beats every earlier epoch (the first

@@ -5,7 +5,12 @@ Every loss is an ``nn.Module`` called as ``loss(logits, targets)`` with class-in
 ``CCAR(class_counts, base=FocalLoss(class_counts))``, ``DeferredReweighting(LDAMLoss(counts), counts)``.
 
     loss_fn = longtail.losses.CCAR(class_counts, base="balanced_softmax")
-    loss_fn = longtail.losses.build_loss("ldam_drw", class_counts)   # names: available_losses()
+    loss_fn = longtail.losses.build_loss("ldam_drw", class_counts, head=model.head)  # names: available_losses()
+    for epoch in range(epochs):
+        loss_fn.set_epoch(epoch)   # scheduled losses (DRW, also inside CCAR) switch on the epoch
+
+LDAM checks ``head`` is a cosine head and takes its scale; without ``head`` it warns that it assumes
+one of scale 30. A DRW loss never given ``set_epoch`` warns on its first call.
 """
 
 from .base import PerSampleLoss, SoftmaxLoss, reduce_loss

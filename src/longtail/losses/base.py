@@ -129,6 +129,14 @@ class PerSampleLoss(nn.Module):
         loss has no class weights (then ``weighted_mean`` is ``mean``)."""
         return None
 
+    def set_epoch(self, epoch: int) -> None:
+        """Tell every scheduled loss inside this one the (0-based) epoch, e.g. a DRW base wrapped by
+        CCAR. A loss with a schedule of its own (:class:`~longtail.losses.DeferredReweighting`)
+        overrides this and calls it too. Call it at the start of every epoch."""
+        for child in self.children():
+            if callable(getattr(child, "set_epoch", None)):
+                child.set_epoch(epoch)
+
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validated per-sample losses (B,) and log-probability of the true class (B,)."""
         return self.compute(logits, targets, self.validate(logits, targets))

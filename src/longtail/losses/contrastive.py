@@ -12,10 +12,11 @@ has label k). For an anchor a (one of the B * V views), with s_aq = f_a . f_q / 
 
 and the loss is the mean over the B * V anchors. Vectorised: one (A, Q) similarity matrix.
 
-Under DDP, :func:`gather_keys` makes the keys span the global batch (remote features detached,
-the local part differentiable); the caller then evaluates the loss over the global anchors and
-multiplies it by the world size, so that DDP's gradient averaging yields exactly the gradient of
-the global loss (the same device as CAR's regularizer, methods.md section 2).
+Under DDP, :func:`global_keys` makes anchors and keys span the global batch (remote features
+detached, the local part differentiable, its gradient scaled by the world size): every rank then
+evaluates the same global loss, and DDP's gradient averaging yields exactly the gradient of the
+global loss, whatever the number of processes (the device CAR's regularizer uses, methods.md
+section 2). The prototypes are computed identically on every rank and need no scaling.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["BalancedContrastiveLoss", "balanced_contrastive_loss", "gather_keys"]
+__all__ = ["BalancedContrastiveLoss", "balanced_contrastive_loss", "gather_keys", "global_keys"]
 
 
 def balanced_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
@@ -113,3 +114,14 @@ def gather_keys(features: torch.Tensor, labels: torch.Tensor,
     gathered_labels = [torch.empty_like(labels) for _ in range(world)]
     dist.all_gather(gathered_labels, labels.contiguous(), group=process_group)
     return torch.cat(gathered), torch.cat(gathered_labels), world
+
+
+def global_keys(features: torch.Tensor, labels: torch.Tensor, process_group=None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gather_keys` with the local features' gradient multiplied by the world size (their
+    value unchanged), for a loss that every rank evaluates over the whole global batch under DDP."""
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size(process_group)
+        if world > 1:
+            features = features * world - features.detach() * (world - 1)
+    gathered, gathered_labels, _ = gather_keys(features, labels, process_group)
+    return gathered, gathered_labels

@@ -48,16 +48,17 @@ def _cb_focal(class_counts, beta=0.9999, gamma=2.0, reduction="mean"):
     return ClassBalancedLoss(class_counts, beta=beta, gamma=gamma, reduction=reduction)
 
 
-def _ldam(class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, reduction="mean"):
-    return LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction)
+# LDAM: scale None = the scale of ``head`` (a CosineHead, e.g. model.head), or 30 without a head.
+def _ldam(class_counts, max_margin=0.5, scale=None, logits_prescaled=True, head=None, reduction="mean"):
+    return LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction, head=head)
 
 
 # DRW defaults to LDAM-DRW's normalisation: its code calls F.cross_entropy(weight=w), a weighted mean.
 def _ldam_drw(
-    class_counts, max_margin=0.5, scale=30.0, logits_prescaled=True, switch_epoch=160, beta=0.9999,
+    class_counts, max_margin=0.5, scale=None, logits_prescaled=True, head=None, switch_epoch=160, beta=0.9999,
     reduction="weighted_mean",
 ):
-    loss = LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction)
+    loss = LDAMLoss(class_counts, max_margin, scale, logits_prescaled=logits_prescaled, reduction=reduction, head=head)
     return DeferredReweighting(loss, class_counts, switch_epoch=switch_epoch, beta=beta)
 
 

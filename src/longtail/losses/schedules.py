@@ -8,9 +8,14 @@ module that has it. Epochs count from 0: with ``switch_epoch=160`` epochs 0..159
 160.. use ``class_weights(class_counts, weighting, beta)`` (default effective number, beta = 0.9999,
 normalised to sum K), as LDAM-DRW's ``idx = epoch // 160``. The weights depend only on the epoch, so
 a resumed run gets the same weights after its first ``set_epoch``.
+
+Outside the engine, a loop that never calls ``set_epoch`` would silently train without the
+deferred weights; the first forward pass without any ``set_epoch`` call therefore warns.
 """
 
 from __future__ import annotations
+
+import warnings
 
 from .._checks import ClassCounts
 from .base import PerSampleLoss
@@ -43,7 +48,9 @@ class DeferredReweighting(PerSampleLoss):
         self.beta = beta
         self.register_buffer("deferred_weights", deferred_weights, persistent=False)
         self.epoch = 0
-        self.set_epoch(0)
+        # Epoch 0, set here rather than by set_epoch(0): that call is the training loop's to make.
+        self.loss.set_class_weights(self.deferred_weights if self.weights_active else None)
+        self._epoch_given = self.switch_epoch == 0  # weights on from the start: nothing to switch
 
     @property
     def weights_active(self) -> bool:
@@ -52,13 +59,21 @@ class DeferredReweighting(PerSampleLoss):
     def set_epoch(self, epoch: int) -> None:
         """Select the weights for ``epoch`` (0-based): none before ``switch_epoch``, deferred ones after."""
         self.epoch = int(epoch)
+        self._epoch_given = True
         self.loss.set_class_weights(self.deferred_weights if self.weights_active else None)
+        super().set_epoch(epoch)  # a scheduled loss inside this one
 
     def validate(self, logits, targets):
         validate = getattr(self.loss, "validate", None)
         return validate(logits, targets) if validate else super().validate(logits, targets)
 
     def compute(self, logits, targets, soft_targets):
+        if not self._epoch_given:
+            self._epoch_given = True  # warn once
+            warnings.warn(
+                f"DRW switches its class weights on at epoch {self.switch_epoch}, but set_epoch(epoch) was never "
+                f"called: call loss.set_epoch(epoch) at the start of every epoch (epochs from 0), otherwise the "
+                f"loss stays unweighted for the whole run", stacklevel=3)
         return self.loss.compute(logits, targets, soft_targets)
 
     def sample_weights(self, targets, soft_targets):

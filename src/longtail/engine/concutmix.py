@@ -1,0 +1,195 @@
+"""BCL / ConCutMix / CAR + ConCutMix as a method that owns its training step
+(spec concutmix.md sections 1-7; methods.md section 3).
+
+Selected with ``loss.name: concutmix`` (or ``bcl``: the same objective, never mixing). Its
+options, all in the ``loss`` section:
+
+    tau                 logit-adjustment tau of the classification loss, or a mapping {imbalance
+                        factor: tau} (the released scripts tune it per IF); a factor not in the
+                        mapping is refused
+    a_cls, b_scl        weights of L_cls and L_scl (CIFAR 2 / 0.6; ImageNet-LT, iNat 1 / 0.35)
+    temperature         BalSCL temperature T (0.1 CIFAR, 0.07 ImageNet-LT / iNat)
+    feat_dim, hidden_dim   projection / prototype heads (128 CIFAR, 1024 ImageNet; hidden: BCL's default)
+    cutmix_prob         chance a batch is mixed (0.5)
+    topk, omega_s       rectified label: top-k classes (30; 3 on CIFAR-10), scale (default K / 1275, as released)
+    rectify_from_epoch  0-based epochs <= this use the area label, later ones the rectified label
+                        (the released loop's rule); default optim.epochs // 2 (released CIFAR: 100 of
+                        200); null = never rectify (CutMix with the area label: the ablation row)
+    views               cifar | imagenet (default by image size: <= 64 px cifar)
+    policy              auto (AutoAugment on cifar / RandAugment(2, 10) on imagenet views) | none
+    keys                global (default: contrastive keys span the global batch under DDP) | local
+    car_label           area (default) | rectified: CAR's column weights on mixed batches
+
+The trainer keeps the loop, accumulation, autocast, DDP, checkpoints and signals; this module's
+:meth:`ConCutMixObjective.training_step` does one step's forward and losses:
+mixing (or not), one forward over [classification view, contrastive view 1, contrastive view 2],
+L = a_cls L_cls + b_scl L_scl (+ alpha R with CAR on the raw classification logits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longtail.data.concutmix import ConCutMix, MixedBatch
+from longtail.engine.config import ConfigError, RunConfig
+from longtail.losses import LogitAdjustedLoss
+from longtail.losses.contrastive import BalancedContrastiveLoss, global_keys
+
+CONTRASTIVE_METHODS = ("bcl", "concutmix")
+
+
+@dataclass(frozen=True)
+class ConCutMixSettings:
+    tau: float = 1.0
+    a_cls: float = 2.0
+    b_scl: float = 0.6
+    temperature: float = 0.1
+    feat_dim: int = 128
+    hidden_dim: Optional[int] = None
+    cutmix_prob: float = 0.5
+    topk: int = 30
+    omega_s: Optional[float] = None
+    rectify_from_epoch: Optional[int] = None
+    views: Optional[str] = None
+    policy: str = "auto"
+    keys: str = "global"
+    car_label: str = "area"
+
+
+_MIXING_OPTIONS = ("cutmix_prob", "topk", "omega_s", "rectify_from_epoch", "car_label")
+
+
+def is_contrastive(config: RunConfig) -> bool:
+    return config.loss.name in CONTRASTIVE_METHODS
+
+
+def settings_from_config(config: RunConfig) -> ConCutMixSettings:
+    """Validated settings of ``config.loss`` (ConfigError on unknown or bad options)."""
+    name = config.loss.name
+    options = dict(config.loss.options)
+    valid = {f.name for f in dataclasses.fields(ConCutMixSettings)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"loss.name={name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    if name == "bcl":
+        given = sorted(set(options) & set(_MIXING_OPTIONS))
+        if given:
+            raise ConfigError(f"loss.name=bcl never mixes, so {', '.join(given)} would have no effect; "
+                              f"use loss.name=concutmix")
+        options["cutmix_prob"] = 0.0
+    tau = options.get("tau")
+    if isinstance(tau, dict):
+        factor = config.data.imbalance_factor
+        by_factor = {float(k): v for k, v in tau.items()}
+        if factor is None or float(factor) not in by_factor:
+            raise ConfigError(f"loss.tau is given per imbalance factor ({', '.join(str(k) for k in tau)}) but "
+                              f"data.imbalance_factor is {factor}; set loss.tau=<number> for this factor")
+        options["tau"] = float(by_factor[float(factor)])
+    if name == "concutmix" and "rectify_from_epoch" not in options:
+        options["rectify_from_epoch"] = config.optim.epochs // 2  # released CIFAR: 100 of 200
+    try:
+        settings = ConCutMixSettings(**options)
+    except TypeError as error:
+        raise ConfigError(f"loss.name={name}: {error}") from None
+    checks = [
+        (settings.keys in ("global", "local"), f"loss.keys must be global or local, got {settings.keys!r}"),
+        (settings.car_label in ("area", "rectified"), f"loss.car_label must be area or rectified, got {settings.car_label!r}"),
+        (settings.views in (None, "cifar", "imagenet"), f"loss.views must be cifar or imagenet, got {settings.views!r}"),
+        (settings.policy in ("auto", "none"), f"loss.policy must be auto or none, got {settings.policy!r}"),
+        (0 <= settings.cutmix_prob <= 1, f"loss.cutmix_prob must be in [0, 1], got {settings.cutmix_prob}"),
+        (settings.temperature > 0, f"loss.temperature must be positive, got {settings.temperature}"),
+        (settings.feat_dim >= 1, f"loss.feat_dim must be positive, got {settings.feat_dim}"),
+        (settings.topk >= 1, f"loss.topk must be >= 1, got {settings.topk}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if config.data.mixing != "none":
+        raise ConfigError(f"loss.name={name} does its own mixing (ConCutMix); set data.mixing=none "
+                          f"(got {config.data.mixing})")
+    if config.data.sampler != "instance":
+        raise ConfigError(f"loss.name={name} pairs an instance-sampled background with a class-balanced "
+                          f"foreground itself; data.sampler must stay 'instance' (got {config.data.sampler})")
+    if config.model.decoupled != "none":
+        raise ConfigError(f"loss.name={name} trains the BCL heads with the backbone; it is not a decoupled stage 2")
+    return settings
+
+
+def view_style(config: RunConfig, settings: ConCutMixSettings) -> str:
+    if settings.views is not None:
+        return settings.views
+    return "cifar" if (config.data.image_size or 32) <= 64 else "imagenet"
+
+
+def build_mixer(settings: ConCutMixSettings, class_counts) -> ConCutMix:
+    return ConCutMix(class_counts, probability=settings.cutmix_prob, topk=settings.topk, omega_s=settings.omega_s,
+                     rectify_from_epoch=settings.rectify_from_epoch)
+
+
+class ConCutMixObjective(nn.Module):
+    """The ConCutMix step's losses; ``training_step`` is called by the trainer for every batch."""
+
+    def __init__(self, settings: ConCutMixSettings, class_counts, seed: int, rank: int = 0) -> None:
+        super().__init__()
+        self.settings = settings
+        self.classification = LogitAdjustedLoss(class_counts, tau=settings.tau)
+        self.contrastive = BalancedContrastiveLoss(len(class_counts), settings.temperature)
+        self.mixer = build_mixer(settings, class_counts)
+        self.seed, self.rank = int(seed), int(rank)
+        # Label mass the rectification moves (sum_c |y_rect - y_area|_c / 2 per sample), summed over
+        # this epoch's rectified samples; reported per epoch in history.jsonl as rectified_label_mass.
+        self._moved = torch.zeros((), dtype=torch.float64)
+        self._rectified = 0
+
+    def training_step(self, model: nn.Module, batch, labels_a: torch.Tensor, epoch: int, batch_index: int,
+                      autocast: Callable, regularizer: Optional[nn.Module], check_finite: Callable) -> dict:
+        settings = self.settings
+        mixed: MixedBatch = self.mixer.mix(batch.background, labels_a, batch.foreground, batch.labels_b,
+                                           self.seed, epoch, batch_index, self.rank)
+        size = labels_a.shape[0]
+        images = torch.cat([mixed.images, batch.views[0], batch.views[1]])
+        with autocast():
+            logits, projection, prototypes = model(images, heads=True, num_classify=size)
+        logits, projection, prototypes = logits.float(), projection.float(), prototypes.float()
+        check_finite({"logits": logits.detach().sum(), "projection": projection.detach().sum()})
+
+        targets = self.mixer.targets(mixed, epoch, projection[:size], prototypes)
+        if mixed.mixed and self.mixer.rectifies(epoch):
+            self._moved = self._moved.to(targets.device) + (targets - mixed.area_targets).abs().sum().double() / 2
+            self._rectified += size
+        terms = {"base_loss": settings.a_cls * self.classification(logits, targets)}
+
+        # Contrastive branch: A's two unmixed views; (B, 2, F) normalised, prototypes normalised.
+        features = F.normalize(projection[size:], dim=1).view(2, size, -1).transpose(0, 1)
+        keys_labels = labels_a
+        if settings.keys == "global":
+            features, keys_labels = global_keys(features, labels_a)
+        contrastive = self.contrastive(features, keys_labels, F.normalize(prototypes, dim=1))
+        terms["contrastive"] = settings.b_scl * contrastive
+
+        if regularizer is not None:
+            # CAR on the raw classification logits: soft surrogate with the label as column weights on
+            # mixed batches, the hard surrogate otherwise (spec section 6).
+            if mixed.mixed:
+                car_targets = targets if settings.car_label == "rectified" else mixed.area_targets
+            else:
+                car_targets = labels_a
+            terms["regularizer"] = regularizer(logits, car_targets)
+        return terms
+
+    def epoch_statistics(self) -> dict:
+        """This epoch's mean label mass moved by the rectification (only when it rectified), then reset."""
+        statistics = {}
+        if self._rectified:
+            statistics["rectified_label_mass"] = float(self._moved) / self._rectified
+        self._moved, self._rectified = torch.zeros((), dtype=torch.float64), 0
+        return statistics
+
+    def extra_repr(self) -> str:
+        return f"{self.settings}, mixer={self.mixer}"
