@@ -230,7 +230,7 @@ def cmd_train(args) -> int:
 
 # The quick start (bare `longtail train`): the point of the project in about a minute. RESULTS.md's
 # CPU protocol (6 epochs, small CNN at width 16) on the embedded Fashion-MNIST-LT, seed 0. CCAR + BS
-# is the method RESULTS.md recommends there: the best worst-class accuracy (53.7 % against 0.1 % for
+# is the method to start with (docs/own-data.md), chosen from RESULTS.md: the best worst-class accuracy (53.7 % against 0.1 % for
 # CE, mean of 3 seeds) with overall accuracy within 1.1 points of the best (LDAM-DRW).
 QUICK_START_METHODS = "ce,ccar_bs"
 QUICK_START_OVERRIDES = ["optim.epochs=6", "model.options={width: 16}"]
@@ -243,7 +243,7 @@ def quick_start() -> int:
     output = Path("runs") / f"quickstart-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     jobs = 2 if (os.cpu_count() or 1) >= 2 else 1
     print("longtail train with no arguments: the quick start. It trains CCAR + Balanced Softmax (ccar_bs, the "
-          "method RESULTS.md recommends) and plain cross-entropy (ce) on the embedded Fashion-MNIST-LT "
+          "method to start with, chosen from RESULTS.md) and plain cross-entropy (ce) on the embedded Fashion-MNIST-LT "
           "(imbalance factor 100), RESULTS.md's CPU protocol (6 epochs, small CNN width 16, seed 0), "
           f"{jobs} at a time, then compares them on overall and tail (Medium / worst-class) accuracy.\n"
           "One run of the default recipe instead: longtail train --recipe fashion-mnist-lt\n"
