@@ -342,6 +342,8 @@ def _run_subprocess(cell: Cell, run_dir: Path, log: Path, device: Optional[str],
         finally:
             with children.lock:
                 children.running.discard(process)
+    if code < 0:  # killed by signal -code (Popen's convention): the shell's 128 + N
+        code = 128 - code
     if code != 0:
         raise CellFailed(f"cell {cell.name} failed with exit code {code}; its log: {log}",
                          code if code > 128 else 1)
@@ -432,6 +434,10 @@ def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -
                 except CellFailed:
                     for future in futures:
                         future.cancel()
+                    if children.signal_number is not None:  # we were interrupted: every cell already got it
+                        concurrent.futures.wait(futures)
+                        raise CellFailed("interrupted; the cells saved checkpoints. Run the same command again "
+                                         "to continue", 128 + children.signal_number) from None
                     # stop the cells still running: they save a checkpoint and can be continued
                     with children.lock:
                         for process in children.running:
