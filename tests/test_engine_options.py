@@ -397,3 +397,30 @@ def test_eval_every_and_checkpoint_every_follow_their_periods(tiny_idx_root, tmp
     tested = [record["epoch"] for record in trainer.state.history if "test" in record]
     assert tested == [1, 3]  # after epochs 2 and 4 of 5; the last epoch has the final evaluation
     assert saves == [3, 5]  # after epoch 3, and at the end
+
+
+def test_rgb_arrays_train_at_their_native_size_and_channels(tmp_path):
+    """A CIFAR-10 python folder (RGB arrays, in memory) through the real data setup and model."""
+    import pickle
+
+    import numpy as np
+
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2))
+    from engine_probe import QUIET
+    from longtail.engine.config import build_config
+    from longtail.engine.trainer import Trainer
+
+    config, label = build_config(None, None, [
+        "data.name=cifar10", f"data.root={tmp_path / 'cifar'}", "data.batch_size=25", "optim.epochs=1",
+        "optim.warmup_epochs=0", f"train.output_dir={tmp_path / 'runs'}", "train.progress=false", "train.threads=1",
+        "train.device=cpu", *QUIET])
+    trainer = Trainer(config, label)
+    forward = spy_forward(trainer)
+    run_epochs(trainer, 1)
+    assert [tuple(c["images"].shape) for c in forward.calls] == [(25, 3, 32, 32)] * 4

@@ -110,3 +110,22 @@ def test_fp16_with_its_grad_scaler_resumes_exactly(tiny_idx_root, tmp_path, monk
     assert resumed["scaler"] == reference["scaler"]
     for key in reference["model"]:
         assert torch.equal(resumed["model"][key], reference["model"][key]), key
+
+
+def test_resume_mid_epoch_restores_the_regularizer_state(tiny_idx_root, tmp_path, monkeypatch):
+    """CAR carries state across steps (the EMA confusion and the power iteration's vector): a resumed
+    run ends on the uninterrupted run's weights only if that state came back from the checkpoint."""
+    tiny_model(monkeypatch)
+    car = ["regularizer.name=car", "regularizer.alpha=1.0"]
+    assert main(arguments(tiny_idx_root, tmp_path / "reference", *car)) == 0
+    reference = final_weights(tmp_path / "reference" / "run")
+    signal_at(monkeypatch, 13, signal.SIGTERM)
+    assert main(arguments(tiny_idx_root, tmp_path, *car)) == 128 + signal.SIGTERM
+    saved = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert saved["batch"] == 4 and saved["regularizer"]  # mid-epoch, with CAR's state
+    monkeypatch.undo()
+    tiny_model(monkeypatch)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+    resumed = final_weights(tmp_path / "run")
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key

@@ -82,3 +82,14 @@ def test_logit_adjustment_refuses_logits_without_a_class_axis():
     torch.testing.assert_close(adjusted, (-0.5 * log_prior()).float().expand(2, 4))
     assert math.isclose(float(adjusted[0, 0] - adjusted[0, 3]), -0.5 * float(log_prior()[0] - log_prior()[3]),
                         rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("max_margin", [0.0, -0.5])
+def test_ldam_margins_need_a_positive_maximum(max_margin):
+    from longtail.losses.ldam import ldam_margins
+
+    with pytest.raises(ValueError, match="max_margin must be positive"):
+        ldam_margins(COUNTS, max_margin)
+    margins = ldam_margins(COUNTS, 0.5)  # m_j = C / N_j ** 0.25, largest (rarest class) = 0.5
+    expected = torch.tensor(COUNTS, dtype=torch.float64) ** -0.25
+    torch.testing.assert_close(margins, 0.5 * expected / expected.max())

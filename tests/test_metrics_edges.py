@@ -39,3 +39,11 @@ def test_long_tail_metrics_to_moves_its_state():
     metrics = LongTailMetrics(3, [5, 3, 1]).to("meta")  # a device every machine has
     state = metrics._state()
     assert state and all(value.device.type == "meta" for value in state.values())
+
+
+def test_reliability_bin_edges_split_zero_to_one_evenly():
+    from longtail.metrics import LongTailMetrics
+
+    metrics = LongTailMetrics(3, [5, 3, 1], ece_bins=4)
+    metrics.update(torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 2]))
+    assert metrics.compute()["reliability"]["bin_edges"] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])

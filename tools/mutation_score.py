@@ -35,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,9 +52,9 @@ PACKAGES = ("engine", "losses", "regularizers", "metrics", "data")
 # two cores; the mutants they alone would catch count as survivors (a conservative score).
 TESTS = {
     "losses/contrastive.py": ["test_contrastive.py"],
-    "losses/": ["test_losses.py", "test_ccar.py", "test_engine_options.py"],
-    "regularizers/": ["test_car.py", "test_bounds.py", "test_car_distributed.py"],
-    "metrics/": ["test_metrics.py", "test_bounds.py"],
+    "losses/": ["test_losses.py", "test_losses_pinned.py", "test_ccar.py", "test_engine_options.py"],
+    "regularizers/": ["test_car.py", "test_bounds.py", "test_regularizer_edges.py", "test_car_distributed.py"],
+    "metrics/": ["test_metrics.py", "test_metrics_edges.py", "test_bounds.py"],
     "data/samplers.py": ["test_samplers.py", "test_engine_options.py"],
     "data/mixing.py": ["test_mixing.py", "test_engine_options.py"],
     "data/loader.py": ["test_loader.py", "test_engine_options.py"],
@@ -64,19 +65,23 @@ TESTS = {
     "data/imagefolder.py": ["test_data_listfile.py"],
     "data/imbalance.py": ["test_data_longtail.py"],
     "data/concutmix.py": ["test_concutmix_data.py"],
+    "data/pair_loader.py": ["test_concutmix_engine.py", "test_concutmix_data.py"],
+    "data/views.py": ["test_concutmix_engine.py", "test_concutmix_data.py"],
     "data/preprocess.py": ["test_preprocess.py", "test_transforms.py"],
-    "data/imagefiles.py": ["test_data_listfile.py", "test_loader.py", "test_transforms.py"],
+    "data/imagefiles.py": ["test_image_files.py", "test_data_listfile.py", "test_loader.py"],
     "data/": ["test_data_builtin.py", "test_data_longtail.py", "test_data_idx.py", "test_data_listfile.py",
               "test_data_cifar.py"],
     "engine/compare.py": ["test_compare_aggregation.py", "test_compare.py"],
     "engine/posthoc.py": ["test_posthoc.py"],
     "engine/inference.py": ["test_inference.py"],
+    "engine/concutmix.py": ["test_concutmix_engine.py"],
     "engine/data_setup.py": ["test_engine_options.py", "test_data_listfile.py", "test_data_builtin.py",
                              "test_data_longtail.py", "test_data_idx.py", "test_cli.py"],
-    "engine/config.py": ["test_engine_config.py", "test_engine_options.py"],
+    "engine/config.py": ["test_engine_config.py", "test_engine_options.py", "test_protocols.py",
+                         "test_recipe_references.py"],
     "engine/checkpoint.py": ["test_checkpoint.py", "test_safe_loading.py", "test_interrupts.py"],
     "engine/components.py": ["test_engine_options.py", "test_decoupled.py", "test_safe_loading.py"],
-    "engine/schedules.py": ["test_engine_options.py", "test_engine_config.py"],
+    "engine/schedules.py": ["test_engine_options.py", "test_engine_config.py", "test_protocols.py"],
     "engine/evaluate.py": ["test_engine_options.py", "test_posthoc.py", "test_selection.py"],
     "engine/": ["test_engine_options.py", "test_interrupts.py", "test_selection.py", "test_engine_config.py",
                 "test_cli.py"],
@@ -241,29 +246,30 @@ class _Sites(ast.NodeTransformer):
         return node
 
 
-def module_tree(module: str) -> ast.Module:
-    return ast.parse((SRC / "longtail" / module).read_text())
+def module_tree(module: str, source: Path = SRC) -> ast.Module:
+    return ast.parse((source / "longtail" / module).read_text())
 
 
-def enumerate_mutants(module: str) -> list[Mutant]:
+def enumerate_mutants(module: str, source: Path = SRC) -> list[Mutant]:
     walker = _Sites()
-    walker.visit(module_tree(module))
+    walker.visit(module_tree(module, source))
     return [Mutant(module, i, line, kind, description) for i, (line, kind, description) in enumerate(walker.sites)]
 
 
-def mutated_source(mutant: Mutant) -> str:
+def mutated_source(mutant: Mutant, source: Path = SRC) -> str:
     walker = _Sites(target=mutant.index)
-    tree = walker.visit(module_tree(mutant.module))
+    tree = walker.visit(module_tree(mutant.module, source))
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
-def package_modules(package: str) -> list[str]:
-    base = SRC / "longtail" / package
-    return sorted(str(p.relative_to(SRC / "longtail")) for p in base.rglob("*.py") if p.name != "__init__.py")
+def package_modules(package: str, source: Path = SRC) -> list[str]:
+    base = source / "longtail" / package
+    return sorted(str(p.relative_to(source / "longtail")) for p in base.rglob("*.py") if p.name != "__init__.py")
 
 
-def sample(package: str, count: int, seed: int) -> list[Mutant]:
-    mutants = [m for module in package_modules(package) if tests_for(module) for m in enumerate_mutants(module)]
+def sample(package: str, count: int, seed: int, source: Path = SRC) -> list[Mutant]:
+    mutants = [m for module in package_modules(package, source) if tests_for(module)
+               for m in enumerate_mutants(module, source)]
     return sorted(random.Random(f"{seed}:{package}").sample(mutants, min(count, len(mutants))),
                   key=lambda m: (m.module, m.index))
 
@@ -273,33 +279,40 @@ def run_tests(src_copy: Path, tests: list[str], timeout: float, extra: list[str]
            "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.time()
     command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests, *extra]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     try:
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                                start_new_session=True)
+        code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole group: torchrun workers included
+        process.wait()
         return "timeout", time.time() - started
-    return ("survived" if result.returncode == 0 else "caught"), time.time() - started
+    return ("survived" if code == 0 else "caught"), time.time() - started
 
 
-def run_mutant(mutant: Mutant, timeout: float, scratch: Path) -> dict:
+def fresh_copy(snapshot: Path, scratch: Path) -> Path:
+    """A private copy of the source snapshot to mutate (the snapshot is taken once per run, so a
+    working tree that changes during a long run does not mix versions)."""
     src_copy = scratch / "src"
     if src_copy.exists():
         shutil.rmtree(src_copy)
-    shutil.copytree(SRC, src_copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (src_copy / "longtail" / mutant.module).write_text(mutated_source(mutant))
+    shutil.copytree(snapshot, src_copy)
+    return src_copy
+
+
+def run_mutant(mutant: Mutant, timeout: float, scratch: Path, snapshot: Path) -> dict:
+    src_copy = fresh_copy(snapshot, scratch)
+    (src_copy / "longtail" / mutant.module).write_text(mutated_source(mutant, snapshot))
     outcome, seconds = run_tests(src_copy, tests_for(mutant.module), timeout)
     return {"key": mutant.key, "module": mutant.module, "line": mutant.line, "kind": mutant.kind,
             "description": mutant.description, "outcome": outcome, "seconds": round(seconds, 1)}
 
 
-def run_breaks(path: Path, timeout: float, scratch: Path) -> list[dict]:
+def run_breaks(path: Path, timeout: float, scratch: Path, snapshot: Path) -> list[dict]:
     """Hand-written breaks: {name, file, old, new, tests} applied to a copy of src/ one at a time."""
     results = []
     for item in json.loads(path.read_text()):
-        src_copy = scratch / "src"
-        if src_copy.exists():
-            shutil.rmtree(src_copy)
-        shutil.copytree(SRC, src_copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        src_copy = fresh_copy(snapshot, scratch)
         target = src_copy / Path(item["file"]).relative_to("src")
         text = target.read_text()
         if item["old"] not in text:
@@ -336,27 +349,29 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     scratch = Path(tempfile.mkdtemp(prefix="longtail-mutants-"))
+    snapshot = scratch / "snapshot"
+    shutil.copytree(SRC, snapshot, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     try:
         if args.breaks:
-            results = run_breaks(args.breaks, args.timeout, scratch)
+            results = run_breaks(args.breaks, args.timeout, scratch, snapshot)
             if args.output:
                 args.output.write_text(json.dumps(results, indent=1) + "\n")
             missed = [r["name"] for r in results if r["outcome"] == "survived"]
             print(f"{len(results) - len(missed)}/{len(results)} breaks caught; missed: {missed}")
             return 0
         packages = [p for p in args.packages.split(",") if p]
-        mutants = [m for package in packages for m in sample(package, args.per_package, args.seed)]
+        mutants = [m for package in packages for m in sample(package, args.per_package, args.seed, snapshot)]
         if args.only:
             wanted = set(args.only.split(","))
-            mutants = [m for package in packages for module in package_modules(package)
-                       for m in enumerate_mutants(module) if m.key in wanted]
+            mutants = [m for package in packages for module in package_modules(package, snapshot)
+                       for m in enumerate_mutants(module, snapshot) if m.key in wanted]
         if args.list:
             for m in mutants:
                 print(f"{m.key:45} {m.description}")
             return 0
         results = []
         for number, mutant in enumerate(mutants, 1):
-            result = run_mutant(mutant, args.timeout, scratch)
+            result = run_mutant(mutant, args.timeout, scratch, snapshot)
             results.append(result)
             print(f"[{number}/{len(mutants)}] {result['outcome']:8} {mutant.key:45} {mutant.description} "
                   f"({result['seconds']:.0f} s)", flush=True)
