@@ -328,10 +328,10 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
         sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
         for name, data in named.items():
             counts = torch.bincount(torch.as_tensor(data.labels), minlength=len(data.classes))
-            if name == "train" and bool((counts == 0).any()) or len(data) == 0:
+            if (name == "train" and bool((counts == 0).any())) or len(data) == 0:
                 empty = [data.classes[j] for j in (counts == 0).nonzero().flatten().tolist()]
-                raise ConfigError(f"after skipping the unreadable files, the {name} split has no training images "
-                                  f"for class(es) {empty[:10]}; every class needs at least one. Replace the files")
+                raise ConfigError(f"after skipping the unreadable files, the {name} split has no images of "
+                                  f"class(es) {empty[:10]}; training needs at least one per class. Replace the files")
     all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
     grey = all(scan.all_grey for scan in scans.values())
     train_sizes = [size for size in scans["train"].sizes if size is not None]
