@@ -191,3 +191,22 @@ def test_every_concutmix_recipe_resolves_to_the_released_values():
     x50 = settings_from_config(build_config("imagenet-lt-x50/car_concutmix")[0])
     assert (x50.tau, x50.temperature, x50.feat_dim, x50.b_scl, x50.rectify_from_epoch) == (0.99, 0.07, 1024, 0.35, 60)
     assert settings_from_config(build_config("cifar10-lt-r32/bcl_cutmix")[0]).rectify_from_epoch is None
+
+
+def test_car_concutmix_under_torchrun_two_cpu_processes(tiny_idx_root, tmp_path):
+    """The whole method under torchrun (gloo): pair sampler shares, global contrastive keys, CAR."""
+    import os
+
+    from test_torchrun import free_port, torchrun_executable
+
+    output = tmp_path / "runs"
+    command = [torchrun_executable(), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", "-m", "longtail", "train", *METHOD,
+               *tiny_run_overrides(tiny_idx_root, output, epochs=3), "train.device=cpu", "train.run_name=run"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((output / "run" / "metrics.json").read_text())
+    assert metrics["test"]["num_samples"] == 200
+    history = [json.loads(line) for line in (output / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[2]["rectified_label_mass"] > 0 and all(h["contrastive"] > 0 for h in history)

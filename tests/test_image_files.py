@@ -94,6 +94,11 @@ def test_options_a_pipeline_cannot_honour_are_refused(jpeg_folder, tmp_path, cap
         data_for(jpeg_folder, "data.resize=stretch")
     with pytest.raises(ConfigError, match="image_size"):
         data_for(jpeg_folder, "data.resize=native", "data.image_size=20")
+    with pytest.raises(ConfigError, match="its own test split"):
+        data_for(jpeg_folder, "data.test_fraction=0.3")  # only a single folder is split
+    config, _ = build_config(None, None, ["data.bad_images=skip"])  # the embedded arrays have no files
+    with pytest.raises(ConfigError, match="image files"):
+        build_data(config, torch.device("cpu"), DistributedContext())
     code = main(["train", *image_run_overrides(jpeg_folder, tmp_path / "runs"), "data.channels=1"])
     assert code == 2 and "data.channels=1" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -241,3 +241,14 @@ def test_eval_data_root_on_an_idx_dataset_and_predict_on_png_files(tiny_idx_root
     expected = loaded.logits(list(test.images[::7])).argmax(dim=1).tolist()
     by_index = {int(Path(p["path"]).stem): p["prediction"] for p in predictions}
     assert [by_index[i] for i in range(0, len(test), 7)] == [loaded.classes[j] for j in expected]
+
+
+def test_a_run_on_other_data_is_not_named_after_the_default_recipe(tmp_path):
+    from longtail.engine.config import build_config
+
+    root = tmp_path / "my-photos"
+    assert build_config(None, None, ["data.name=imagefolder", f"data.root={root}"])[1] == "my-photos"
+    assert build_config(None, None, ["data.name=imagefolder", f"data.root={root}"], "ccar_bs")[1] == "my-photos/ccar_bs"
+    assert build_config(None, None, ["data.name=mnist-lt"])[1] == "mnist-lt"
+    assert build_config(None, None, [])[1] == "fashion-mnist-lt"
+    assert build_config("imagefolder-small", None, [f"data.root={root}"])[1] == "imagefolder-small"  # a named recipe

@@ -507,10 +507,13 @@ def test_protocols_doc_has_a_table_for_every_shipped_recipe_and_agrees_with_it()
 
 
 def test_car_recipes_use_the_ema_update_the_tracking_measurement_chose():
-    for protocol in ("imagenet-lt-r50", "inat2018-r50", "imagenet-lt-vits", "inat2018-vits-ft"):
+    for protocol in ("imagenet-lt-r50", "imagenet-lt-x50", "inat2018-r50", "imagenet-lt-vits", "inat2018-vits-ft"):
         for method in ("car", "car_bs", "car_ccar_bs"):
             config, _ = build_config(protocol, method=method)
             assert config.regularizer.options.get("ema_update") == "masked", (protocol, method)
+    for protocol in ("imagenet-lt-x50", "imagenet-lt-r50", "inat2018-r50", "imagenet-lt-vits", "inat2018-vits"):
+        config, _ = build_config(protocol, method="car_concutmix")
+        assert config.regularizer.options.get("ema_update") == "masked", protocol
     for protocol in ("cifar100-lt-r32", "cifar100-lt-vits", "fashion-mnist-lt"):
         config, _ = build_config(protocol, method="car")
         assert "ema_update" not in config.regularizer.options  # K <= 100: the paper's full update

@@ -155,6 +155,10 @@ class Preprocessing:
         except (TypeError, ValueError) as error:
             raise ValueError(f"invalid preprocessing description: {error}") from None
 
+    def input_size(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model input."""
+        return (self.channels, *self.size)
+
     # -- the steps -----------------------------------------------------------------------------
     def geometry(self, images: torch.Tensor) -> torch.Tensor:
         """Step 2 on uint8 (N, C, H, W) images of one size: uint8 (N, C, *size)."""

@@ -6,12 +6,17 @@ device, no Python loop over samples. The standard CIFAR-LT protocol (methods.md 
 He et al. 2016 and LDAM-DRW) is "random crop 32 with padding 4 + horizontal flip"; Cutout is
 DeVries & Taylor, "Improved Regularization of Convolutional Neural Networks with Cutout" (2017).
 
-Each random op is split into a parameter draw (``sample_*``, from an explicit ``torch.Generator``)
-and a deterministic application, so tests and resumed runs can reproduce any batch exactly.
+Each random op is split into a parameter draw and a deterministic application. The loaders draw
+each sample's parameters from (seed, epoch, the sample's global position in the epoch's draw)
+(:func:`sample_uniforms`, :func:`sample_seed`), so resumed runs and runs on any number of
+processes reproduce every batch exactly; ``sample_crop_flip`` / ``sample_cutout`` draw from an
+explicit ``torch.Generator`` for use outside the loaders.
 
-File pipelines (:func:`build_file_transforms`) are per-image torchvision ``transforms.v2``
-compositions for a standard ``DataLoader`` with workers (ImageNet-LT / Places-LT / iNat protocol:
-RandomResizedCrop 224 + flip; optional RandAugment / AutoAugment).
+File pipelines (:func:`build_file_transforms`) are per-image transforms for a ``DataLoader`` with
+workers: the run's :class:`~longtail.data.preprocess.Preprocessing` for evaluation, and
+:class:`FileAugment` around it for training (ImageNet-LT / Places-LT / iNat protocol:
+RandomResizedCrop 224 + flip; or resize + random crop with padding + flip; optional RandAugment /
+AutoAugment, Cutout).
 """
 
 from __future__ import annotations

@@ -64,9 +64,9 @@ class DataConfig:
     bad_images: str = _help(
         "unreadable image files: error (list them all and stop) | skip (train without them; recorded in "
         "class_counts.json)", "error")
-    test_fraction: float = _help(
+    test_fraction: Optional[float] = _help(
         "single-folder image layouts root/<class>/*: fraction of each class held out as the test split "
-        "(seeded by split_seed)", 0.2)
+        "(seeded by split_seed; None = 0.2)", None)
     channels: Optional[int] = _help(
         "repeat single-channel images to this many channels (3 for ImageNet-pretrained backbones)", None)
     randaugment: bool = _help("RandAugment, per image after crop and flip", False)
@@ -411,7 +411,19 @@ def build_config(
         key, value = parse_override(text)
         set_override(config, key, value)
     validate(config)
+    if not recipe and not config_file and config.data.name != RunConfig().data.name:
+        # No recipe named: the default recipe's name would misname a run on other data (the
+        # user's image folder), in the run directory, the log and the plots.
+        label = dataset_title(config) + (f"/{method}" if method else "")
     return config, label
+
+
+def dataset_title(config: "RunConfig") -> str:
+    """The run's own dataset, for names and titles: an image folder by its folder name, else the dataset name."""
+    name = config.data.name
+    if name == "imagefolder" and config.data.root:
+        return Path(str(config.data.root)).expanduser().resolve().name or name
+    return name
 
 
 def config_from_dict(mapping: dict) -> RunConfig:

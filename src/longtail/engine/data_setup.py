@@ -43,6 +43,7 @@ _TEST_STREAM = 1_000_033  # seed stream of a single folder's test split
 LARGE_IMAGE_SIDE = 128  # median shorter side above which image files are trained ImageNet-style by default
 IN_MEMORY_LIMIT = 2 << 30  # decoded bytes up to which image files are held in memory by default
 STATISTICS_SAMPLE = 2000  # training images the mean / std of image files are computed from
+DEFAULT_TEST_FRACTION = 0.2  # of each class, held out from a single folder as its test split
 RESIZE_MODES = ("auto", "native", "resize", "imagenet")
 _GREY_IMAGENET = ((0.449,), (0.226,))  # ImageNet's statistics averaged over channels, for grey images
 
@@ -152,8 +153,11 @@ def _check_data_options(config: RunConfig) -> None:
     for key, valid in choices.items():
         if getattr(spec, key) not in valid:
             raise ConfigError(f"data.{key}={getattr(spec, key)!r} is not valid; choose one of: {' | '.join(valid)}")
-    if not 0.0 < spec.test_fraction < 1.0:
+    if spec.test_fraction is not None and not 0.0 < spec.test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction={spec.test_fraction} must be in (0, 1), e.g. 0.2")
+    if spec.test_fraction is not None and not _single_folder(config):
+        raise ConfigError(f"data.test_fraction={spec.test_fraction} holds out a test split from a single folder "
+                          f"root/<class>/*; '{spec.name}' at {spec.root} has its own test split. Unset it")
     if spec.image_size is not None and spec.image_size < 1:
         raise ConfigError(f"data.image_size={spec.image_size} must be a positive number of pixels (or null for native)")
     if spec.channels is not None and spec.channels not in (1, 3):
@@ -171,9 +175,13 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
-    elif spec.resize not in ("auto", "native", "resize") or spec.in_memory is False:
+    elif spec.check_images != "header" or spec.bad_images != "error":
+        raise ConfigError(f"data.check_images / data.bad_images apply to image files; '{spec.name}' is held in "
+                          f"memory as arrays (already validated when loaded). Unset them")
+    elif spec.resize == "imagenet" or (spec.resize == "native" and spec.image_size) or spec.in_memory is False:
         raise ConfigError(f"dataset '{spec.name}' is held in memory as arrays: data.resize={spec.resize} / "
-                          f"data.in_memory=false apply to image files only (use data.image_size to resize)")
+                          f"data.in_memory=false apply to image files only (arrays train at their native size, "
+                          f"or at data.image_size)")
     train_set = sets.train
     in_memory = isinstance(train_set, InMemoryImages)
     labels = torch.as_tensor(train_set.labels)
@@ -224,15 +232,16 @@ def _build_sets(config: RunConfig, context) -> _Sets:
     val_set = None
     if _single_folder(config):
         everything = build_dataset(spec.name, "all", root=spec.root)
-        train_positions, test_positions = carve_test(everything.labels, spec.test_fraction, spec.split_seed,
+        fraction = DEFAULT_TEST_FRACTION if spec.test_fraction is None else spec.test_fraction
+        train_positions, test_positions = carve_test(everything.labels, fraction, spec.split_seed,
                                                      everything.classes)
         train_set, test_set = everything.subset(train_positions), everything.subset(test_positions)
         test_set.name = f"{everything.name}-test"
         split_info["layout"] = {
-            "kind": "single folder root/<class>/*", "test_fraction": spec.test_fraction, "seed": spec.split_seed,
+            "kind": "single folder root/<class>/*", "test_fraction": fraction, "seed": spec.split_seed,
             "test_per_class": torch.bincount(test_set.labels, minlength=len(everything.classes)).tolist(),
             "test_index_hash": index_hash(test_positions.numpy())}
-        _say(context, f"data: {spec.root} has no train/ folder: holding out {spec.test_fraction:g} of each class "
+        _say(context, f"data: {spec.root} has no train/ folder: holding out {fraction:g} of each class "
                       f"as the test split ({len(test_set)} images, seed {spec.split_seed}; data.test_fraction / "
                       f"data.split_seed)")
         if spec.imbalance_factor is not None:
@@ -319,13 +328,14 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
         sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
         for name, data in named.items():
             counts = torch.bincount(torch.as_tensor(data.labels), minlength=len(data.classes))
-            if name == "train" and bool((counts == 0).any()) or len(data) == 0:
+            if (name == "train" and bool((counts == 0).any())) or len(data) == 0:
                 empty = [data.classes[j] for j in (counts == 0).nonzero().flatten().tolist()]
-                raise ConfigError(f"after skipping the unreadable files, the {name} split has no training images "
-                                  f"for class(es) {empty[:10]}; every class needs at least one. Replace the files")
+                raise ConfigError(f"after skipping the unreadable files, the {name} split has no images of "
+                                  f"class(es) {empty[:10]}; training needs at least one per class. Replace the files")
     all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
     grey = all(scan.all_grey for scan in scans.values())
-    policy, size = _choose_geometry(config, all_sizes, context)
+    train_sizes = [size for size in scans["train"].sizes if size is not None]
+    policy, size = _choose_geometry(config, train_sizes, all_sizes, context)
     color = "L" if grey else "RGB"
     if spec.channels == 1 and not grey:
         raise ConfigError("data.channels=1: these images are in colour; data.channels only repeats grey images "
@@ -378,22 +388,24 @@ def _memory_limit() -> int:
     return min(IN_MEMORY_LIMIT, physical // 4)
 
 
-def _choose_geometry(config: RunConfig, sizes: list, context) -> tuple[str, tuple[int, int]]:
-    """(native | resize | imagenet, (H, W) of the model input) from data.resize / data.image_size and the sizes found."""
+def _choose_geometry(config: RunConfig, train_sizes: list, all_sizes: list, context) -> tuple[str, tuple[int, int]]:
+    """(native | resize | imagenet, (H, W) of the model input) from data.resize / data.image_size and the
+    sizes found. The choices look at the training images only; evaluation images only have to fit them."""
     spec = config.data
-    counts = _size_counts(sizes)
-    # The most common size; ties go to the larger image (less information thrown away).
-    common = max(counts.items(), key=lambda item: (item[1], item[0][0] * item[0][1]))[0]
+    counts = _size_counts(all_sizes)
+    train_counts = _size_counts(train_sizes)
+    # The most common training size; ties go to the larger image (less information thrown away).
+    common = max(train_counts.items(), key=lambda item: (item[1], item[0][0] * item[0][1]))[0]
     requested = (spec.image_size, spec.image_size) if spec.image_size else None
     mode = spec.resize
+    median_side = statistics.median(min(size) for size in train_sizes)
     if mode == "auto":
         if spec.image_size:
             mode = "imagenet" if spec.image_size > 64 else "resize"
-        elif statistics.median(min(size) for size in sizes) > LARGE_IMAGE_SIDE:
+        elif median_side > LARGE_IMAGE_SIDE:
             mode = "imagenet"
-            _say(context, f"data: images are large (median shorter side "
-                          f"{statistics.median(min(s) for s in sizes):g} px > {LARGE_IMAGE_SIDE}): training "
-                          f"ImageNet-style at 224 (RandomResizedCrop; resize + centre crop for evaluation). "
+            _say(context, f"data: images are large (median shorter side {median_side:g} px > {LARGE_IMAGE_SIDE}): "
+                          f"training ImageNet-style at 224 (RandomResizedCrop; resize + centre crop for evaluation). "
                           f"Set data.image_size / data.resize=native|resize to choose otherwise")
         elif len(counts) == 1:
             mode = "native"
@@ -401,7 +413,8 @@ def _choose_geometry(config: RunConfig, sizes: list, context) -> tuple[str, tupl
             mode = "resize"
             shown = ", ".join(f"{h}x{w} ({n})" for (h, w), n in counts.most_common(4))
             _say(context, f"data: the images have {len(counts)} different sizes ({shown}{', ...' if len(counts) > 4 else ''}); "
-                          f"all are resized to {common[0]}x{common[1]}, the most common (data.image_size to choose)")
+                          f"all are resized to {common[0]}x{common[1]}, the most common training size "
+                          f"(data.image_size to choose)")
     if mode == "native":
         if len(counts) > 1:
             shown = ", ".join(f"{h}x{w} ({n} images)" for (h, w), n in counts.most_common(5))

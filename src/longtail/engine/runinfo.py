@@ -29,14 +29,6 @@ def create_run_dir(config, label: str) -> Path:
     return run_dir
 
 
-def dataset_title(config) -> str:
-    """The run's own dataset, for titles: an image folder by its folder name, else the dataset name."""
-    name = config.data.name
-    if name == "imagefolder" and config.data.root:
-        return Path(str(config.data.root)).expanduser().resolve().name or name
-    return name
-
-
 def git_revision() -> str | None:
     try:
         root = Path(__file__).resolve().parents[3]

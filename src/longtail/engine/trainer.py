@@ -27,10 +27,10 @@ from torch import nn
 from longtail.engine import checkpoint as ckpt
 from longtail.engine.components import (build_loss_fn, build_model, build_optimizer, build_regularizer,
                                         init_from_run, keep_frozen_parts_in_eval)
-from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dump_yaml
+from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dataset_title, dump_yaml
 from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
-from longtail.engine.runinfo import create_run_dir, dataset_title, environment_info
+from longtail.engine.runinfo import create_run_dir, environment_info
 from longtail.engine.schedules import learning_rate
 from longtail.engine.evaluate import autocast_context, evaluate_loader, name_classes, spectral_norm_weighting
 
