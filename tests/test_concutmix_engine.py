@@ -14,6 +14,7 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
+from longtail.engine.checkpoint import CHECKPOINT_NAME
 from longtail.data.pair_loader import PairBatch
 from longtail.engine.concutmix import ConCutMixObjective, ConCutMixSettings
 from longtail.engine.config import ConfigError, build_config
@@ -133,7 +134,8 @@ def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         history = output / "run" / "history.jsonl"
         deadline = time.time() + 120
-        while not (history.exists() and len(history.read_text().splitlines()) >= 1):
+        checkpoint = output / "run" / "checkpoints" / CHECKPOINT_NAME
+        while not (history.exists() and len(history.read_text().splitlines()) >= 1 and checkpoint.exists()):
             assert process.poll() is None and time.time() < deadline, process.stderr.read()
             time.sleep(0.01)
         time.sleep(0.05)
