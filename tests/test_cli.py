@@ -86,7 +86,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
                  "optim.milestones=[1]", "optim.milestone_factors=[1.0e+12]", "train.eval_train=false"])
     assert code == 1
     error = capsys.readouterr().err
-    assert "non-finite loss at epoch 1" in error and ("base_loss=" in error or "logits=" in error) and "last good checkpoint" in error
+    # epochs are counted from 1 in messages, like the progress bar; the checkpoint named is the real one
+    assert "training diverged at epoch 2" in error and ("base_loss=" in error or "logits=" in error)
+    assert f"last good checkpoint {only_run_dir(output) / 'checkpoints' / 'last.pt'} (after epoch 1) is intact" in error
     run = only_run_dir(output)
     checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
     assert checkpoint["epoch"] == 1 and checkpoint["batch"] == 0

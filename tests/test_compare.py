@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from pathlib import Path
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
@@ -105,3 +106,160 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_stale_cells_and_changed_data_are_refused_never_reused(tiny_idx_root, tmp_path, capsys):
+    import gzip
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for item in tiny_idx_root.iterdir():
+        (root / item.name).write_bytes(item.read_bytes())
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--methods", "ce", "--output", str(output),
+                 *tiny_run_overrides(root, tmp_path / "unused", epochs=1), "train.eval_train=false"]
+    assert main(arguments) == 0
+    table = (output / "comparison.md").read_text()
+    capsys.readouterr()
+    assert main([*arguments, "optim.lr=0.03"]) == 2
+    error = capsys.readouterr().err
+    assert "ce-seed0 (optim.lr: 0.02 -> 0.03)" in error and "cannot be reused" in error
+    assert (output / "comparison.md").read_text() == table  # the tables still describe the cells on disk
+    assert json.loads((output / "plan.json").read_text())["cells"][0]["config_hash"] == \
+        json.loads((output / "comparison.json").read_text())["cells"]["ce-seed0"]
+    # where / how fast a cell runs is not part of its identity
+    assert main([*arguments, "train.threads=2", "train.progress=true"]) == 0
+    assert "1 cells, 1 already finished, 0 to run" in capsys.readouterr().out
+    # same settings, other data: the finished cell is refused, naming what changed
+    labels = root / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[8], raw[9] = raw[9], raw[8] if raw[8] != raw[9] else (raw[8] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    assert main(arguments) == 2
+    assert "ce-seed0 (data changed: test split: the in-memory images / labels differ" in capsys.readouterr().err
+
+
+def test_every_argument_is_checked_before_the_first_cell(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    base = ["--output", str(output), *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1)]
+    for extra, expected in ((["--methods", "ce,bs", "--reference", "cee"], "--reference cee is not among"),
+                            (["--methods", "ce,ce"], "names a method twice"),
+                            (["--methods", "ce", "--seeds", "0,x"], "cannot read the list"),
+                            (["--methods", "ce", "--jobs", "0"], "--jobs must be at least 1"),
+                            (["--methods", "ce", "--devices", "gpu0"], "is not a device"),
+                            (["--methods", "ce,bs:optim.lr=-1"], "optim.lr=-1.0 is out of range"),
+                            (["--methods", "ce"], "cell ce-seed0:")):
+        missing_data = ["data.root=/nonexistent"] if expected.startswith("cell ce-seed0") else []
+        assert main(["compare", *extra, *base, *missing_data]) == 2, extra
+        assert expected in capsys.readouterr().err, extra
+        assert not (output / "cells").exists()
+
+
+def test_the_grid_stops_at_the_first_failing_cell(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    code = main(["compare", "--methods", "ce,bs:optim.lr=1e12,ccar_bs", "--output", str(output),
+                 *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"])
+    assert code == 1
+    captured = capsys.readouterr()
+    log = output / "cells" / "bs_optim.lr-1e12-seed0.log"
+    assert f"cell 2/3 bs_optim.lr-1e12-seed0 failed: NonFiniteLossError" in captured.err
+    assert f"its log: {log}" in captured.err and "training diverged" in log.read_text()
+    assert "cell 1/3: ce seed 0 ... done in" in captured.out and "test acc 0." in captured.out
+    assert not (output / "cells" / "ccar_bs-seed0").exists() and not (output / "comparison.md").exists()
+
+
+def test_one_seed_prints_a_table_without_spread_and_a_plain_verdict(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    assert main(["compare", "--methods", "ce,la,bs", "--reference", "ce", "--output", str(output),
+                 *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"]) == 0
+    out = capsys.readouterr().out
+    assert "| method | Overall |" in out and "±" not in out and "wins" not in out and "1/1" not in out
+    rows = {r["method"]: r for r in json.loads((output / "comparison.json").read_text())["rows"]}
+    leader = max(rows.values(), key=lambda r: r["accuracy"]["mean"])
+    assert f"On overall accuracy, " in out and f"({100 * leader['accuracy']['mean']:.2f} %)" in out
+    assert "with one seed there is no seed spread" in out
+    assert ("la and bs are identical by construction (logit_adjusted with tau 1 is balanced_softmax"
+            in out)
+    assert rows["la"]["accuracy"]["mean"] == rows["bs"]["accuracy"]["mean"]  # as the note says
+
+
+def test_identical_methods_are_found_from_the_resolved_config_not_the_name(tiny_idx_root, tmp_path):
+    from argparse import Namespace
+
+    from longtail.engine.compare import identical_methods, plan_cells
+
+    args = Namespace(methods="la:loss.tau=2.0,bs,ccar_la,ccar_bs,ce,ce:optim.lr=0.02,focal_la", seeds="0",
+                     imbalance_factors=None, paired=True, recipe=None, config=None, output=None,
+                     overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
+    notes = identical_methods(plan_cells(args)[0])
+    assert notes == ["ccar_la and ccar_bs are identical by construction (ccar_la with tau 1 is ccar_bs: the same "
+                     "loss, gradient and run), so their rows are equal.",
+                     "ce and ce:optim.lr=0.02 are identical by construction (their resolved configurations are "
+                     "equal: the same loss, gradient and run), so their rows are equal."]
+
+
+def test_verdict_with_seeds_compares_the_margin_with_the_spread():
+    from longtail.engine.compare import verdict
+
+    def row(method, overall, std, worst):
+        return {"imbalance_factor": None, "method": method, "seeds": 3,
+                "accuracy": {"mean": overall, "std": std}, "worst_class_accuracy": {"mean": worst, "std": 0.01}}
+
+    text = verdict([row("ce", 0.70, 0.02, 0.10), row("ccar_bs", 0.80, 0.01, 0.50)], [])
+    assert text.splitlines() == [
+        "On overall accuracy, ccar_bs led (80.00 %), 10.00 points ahead of ce (70.00 %); the margin exceeds the "
+        "seed spread (sample std up to 2.00 points over 3 seeds).",
+        "On worst-class accuracy, ccar_bs led (50.00 %), 40.00 points ahead of ce (10.00 %); the margin exceeds "
+        "the seed spread (sample std up to 1.00 points over 3 seeds)."]
+    close = verdict([row("ce", 0.70, 0.02, 0.10), row("bs", 0.71, 0.03, 0.10)], [])
+    assert "the margin does not exceed the seed spread (sample std up to 3.00 points" in close
+    assert "On worst-class accuracy, ce and bs tie for the lead (10.00 %)." in close
+
+
+def test_sigterm_is_passed_on_to_running_cells(tiny_idx_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "cmp"
+    command = [sys.executable, "-m", "longtail", "compare", "--methods", "ce,bs", "--jobs", "2", "--output",
+               str(output), *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=200)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    histories = [output / "cells" / name / "history.jsonl" for name in ("ce-seed0", "bs-seed0")]
+    while time.time() < deadline and not all(h.is_file() for h in histories):  # both cells are training
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, (out, err)
+    for name in ("ce-seed0", "bs-seed0"):
+        assert "received signal 15" in (output / "cells" / f"{name}.log").read_text()
+        assert (output / "cells" / name / "checkpoints" / "last.pt").is_file()
+        assert not (output / "cells" / name / "metrics.json").exists()
+
+
+def test_bare_train_is_the_quick_start_comparing_the_recommended_method_with_ce(tiny_idx_root, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """README command 1 ends in `longtail train`: it must end with CE and a long-tail method side by side
+    on overall and tail accuracy. The recipe's data is swapped for the tiny set to keep this test short."""
+    from longtail import cli
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "pip install -e . && longtail train\n" in readme
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "QUICK_START_OVERRIDES",
+                        [*cli.QUICK_START_OVERRIDES, *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1)])
+    assert main(["train"]) == 0
+    out = capsys.readouterr().out
+    assert "the quick start" in out and "cell 2/2:" in out
+    assert "| ce |" in out and "| ccar_bs |" in out and "| Few | Worst |" in out
+    assert "On overall accuracy, " in out and "On worst-class accuracy, " in out
+    (output,) = (tmp_path / "runs").iterdir()
+    assert output.name.startswith("quickstart-")
+    configs = [json.loads(json.dumps(__import__("yaml").safe_load((output / "cells" / f"{m}-seed0.yaml").read_text())))
+               for m in ("ce", "ccar_bs")]
+    assert [c["loss"]["name"] for c in configs] == ["ce", "ccar_bs"]
+    assert all(c["optim"]["epochs"] == 1 and c["model"]["options"] == {"width": 16} for c in configs)

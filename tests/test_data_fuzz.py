@@ -194,7 +194,7 @@ def test_training_data_from_a_generated_folder_is_built_or_refused_with_every_ba
         except BadImagesError as error:
             assert policy == "error" and bad and sorted(path for path, _ in error.problems) == bad
         except ConfigError as error:
-            assert policy == "skip" and not class_has_good and "no training images" in str(error)
+            assert policy == "skip" and not class_has_good and "no images of class" in str(error)
         else:
             assert not bad or policy == "skip"
             assert sorted(entry["path"] for entry in data.split_info.get("skipped_images", [])) == bad

@@ -48,8 +48,12 @@ def test_bad_overrides_name_the_key_and_the_valid_choices(override, message):
 
 
 def test_changing_a_component_name_drops_the_previous_components_options():
-    config, _ = build_config(overrides=["loss.name=focal", "loss.gamma=1.0", "loss.name=bs"])
-    assert config.loss.options == {}
+    # the focal preset sets loss.gamma; naming another loss on the command line drops it
+    config, _ = build_config(method="focal", overrides=["loss.name=bs"])
+    assert config.loss.name == "bs" and config.loss.options == {}
+    # within one layer the order does not matter, so an option that fits neither reading is refused
+    with pytest.raises(ConfigError, match="gamma is not an option of loss 'bs'"):
+        build_config(overrides=["loss.name=focal", "loss.gamma=1.0", "loss.name=bs"])
 
 
 def test_override_values_are_read_as_yaml():

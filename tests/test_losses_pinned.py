@@ -93,3 +93,17 @@ def test_ldam_margins_need_a_positive_maximum(max_margin):
     margins = ldam_margins(COUNTS, 0.5)  # m_j = C / N_j ** 0.25, largest (rarest class) = 0.5
     expected = torch.tensor(COUNTS, dtype=torch.float64) ** -0.25
     torch.testing.assert_close(margins, 0.5 * expected / expected.max())
+
+
+@pytest.mark.parametrize("switch_epoch, warns", [(3, True), (0, False)])
+def test_drw_warns_only_when_a_switch_can_be_missed(batch, switch_epoch, warns):
+    """Never given an epoch, DRW cannot switch: its first forward warns, unless the weights are on
+    from epoch 0 anyway (switch_epoch=0)."""
+    import warnings
+
+    logits, targets = batch
+    loss = build_loss("ce_drw", COUNTS, switch_epoch=switch_epoch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss(logits.float(), targets)
+    assert bool(caught) == warns, [str(w.message) for w in caught]

@@ -47,3 +47,12 @@ def test_reliability_bin_edges_split_zero_to_one_evenly():
     metrics = LongTailMetrics(3, [5, 3, 1], ece_bins=4)
     metrics.update(torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([0, 2]))
     assert metrics.compute()["reliability"]["bin_edges"] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+@pytest.mark.parametrize("preds, targets", [
+    (torch.tensor([0.0, 1.0]), torch.tensor([0, 1])),  # float predictions (logits not argmaxed)
+    (torch.tensor([0, 1]), torch.tensor([0.0, 1.0])),  # float targets
+])
+def test_confusion_matrix_refuses_float_inputs_on_either_side(preds, targets):
+    with pytest.raises(ValueError, match="integer class indices"):
+        confusion_matrix(preds, targets, 2)

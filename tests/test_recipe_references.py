@@ -10,6 +10,7 @@ A failure names the row's reference and source.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -37,6 +38,7 @@ def numbers_of(value) -> list:
     return []
 
 
+@functools.lru_cache(maxsize=None)
 def tables() -> dict:
     from test_protocols import parse_protocol_tables
 
@@ -50,10 +52,15 @@ def rows():
                 yield pytest.param(kind, name, row, id=f"{kind} {name} {row['key']}")
 
 
+@functools.lru_cache(maxsize=None)
+def recipe(name: str):
+    return load_recipe(name)[0]
+
+
 def actual_value(kind: str, name: str, key: str):
     """What the shipped recipe sets for ``key``, read from the recipe files, not from the table."""
     if kind == "protocol":
-        config, _ = load_recipe(name)
+        config = recipe(name)
         section, option = key.split(".", 1)
         if section in ("loss", "regularizer"):
             component = getattr(config, section)

@@ -83,6 +83,7 @@ TESTS = {
     "engine/components.py": ["test_engine_options.py", "test_decoupled.py", "test_safe_loading.py"],
     "engine/schedules.py": ["test_engine_options.py", "test_engine_config.py", "test_protocols.py"],
     "engine/evaluate.py": ["test_engine_options.py", "test_posthoc.py", "test_selection.py"],
+    "engine/trainer.py": ["test_engine_options.py", "test_interrupts.py", "test_decoupled.py", "test_selection.py"],
     "engine/": ["test_engine_options.py", "test_interrupts.py", "test_selection.py", "test_engine_config.py",
                 "test_cli.py"],
 }

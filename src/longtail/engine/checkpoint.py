@@ -37,11 +37,29 @@ def reported_weights(state: dict) -> dict:
     return state.get("best_model") or state["model"]
 
 
+class OutputWriteError(OSError):
+    """Writing an output file failed (disk full, permissions...); the previous file is left as it was."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` atomically. The file gets mode ``0o666 & ~umask`` (0644 under the
+    usual umask 022), as a plain ``open()`` would give it; mkstemp's private 0600 is not kept.
+    An OSError (e.g. a full disk) leaves ``path`` untouched and is re-raised as OutputWriteError
+    naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OutputWriteError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
+    try:
+        os.fchmod(handle, 0o666 & ~_current_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
             stream.flush()
@@ -52,9 +70,13 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             os.fsync(directory)  # make the rename itself durable
         finally:
             os.close(directory)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError) and not isinstance(error, OutputWriteError):
+            previous = "the previous version is intact" if path.exists() else "nothing was written"
+            raise OutputWriteError(error.errno, f"cannot write {path}: {error.strerror or error} ({previous})") \
+                from error
         raise
 
 
@@ -86,6 +108,37 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
             f"cannot load checkpoint {path}: {error}. The file is corrupt, truncated, or contains "
             f"objects that are not plain tensors/containers (refused for safety)."
         ) from error
+
+
+RUN_CHECKPOINT_KEYS = ("config", "label", "model", "class_counts_hash", "epoch")
+
+
+def load_run_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by a longtail run, refusing any other torch file with a clear message."""
+    state = load_checkpoint(path, map_location)
+    missing = [key for key in RUN_CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        kind = f"a {type(state).__name__}" if not isinstance(state, dict) else f"a dict with keys {sorted(state)[:8]}"
+        raise CheckpointError(f"{path} is a torch file but not a longtail run checkpoint ({kind}; missing "
+                              f"{', '.join(missing)}). Give a run directory (runs/<run>) made by `longtail train`; "
+                              f"plain weights go in model.pretrained=FILE")
+    return state
+
+
+def resume_target(target) -> Path:
+    """The run directory ``--resume`` continues; a path that is not one is refused naming the right one."""
+    target = Path(target)
+    if target.is_dir():
+        if not (target / "checkpoints" / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"{target} holds no checkpoints/{CHECKPOINT_NAME}: not a run directory, or the "
+                                  f"run stopped before its first checkpoint (start it again instead)")
+        return target
+    if target.is_file() and target.parent.name == "checkpoints":
+        raise CheckpointError(f"--resume takes the run directory, not its checkpoint file: use "
+                              f"--resume {target.parent.parent}")
+    if target.is_file():
+        raise CheckpointError(f"--resume takes a run directory (runs/<run>), and {target} is a file")
+    raise CheckpointError(f"run directory not found: {target}")
 
 
 def class_counts_hash(class_counts) -> str:

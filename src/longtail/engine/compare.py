@@ -43,6 +43,7 @@ class Cell:
     config: RunConfig
     label: str
     source: Optional["Cell"] = None  # stage 2: the cell whose trained model this one starts from
+    fingerprint: Optional[dict] = None  # the data fingerprint its results must have been made with
 
     @property
     def name(self) -> str:
@@ -145,16 +146,180 @@ def _cell_state(run_dir: Path) -> str:
     return "new"
 
 
-def _run_in_process(cell: Cell, run_dir: Path) -> None:
+class CellFailed(RuntimeError):
+    """A cell of the grid failed; the grid stopped there. ``code`` is the exit code to return."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# Settings that say where / how fast a cell runs, not what it computes: left out of its identity.
+_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device")}
+
+
+def _identity(config_dict: dict) -> dict:
+    identity = json.loads(json.dumps(config_dict))
+    for section, keys in _VOLATILE.items():
+        for key in keys:
+            identity.get(section, {}).pop(key, None)
+    identity.pop("description", None)
+    return identity
+
+
+def config_hash(config_dict: dict) -> str:
+    """A cell's identity: sha256 of its resolved configuration without where / how fast it runs."""
+    text = json.dumps(_identity(config_dict), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict) and value and key != "options":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, dict):
+            flat.update({f"{prefix}{k}": v for k, v in value.items()} or {f"{prefix}{key}": {}})
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _changed_settings(old: dict, new: dict, limit: int = 6) -> str:
+    before, after = _flatten(_identity(old)), _flatten(_identity(new))
+    keys = [k for k in dict.fromkeys([*before, *after]) if before.get(k, "<unset>") != after.get(k, "<unset>")]
+    shown = [f"{k}: {before.get(k, '<unset>')!r} -> {after.get(k, '<unset>')!r}" for k in keys[:limit]]
+    return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _recorded_config(run_dir: Path) -> Optional[dict]:
+    from longtail.engine.config import load_yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    return load_yaml(path.read_text(encoding="utf-8"))
+
+
+def _check_existing_cells(cells: list[Cell], output: Path) -> None:
+    """A finished or resumable cell is reused only if it was made with the same resolved settings and
+    the same data; otherwise the comparison is refused before anything runs (never silently reused)."""
+    from longtail.engine.fingerprint import differences, read_recorded
+
+    stale = []
+    for cell in cells:
+        run_dir = output / "cells" / cell.name
+        if _cell_state(run_dir) == "new":
+            continue
+        recorded = _recorded_config(run_dir)
+        if recorded is None or config_hash(recorded) != config_hash(cell.config.to_dict()):
+            change = "no config.yaml" if recorded is None else _changed_settings(recorded, cell.config.to_dict())
+            stale.append(f"{cell.name} ({change})")
+            continue
+        if _cell_state(run_dir) == "done":
+            record = read_recorded(run_dir, None)
+            problems = differences(record, cell.fingerprint) if record is not None else []
+            if problems:
+                stale.append(f"{cell.name} (data changed: {'; '.join(problems)})")
+    if stale:
+        raise ConfigError(
+            f"{output} holds cells made with other settings or data than this command asks for: "
+            + "; ".join(stale[:5]) + (f"; and {len(stale) - 5} more" if len(stale) > 5 else "")
+            + f". Their results cannot be reused. Give another --output, or delete {output / 'cells'} "
+              f"(or just those cells) to train them again")
+
+
+def _attach_fingerprints(cells: list[Cell]) -> None:
+    """Build each distinct data setup once, before any cell trains: missing or bad data is reported
+    now, and every cell gets the data fingerprint its reused results must match."""
+    from longtail.engine.data_setup import data_fingerprint_of
+
+    built = {}
+    for cell in cells:
+        key = json.dumps(cell.config.to_dict()["data"], sort_keys=True)
+        if key not in built:
+            try:
+                built[key] = data_fingerprint_of(cell.config)
+            except (ValueError, FileNotFoundError) as error:
+                raise ConfigError(f"cell {cell.name}: {error}") from None
+        cell.fingerprint = built[key]
+
+
+def _validate_arguments(args, cells: list[Cell], output: Path) -> str:
+    """Every argument checked before the first cell trains. Returns the reference method."""
+    methods = list(dict.fromkeys(c.method for c in cells))
+    listed = _split_list(args.methods, str)
+    if len(listed) != len(set(listed)):
+        raise ConfigError(f"--methods names a method twice: {args.methods}")
+    seeds = _split_list(args.seeds, int)
+    if len(seeds) != len(set(seeds)):
+        raise ConfigError(f"--seeds names a seed twice: {args.seeds}")
+    factors = _split_list(args.imbalance_factors, float)
+    if len(factors) != len(set(factors)):
+        raise ConfigError(f"--imbalance-factors names a factor twice: {args.imbalance_factors}")
+    reference = args.reference or methods[0]
+    if reference not in methods:
+        raise ConfigError(f"--reference {reference} is not among the compared methods: {', '.join(methods)}")
+    if getattr(args, "jobs", 1) < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
+    for device in _split_list(getattr(args, "devices", None), str):
+        from longtail.engine.distributed import select_device
+
+        if device != "cpu" and not re.fullmatch(r"cuda(:[0-9]+)?", device):
+            raise ConfigError(f"--devices: {device!r} is not a device; use cpu, cuda or cuda:N")
+        select_device(device)  # refuses a CUDA device this machine does not have
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file, not a directory")
+    from longtail.engine.runinfo import check_output_dir
+
+    check_output_dir(output)
+    return reference
+
+
+class _Children:
+    """Cell subprocesses that are running, so SIGINT / SIGTERM can be passed on to them."""
+
+    def __init__(self):
+        import threading
+
+        self.lock = threading.Lock()
+        self.running: set = set()
+        self.signal_number: Optional[int] = None
+
+    def forward(self, signum, _frame) -> None:
+        self.signal_number = signum
+        print(f"\nreceived signal {signum}: passing it on to the running cells (they save a checkpoint)",
+              file=sys.stderr, flush=True)
+        with self.lock:
+            for process in self.running:
+                if process.poll() is None:
+                    process.send_signal(signum)
+
+
+def _run_in_process(cell: Cell, run_dir: Path, log: Path) -> None:
+    """One cell in this process (``--jobs 1``), its output going to its log. A signal reaches the
+    trainer's own handler: it saves a checkpoint and raises TrainingInterrupted (exit 128 + N)."""
+    import contextlib
+
     from longtail.engine.trainer import train
 
-    if _cell_state(run_dir) == "resume":
-        train(cell.config, cell.label, resume_dir=run_dir)
-    else:
-        train(cell.config, cell.label)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as stream, contextlib.redirect_stdout(stream), \
+            contextlib.redirect_stderr(stream):
+        try:
+            if _cell_state(run_dir) == "resume":
+                train(cell.config, cell.label, resume_dir=run_dir)
+            else:
+                train(cell.config, cell.label)
+        except Exception:
+            import traceback
+
+            traceback.print_exc()  # into the cell's log, like a subprocess cell's
+            raise
 
 
-def _run_subprocess(cell: Cell, run_dir: Path, device: Optional[str], threads: int) -> None:
+def _run_subprocess(cell: Cell, run_dir: Path, log: Path, device: Optional[str], threads: int,
+                    children: _Children) -> None:
     if _cell_state(run_dir) == "resume":
         command = [sys.executable, "-m", "longtail", "train", "--resume", str(run_dir)]
     else:
@@ -165,47 +330,125 @@ def _run_subprocess(cell: Cell, run_dir: Path, device: Optional[str], threads: i
         cell.config.train.threads = cell.config.train.threads or threads
         atomic_write_text(config_path, dump_yaml(cell.config))
         command = [sys.executable, "-m", "longtail", "train", "--config", str(config_path)]
-    log = run_dir.parent / f"{cell.name}.log"
-    with open(log, "w") as stream:
-        result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if result.returncode != 0:
-        raise RuntimeError(f"cell {cell.name} failed with exit code {result.returncode}; see {log}")
+    with open(log, "a", encoding="utf-8") as stream:
+        with children.lock:
+            if children.signal_number is not None:
+                raise CellFailed(f"cell {cell.name} not started: interrupted", 128 + children.signal_number)
+            process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
+                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            children.running.add(process)
+        try:
+            code = process.wait()
+        finally:
+            with children.lock:
+                children.running.discard(process)
+    if code < 0:  # killed by signal -code (Popen's convention): the shell's 128 + N
+        code = 128 - code
+    if code != 0:
+        raise CellFailed(f"cell {cell.name} failed with exit code {code}; its log: {log}",
+                         code if code > 128 else 1)
+
+
+def _done_line(index: int, total: int, cell: Cell, run_dir: Path, seconds: float) -> str:
+    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
+    factor = "" if cell.imbalance_factor is None else f" IF {cell.imbalance_factor:g}"
+    return (f"cell {index}/{total}: {cell.method}{factor} seed {cell.seed} ... done in {seconds:.0f} s, "
+            f"test acc {metrics['accuracy']:.3f}, worst class {metrics['worst_class_accuracy']:.3f}")
+
+
+def _remove_old_outputs(output: Path) -> None:
+    """Tables and plots of an earlier grid would look current if this one fails: remove them first."""
+    for path in [*output.glob("comparison.*"), *output.glob("per_class_accuracy*.png"),
+                 *output.glob("overall_vs_worst*.png")]:
+        path.unlink()
 
 
 def run_comparison(args) -> Path:
+    import time
+
     cells, output = plan_cells(args)
+    reference = _validate_arguments(args, cells, output)
+    _attach_fingerprints(cells)
+    _check_existing_cells(cells, output)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output / "plan.json", {
-        "command": sys.argv, "paired": args.paired, "reference": args.reference,
+        "command": sys.argv, "paired": args.paired, "reference": reference,
         "cells": [{"name": c.name, "method": c.method, "seed": c.seed, "imbalance_factor": c.imbalance_factor,
-                   "label": c.label} for c in cells]})
+                   "label": c.label, "config_hash": config_hash(c.config.to_dict())} for c in cells]})
     pending = [c for c in cells if _cell_state(output / "cells" / c.name) != "done"]
     for cell in pending:
         run_dir = output / "cells" / cell.name
         if _cell_state(run_dir) == "new" and run_dir.exists():
             shutil.rmtree(run_dir)  # started but never checkpointed: nothing worth keeping
+    if pending:
+        _remove_old_outputs(output)
     print(f"{len(cells)} cells, {len(cells) - len(pending)} already finished, {len(pending)} to run", flush=True)
     devices = _split_list(args.devices, str)
-    jobs = max(1, args.jobs)
+    jobs = args.jobs
     pending.sort(key=_stage)  # stable: stage-1 cells first, in grid order
+    total = len(pending)
     if jobs == 1 and not devices:
         for index, cell in enumerate(pending, 1):
-            print(f"[{index}/{len(pending)}] {cell.name}", flush=True)
-            _run_in_process(cell, output / "cells" / cell.name)
+            run_dir, log = output / "cells" / cell.name, output / "cells" / f"{cell.name}.log"
+            started = time.perf_counter()
+            try:
+                _run_in_process(cell, run_dir, log)
+            except SystemExit as stop:  # TrainingInterrupted: the cell saved a checkpoint
+                print(f"cell {index}/{total}: {cell.name} interrupted; its checkpoint is saved. Run the same "
+                      f"command again to continue", file=sys.stderr, flush=True)
+                raise CellFailed(f"interrupted in cell {cell.name}", int(stop.code or 1)) from None
+            except Exception as error:  # noqa: BLE001 - any failure stops the grid, named with its cell
+                raise CellFailed(f"cell {index}/{total} {cell.name} failed: {type(error).__name__}: {error}. "
+                                 f"The grid stopped there; its log: {log}") from None
+            print(_done_line(index, total, cell, run_dir, time.perf_counter() - started), flush=True)
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        _run_parallel(pending, output, devices, jobs)
+    write_comparison(output, cells, reference)
+    return output
+
+
+def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -> None:
+    import signal
+    import time
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    children = _Children()
+    previous = {signum: signal.signal(signum, children.forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    total, finished = len(pending), 0
+    try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
             for stage in sorted({_stage(c) for c in pending}):  # a stage starts when the one before is done
                 wave = [c for c in pending if _stage(c) == stage]
+                started = time.perf_counter()
                 futures = {pool.submit(_run_subprocess, cell, output / "cells" / cell.name,
-                                       devices[i % len(devices)] if devices else None, threads): cell
+                                       output / "cells" / f"{cell.name}.log",
+                                       devices[i % len(devices)] if devices else None, threads, children): cell
                            for i, cell in enumerate(wave)}
-                for future in concurrent.futures.as_completed(futures):
-                    future.result()
-                    print(f"finished {futures[future].name}", flush=True)
-    write_comparison(output, cells, args.reference or cells[0].method)
-    return output
+                try:
+                    for future in concurrent.futures.as_completed(futures):
+                        future.result()
+                        finished += 1
+                        cell = futures[future]
+                        print(_done_line(finished, total, cell, output / "cells" / cell.name,
+                                         time.perf_counter() - started), flush=True)
+                except CellFailed:
+                    for future in futures:
+                        future.cancel()
+                    if children.signal_number is not None:  # we were interrupted: every cell already got it
+                        concurrent.futures.wait(futures)
+                        raise CellFailed("interrupted; the cells saved checkpoints. Run the same command again "
+                                         "to continue", 128 + children.signal_number) from None
+                    # stop the cells still running: they save a checkpoint and can be continued
+                    with children.lock:
+                        for process in children.running:
+                            if process.poll() is None:
+                                process.send_signal(signal.SIGTERM)
+                    raise
+                if children.signal_number is not None:
+                    raise CellFailed("interrupted", 128 + children.signal_number)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -260,36 +503,148 @@ def _best_per_column(rows: list[dict], factor) -> dict:
 
 
 def comparison_markdown(rows: list[dict], reference: str) -> str:
+    """The comparison table(s), one per imbalance factor. With several seeds each cell is mean ± sample
+    std and a `wins` column counts paired wins; with one seed there is no spread, so only the value is
+    shown (no "± 0.00", no "wins 1/1")."""
     parts = []
+    several = any(r["seeds"] > 1 for r in rows)
     for factor in dict.fromkeys(r["imbalance_factor"] for r in rows):
         group = [r for r in rows if r["imbalance_factor"] == factor]
         best = _best_per_column(rows, factor)
-        header = ["method"] + [title for _, title in SUMMARY_COLUMNS] + [f"Δ Overall vs {reference}", "wins"]
+        header = (["method"] + [title for _, title in SUMMARY_COLUMNS] + [f"Δ Overall vs {reference}"]
+                  + (["wins"] if several else []))
         table_rows = []
         for row in group:
             cells = [row["method"]]
             for key, _ in SUMMARY_COLUMNS:
                 mean, std = row[key]["mean"], row[key]["std"]
-                text = "-" if mean is None else f"{format_percent(mean)} ± {format_percent(std)}"
+                text = "-" if mean is None else (f"{format_percent(mean)} ± {format_percent(std)}" if several
+                                                 else format_percent(mean))
                 if mean is not None and key in best and abs(mean - best[key]) < 1e-12:
                     text = f"**{text}**"
                 cells.append(text)
             delta = row["accuracy"]["delta"]
             cells.append("-" if delta is None else f"{100 * delta:+.2f}")
-            cells.append(f"{row['overall_wins_vs_reference']}/{row['seeds']}")
+            if several:
+                cells.append(f"{row['overall_wins_vs_reference']}/{row['seeds']}")
             table_rows.append(cells)
         title = "" if factor is None else f"### imbalance factor {factor:g}\n\n"
         parts.append(title + markdown_table(header, table_rows))
-    legend = (f"\n\nTest accuracy in % (mean ± sample std over seeds; ECE in %, lower is better). Bold: best "
-              f"per column. Δ: difference of mean overall accuracy to `{reference}`; wins: seeds on which the "
-              f"method's overall accuracy beats `{reference}`'s on the same seed.")
+    if several:
+        legend = (f"\n\nTest accuracy in % (mean ± sample std over seeds; ECE in %, lower is better). Bold: best "
+                  f"per column. Δ: difference of mean overall accuracy to `{reference}`; wins: seeds on which the "
+                  f"method's overall accuracy beats `{reference}`'s on the same seed.")
+    else:
+        legend = (f"\n\nTest accuracy in % of one seed (ECE in %, lower is better). Bold: best per column. "
+                  f"Δ: difference of overall accuracy to `{reference}`.")
     return "\n\n".join(parts) + legend + "\n"
+
+
+# --------------------------------------------------------------------------- identical methods and verdict
+
+# A logit-adjusted loss at tau = 1 adds log(prior) to the logits; Balanced Softmax adds log(count) =
+# log(prior) + log(N), the same shift for every class, so the softmax, the loss and its gradient are
+# identical. The *_la losses at tau 1 are therefore their *_bs twins.
+_TAU_ONE_TWINS = {"logit_adjusted": "balanced_softmax", "focal_la": "focal_bs", "ccar_la": "ccar_bs"}
+
+
+def canonical_loss(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
+    """(name, every option with its default filled in, why it was renamed or None)."""
+    import inspect
+
+    from longtail.losses.registry import ALIASES, LOSSES
+
+    name = ALIASES.get(name, name)
+    builder = LOSSES.get(name)
+    full = dict(options)
+    if builder is not None:
+        for key, parameter in inspect.signature(builder).parameters.items():
+            if key != "class_counts" and parameter.default is not inspect.Parameter.empty:
+                full.setdefault(key, parameter.default)
+    if name in _TAU_ONE_TWINS and float(full.get("tau", 1.0)) == 1.0:
+        twin = _TAU_ONE_TWINS[name]
+        full.pop("tau", None)
+        return twin, full, f"{name} with tau 1 is {twin}"
+    return name, full, None
+
+
+def _canonical_config(config: RunConfig) -> tuple[str, list]:
+    from longtail.regularizers import CAR
+
+    identity = _identity(config.to_dict())
+    identity["train"].pop("seed", None)
+    name, options, reason = canonical_loss(config.loss.name, config.loss.options)
+    identity["loss"] = {"name": name, "options": options}
+    if config.regularizer.name == "car":
+        import inspect
+
+        full = dict(config.regularizer.options)
+        for key, parameter in inspect.signature(CAR.__init__).parameters.items():
+            if key not in ("self", "class_counts") and parameter.default is not inspect.Parameter.empty:
+                full.setdefault(key, parameter.default)
+        identity["regularizer"] = {"name": "car", "options": full}
+    return json.dumps(identity, sort_keys=True, default=str), [reason] if reason else []
+
+
+def identical_methods(cells: list[Cell]) -> list[str]:
+    """Lines naming methods whose resolved configurations are the same computation (by construction,
+    e.g. `la` at tau 1 and `bs`), found from the configurations, not from the method names."""
+    groups: dict = {}
+    for cell in cells:
+        key, reasons = _canonical_config(cell.config)
+        entry = groups.setdefault((cell.imbalance_factor, key), {"methods": [], "reasons": []})
+        if cell.method not in entry["methods"]:
+            entry["methods"].append(cell.method)
+            entry["reasons"].extend(r for r in reasons if r not in entry["reasons"])
+    lines = []
+    for (factor, _), entry in groups.items():
+        if len(entry["methods"]) > 1:
+            why = "; ".join(entry["reasons"]) or "their resolved configurations are equal"
+            where = "" if factor is None else f" (IF {factor:g})"
+            lines.append(f"{' and '.join(entry['methods'])}{where} are identical by construction ({why}: the same "
+                         f"loss, gradient and run), so their rows are equal.")
+    return list(dict.fromkeys(lines))
+
+
+def verdict(rows: list[dict], notes: list[str]) -> str:
+    """Plain sentences: which method led on overall and on worst-class accuracy, and whether the lead
+    exceeds the seed spread (with one seed: that there is none to judge by)."""
+    lines = []
+    for factor in dict.fromkeys(r["imbalance_factor"] for r in rows):
+        group = [r for r in rows if r["imbalance_factor"] == factor and r["accuracy"]["mean"] is not None]
+        where = "" if factor is None else f" at imbalance factor {factor:g}"
+        for key, title in (("accuracy", "overall accuracy"), ("worst_class_accuracy", "worst-class accuracy")):
+            ranked = sorted(group, key=lambda r: r[key]["mean"], reverse=True)
+            leader = ranked[0]
+            tied = [r["method"] for r in ranked if abs(r[key]["mean"] - leader[key]["mean"]) < 1e-12]
+            head = (f"{' and '.join(tied)} tie for the lead" if len(tied) > 1 else f"{leader['method']} led")
+            text = f"On {title}{where}, {head} ({format_percent(leader[key]['mean'])} %)"
+            runner = next((r for r in ranked if r["method"] not in tied), None)
+            if runner is None:
+                lines.append(text + ".")
+                continue
+            margin = leader[key]["mean"] - runner[key]["mean"]
+            text += f", {100 * margin:.2f} points ahead of {runner['method']} ({format_percent(runner[key]['mean'])} %)"
+            if leader["seeds"] < 2:
+                text += ("; with one seed there is no seed spread, so this says nothing about whether the lead "
+                         "is larger than run-to-run noise (use --seeds 0,1,2)")
+            else:
+                spread = max(leader[key]["std"], runner[key]["std"])
+                relation = "exceeds" if margin > spread else "does not exceed"
+                text += (f"; the margin {relation} the seed spread (sample std up to {100 * spread:.2f} points "
+                         f"over {leader['seeds']} seeds)")
+            lines.append(text + ".")
+    return "\n".join(lines + notes)
 
 
 def write_comparison(output: Path, cells: list[Cell], reference: str) -> None:
     rows = aggregate(output, cells, reference)
-    atomic_write_json(output / "comparison.json", {"reference": reference, "rows": rows})
-    atomic_write_text(output / "comparison.md", comparison_markdown(rows, reference))
+    atomic_write_json(output / "comparison.json", {
+        "reference": reference, "rows": rows,
+        "cells": {c.name: config_hash(c.config.to_dict()) for c in cells}})
+    notes = identical_methods(cells)
+    atomic_write_text(output / "comparison.md", comparison_markdown(rows, reference) + "\n"
+                      + verdict(rows, notes) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["imbalance_factor", "method"] + [f"{key}_{stat}" for key, _ in SUMMARY_COLUMNS

@@ -52,21 +52,29 @@ def keep_frozen_parts_in_eval(model: nn.Module) -> None:
             child.eval()
 
 
-def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool = True) -> str:
+def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool = True,
+                  fingerprint: dict | None = None) -> str:
     """Load the weights a finished run reports (its validation-selected ones if it selected) into
     ``model``: the backbone, and the classifier unless ``load_head`` is False (cRT starts from a
-    fresh one). With an LWS head the classifier weights go under the scales. Returns a line for the log."""
-    from longtail.engine.checkpoint import (CheckpointError, class_counts_hash, load_checkpoint, reported_weights,
+    fresh one). With an LWS head the classifier weights go under the scales. ``fingerprint``: this run's
+    data fingerprint, which must be the source run's (same data and split). Returns a line for the log."""
+    from longtail.engine.checkpoint import (CheckpointError, class_counts_hash, load_run_checkpoint, reported_weights,
                                             run_checkpoint)
 
     path = run_checkpoint(source)
     if not path.exists():
         raise FileNotFoundError(f"model.init_from={source}: no checkpoint at {path}; give a run directory "
                                 f"(runs/<run>) or a checkpoint file")
-    state = load_checkpoint(path)
+    state = load_run_checkpoint(path)
     if state.get("class_counts_hash") != class_counts_hash(class_counts):
         raise CheckpointError(f"model.init_from={source} was trained on different class counts than this run's "
                               f"data; stage 2 must use the same dataset and split")
+    note = None
+    if fingerprint is not None:  # same counts, but are they the same images?
+        from longtail.engine.fingerprint import check_same_data, read_recorded
+
+        source_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        note = check_same_data(read_recorded(source_dir, state), fingerprint, f"model.init_from={source}")
     weights = reported_weights(state)
     target = model.head.base_head if isinstance(model.head, LWSHead) else model.head
     head_prefix = "head."
@@ -84,7 +92,7 @@ def init_from_run(model: nn.Module, source: str, class_counts, load_head: bool =
         raise CheckpointError(f"model.init_from={source}: its weights do not fit this model (missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}); use the stage-1 run's model.name / options")
     epoch = state["best"]["epoch"] + 1 if state.get("best") else state["epoch"]
-    return f"initialised from {path} (epoch {epoch})"
+    return f"initialised from {path} (epoch {epoch})" + (f"\n{note}" if note else "")
 
 
 def build_loss_fn(config: RunConfig, class_counts, device: torch.device, rank: int = 0,

@@ -13,8 +13,12 @@ chosen component (``loss.omega=0.5``), which the component's own builder validat
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +28,30 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration problem found before any work started (the CLI exits with code 2)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``5e-4`` / ``1E3`` as numbers.
+
+    PyYAML follows YAML 1.1, whose float pattern needs a dot (``5.0e-4``), so ``5e-4`` would be
+    the string "5e-4" and ``optim.weight_decay: 5e-4`` a type error. YAML 1.2 (and every user) reads
+    it as a number; this resolver does too, in files and ``key=value`` overrides alike.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+
+                   |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text) -> Any:
+    """Parse YAML text (or a stream) safely, scientific notation included (see ``_Loader``)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING):
@@ -209,6 +237,11 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # "nan", "inf", "1e-3" written as text: a number, range-checked later
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif annotation is str:
         if isinstance(value, str):
             return value
@@ -252,7 +285,9 @@ def apply_mapping(config: RunConfig, mapping: dict, source: str) -> None:
                 values = {"name": values}
             if not isinstance(values, dict):
                 raise ConfigError(f"{source}: '{section}' must be a mapping with a 'name', got {values!r}")
-            for key, value in values.items():
+            # `name` first: setting a new name drops the previous component's options, and options
+            # written before `name` in the same mapping belong to the new component.
+            for key, value in sorted(values.items(), key=lambda item: item[0] != "name"):
                 if key == "options" and isinstance(value, dict):  # the saved form: {name, options: {...}}
                     for option, option_value in value.items():
                         set_override(config, f"{section}.{option}", option_value, source)
@@ -307,7 +342,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' must look like section.key=value (e.g. optim.lr=0.05)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"override '{text}': cannot read value {raw!r}: {error}") from error
     return key.strip(), value
@@ -322,7 +357,7 @@ def available_protocols() -> list[str]:
 
 def load_methods() -> dict:
     with open(RECIPE_DIR / "methods.yaml", encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+        return load_yaml(handle)
 
 
 def available_recipes() -> list[str]:
@@ -337,9 +372,16 @@ def available_recipes() -> list[str]:
 def _read_yaml(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle) or {}
+            data = load_yaml(handle) or {}
     except FileNotFoundError as error:
         raise ConfigError(f"config file not found: {path}") from error
+    except IsADirectoryError as error:
+        raise ConfigError(f"config {path} is a directory; give a YAML file") from error
+    except PermissionError as error:
+        raise ConfigError(f"config {path} cannot be read (permission denied)") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                          f"save it as UTF-8 YAML") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
@@ -410,8 +452,12 @@ def build_config(
         protocol = label.partition("/")[0]
         apply_mapping(config, method_overrides(method, protocol), f"method {method}")
         label = f"{protocol}/{method}"
-    for text in overrides or []:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides or []]
+    # Option order never matters: `loss.omega=0.5 loss.name=ccar_bs` keeps omega. Component names
+    # go first (stable sort), so a name given on the command line replaces the recipe's component
+    # and every option given with it, before or after, is kept.
+    parsed.sort(key=lambda item: not _is_component_name(item[0]))
+    for key, value in parsed:
         set_override(config, key, value)
     validate(config)
     if not recipe and not config_file and config.data.name != RunConfig().data.name:
@@ -419,6 +465,11 @@ def build_config(
         # user's image folder), in the run directory, the log and the plots.
         label = dataset_title(config) + (f"/{method}" if method else "")
     return config, label
+
+
+def _is_component_name(dotted: str) -> bool:
+    section, _, key = dotted.partition(".")
+    return section in OPEN_SECTIONS and key == "name"
 
 
 def dataset_title(config: "RunConfig") -> str:
@@ -455,8 +506,191 @@ _CHOICES = {
 }
 
 
+# Valid range of every numeric key: (lowest, lowest allowed?, highest, highest allowed?); None = unbounded.
+# Every float must also be finite. A None value (for Optional keys) means "off" and is not checked.
+_RANGES = {
+    "data.imbalance_factor": (1, True, None, False),
+    "data.split_seed": (0, True, None, False),
+    "data.validation_per_class": (0, True, None, False),
+    "data.sampler_q": (0, True, None, False),
+    "data.batch_size": (1, True, None, False),
+    "data.eval_batch_size": (1, True, None, False),
+    "data.crop_padding": (0, True, None, False),
+    "data.cutout": (0, True, None, False),
+    "data.image_size": (1, True, None, False),
+    "data.channels": (1, True, None, False),
+    "data.workers": (0, True, None, False),
+    "data.mixing_alpha": (0, False, None, False),
+    "data.mixing_prob": (0, True, 1, True),
+    "data.mixing_until_epoch": (0, True, None, False),
+    "data.test_fraction": (0, False, 1, False),
+    "data.crop_scale_min": (0, False, 1, True),
+    "optim.warmup_start_lr": (0, True, None, False),
+    "optim.iterations": (1, True, None, False),
+    "optim.warmup_iterations": (0, True, None, False),
+    "model.head_scale": (0, False, None, False),
+    "optim.lr": (0, False, None, False),
+    "optim.momentum": (0, True, 1, False),
+    "optim.weight_decay": (0, True, None, False),
+    "optim.epochs": (1, True, None, False),
+    "optim.warmup_epochs": (0, True, None, False),
+    "optim.min_lr": (0, True, None, False),
+    "optim.grad_accumulation": (1, True, None, False),
+    "optim.clip_grad_norm": (0, False, None, False),
+    "train.seed": (0, True, None, False),
+    "train.eval_every": (0, True, None, False),
+    "train.checkpoint_every": (1, True, None, False),
+    "train.threads": (1, True, None, False),
+}
+_LIST_RANGES = {"optim.milestones": (0, True, None, False), "optim.milestone_factors": (0, False, None, False)}
+
+
+def _range_text(low, low_in, high, high_in) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>=' if low_in else '>'} {low:g}")
+    if high is not None:
+        parts.append(f"{'<=' if high_in else '<'} {high:g}")
+    return " and ".join(parts) or "finite"
+
+
+def _in_range(value, low, low_in, high, high_in) -> bool:
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if low is not None and (value < low or (value == low and not low_in)):
+        return False
+    if high is not None and (value > high or (value == high and not high_in)):
+        return False
+    return True
+
+
+def _check_ranges(config: RunConfig) -> None:
+    for dotted, bounds in _RANGES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value is not None and not _in_range(value, *bounds):
+            raise ConfigError(f"{dotted}={value!r} is out of range; valid: {_range_text(*bounds)}")
+    for dotted, bounds in _LIST_RANGES.items():
+        section, key = dotted.split(".")
+        values = getattr(getattr(config, section), key)
+        for value in values:
+            if not _in_range(value, *bounds):
+                raise ConfigError(f"{dotted}={values!r}: entry {value!r} is out of range; every entry must be "
+                                  f"{_range_text(*bounds)}")
+    # Any float anywhere (model options, loss / regularizer options included) must be finite.
+    for section in TYPED_SECTIONS + OPEN_SECTIONS:
+        for path, value in _walk(dataclasses.asdict(getattr(config, section)), section):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{path}={value!r} is not a finite number")
+
+
+def _walk(value, path):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _walk(inner, f"{path}.{key}" if key != "options" else path)
+    elif isinstance(value, (list, tuple)):
+        for inner in value:
+            yield from _walk(inner, path)
+    else:
+        yield path, value
+
+
+def _check_component_options(section: str, name: str, options: dict, builder, engine_options=()) -> None:
+    """Refuse unknown options and values whose type cannot be the builder's: each option's type must
+    match its default's (a number for a float, a whole number for an int, true/false for a bool, text
+    for a string). The builder's own checks (ranges, choices) run when the component is built."""
+    signature = inspect.signature(builder)
+    parameters = {k: p for k, p in signature.parameters.items()
+                  if k not in ("self", "class_counts") and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    for option, value in options.items():
+        if option in engine_options:
+            continue
+        if option not in parameters:
+            raise ConfigError(f"{section}.{option} is not an option of {section} '{name}'; its options: "
+                              f"{', '.join(parameters) or 'none'}")
+        default = parameters[option].default
+        expected = None
+        if isinstance(default, bool):
+            ok, expected = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, expected = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, expected = isinstance(value, str), "text"
+        else:  # no default or None / an object default: the builder checks it
+            ok = True
+        if not ok:
+            raise ConfigError(f"{section}.{option}={value!r} ({type(value).__name__}) is not valid for {section} "
+                              f"'{name}': expected {expected} like its default {default!r}")
+
+
+def _check_components(config: RunConfig) -> None:
+    """Check loss / regularizer names, option names and option types now, before any data is read."""
+    _check_loss(config)
+    regularizer = config.regularizer
+    if regularizer.name == "none":
+        if regularizer.options:
+            raise ConfigError(f"regularizer options {regularizer.options} given but regularizer.name=none")
+        return
+    if regularizer.name != "car":
+        raise ConfigError(f"unknown regularizer '{regularizer.name}'; valid: none, car")
+    from longtail.regularizers import CAR
+
+    _check_component_options("regularizer", "car", regularizer.options, CAR.__init__)
+    try:  # CAR's own value checks (weighting, surrogate...) on a tiny class-count vector
+        CAR([2, 1], **regularizer.options)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"regularizer 'car' with options {regularizer.options}: {error}") from None
+
+
+def _check_loss(config: RunConfig) -> None:
+    from longtail.engine.concutmix import CONTRASTIVE_METHODS, settings_from_config
+    from longtail.losses import build_loss
+    from longtail.losses.registry import ALIASES, LOSSES
+
+    loss = config.loss
+    if loss.name in CONTRASTIVE_METHODS:  # methods with their own training step and option set
+        try:
+            settings_from_config(config)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as error:  # e.g. a text where a number belongs
+            raise ConfigError(f"loss '{loss.name}' with options {loss.options}: {error}") from None
+        return
+    key = ALIASES.get(loss.name, loss.name)
+    if key not in LOSSES:
+        raise ConfigError(f"unknown loss '{loss.name}'; valid: {', '.join(sorted([*LOSSES, *ALIASES, *CONTRASTIVE_METHODS]))}")
+    switch = loss.options.get("switch_fraction")
+    if switch is not None and (isinstance(switch, bool) or not isinstance(switch, (int, float))
+                               or not 0 <= switch <= 1):
+        raise ConfigError(f"loss.switch_fraction={switch!r} is out of range; valid: a number in [0, 1]")
+    _check_component_options("loss", loss.name, loss.options, LOSSES[key], engine_options=("switch_fraction",))
+    # Build it once on a tiny class-count vector: the builder's own value checks (omega range,
+    # unknown weighting...) then fire here, before any data is read.
+    options = {k: v for k, v in loss.options.items() if k != "switch_fraction"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            build_loss(loss.name, [2, 1], **options)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"loss '{loss.name}' with options {options}: {error}") from None
+
+
+def check_run_name(run_name: Optional[str]) -> None:
+    """train.run_name is one directory name inside train.output_dir, never a path out of it."""
+    if run_name is None:
+        return
+    if (run_name in ("", ".", "..") or "/" in run_name or "\\" in run_name or "\0" in run_name
+            or Path(run_name).is_absolute()):
+        raise ConfigError(f"train.run_name={run_name!r} is not valid: it must be a single directory name inside "
+                          f"train.output_dir (no '/', '\\', '..' or absolute path)")
+
+
 def validate(config: RunConfig) -> None:
     """Cross-field checks that single-key type checks cannot do."""
+    _check_ranges(config)
+    check_run_name(config.train.run_name)
     for dotted, choices in _CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
@@ -468,17 +702,9 @@ def validate(config: RunConfig) -> None:
             f"optim.milestones {optim.milestones} and optim.milestone_factors "
             f"{optim.milestone_factors} must have the same length"
         )
-    positive = {"data.batch_size": config.data.batch_size, "data.eval_batch_size": config.data.eval_batch_size,
-                "optim.epochs": optim.epochs, "optim.grad_accumulation": optim.grad_accumulation,
-                "train.checkpoint_every": config.train.checkpoint_every}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1, got {value}")
+    if optim.min_lr > optim.lr:
+        raise ConfigError(f"optim.min_lr={optim.min_lr:g} is out of range; valid: <= optim.lr ({optim.lr:g})")
     _validate_iterations(config)
-    if optim.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {optim.lr}")
-    if not 0 <= config.data.mixing_prob <= 1:
-        raise ConfigError(f"data.mixing_prob must be in [0, 1], got {config.data.mixing_prob}")
     select_on = config.train.select_on
     if select_on != "final":
         if select_on not in SELECTABLE_METRICS:
@@ -491,8 +717,9 @@ def validate(config: RunConfig) -> None:
     if config.data.randaugment and config.data.autoaugment:
         raise ConfigError("data.randaugment and data.autoaugment are alternatives; switch on at most one")
     device = config.train.device
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
+    _check_components(config)
 
 
 def is_ldam(config: RunConfig) -> bool:

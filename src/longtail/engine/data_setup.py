@@ -61,6 +61,7 @@ class DataBundle:
     mix: Callable = field(default=lambda images, targets, epoch, batch: (images, targets))
     metric_options: dict = field(default_factory=dict)
     preprocessing: Preprocessing = None  # what every evaluation loader applies (preprocessing.json)
+    fingerprint: dict = field(default_factory=dict)  # engine.fingerprint.data_fingerprint of the data used
 
 
 @dataclass
@@ -173,6 +174,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     spec = config.data
     _check_data_options(config)
     sets = _build_sets(config, context)
+    fingerprint = _fingerprint(sets, spec.root)  # before files are decoded: file rows keep their paths
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
@@ -213,7 +215,23 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                           f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
                       preprocessing.channels, sets.split_info, mix=_mixing(config, num_classes),
-                      preprocessing=preprocessing)
+                      preprocessing=preprocessing, fingerprint=fingerprint)
+
+
+def data_fingerprint_of(config: RunConfig) -> dict:
+    """The fingerprint build_data would give, without decoding images or building loaders (compare
+    checks every cell's data with it before the first cell trains)."""
+    from longtail.engine.distributed import DistributedContext
+
+    _check_data_options(config)
+    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root)
+
+
+def _fingerprint(sets, root) -> dict:
+    """The data fingerprint (engine.fingerprint) of the train / val / test sets as split."""
+    from longtail.engine.fingerprint import data_fingerprint
+
+    return data_fingerprint(_named_sets(sets), sets.split_info, root=root)
 
 
 # ----------------------------------------------------------------------------- datasets and splits
@@ -329,10 +347,10 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
         sets = _Sets(named["train"], named["test"], named.get("val"), sets.split_info)
         for name, data in named.items():
             counts = torch.bincount(torch.as_tensor(data.labels), minlength=len(data.classes))
-            if name == "train" and bool((counts == 0).any()) or len(data) == 0:
+            if (name == "train" and bool((counts == 0).any())) or len(data) == 0:
                 empty = [data.classes[j] for j in (counts == 0).nonzero().flatten().tolist()]
-                raise ConfigError(f"after skipping the unreadable files, the {name} split has no training images "
-                                  f"for class(es) {empty[:10]}; every class needs at least one. Replace the files")
+                raise ConfigError(f"after skipping the unreadable files, the {name} split has no images of "
+                                  f"class(es) {empty[:10]}; training needs at least one per class. Replace the files")
     all_sizes = [size for scan in scans.values() for size in scan.sizes if size is not None]
     grey = all(scan.all_grey for scan in scans.values())
     train_sizes = [size for size in scans["train"].sizes if size is not None]

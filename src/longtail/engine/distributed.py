@@ -43,8 +43,14 @@ def init_distributed(device_preference: str) -> tuple[DistributedContext, torch.
 def select_device(preference: str, local_rank: int = 0) -> torch.device:
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    from longtail.engine.config import ConfigError  # a usage error: the CLI exits 2 before any work
+
     if preference.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={preference} but no CUDA device is available; use train.device=cpu")
+        raise ConfigError(f"train.device={preference} but no CUDA device is available here; use train.device=cpu "
+                          f"(or auto)")
+    if preference.startswith("cuda:") and int(preference.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={preference} but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if preference == "cuda":
         return torch.device(f"cuda:{local_rank}")
     return torch.device(preference)

@@ -10,6 +10,10 @@ from longtail.engine.precision import autocast_context, resolve_precision
 from longtail.metrics import LongTailMetrics
 
 
+class NonFiniteOutputError(RuntimeError):
+    """The model gave NaN / inf logits: its weights (or batch-norm statistics) have diverged."""
+
+
 def spectral_norm_weighting(config, class_counts) -> tuple[torch.Tensor, dict]:
     """The class weights of the reported ``confusion_spectral_norm`` and a description of them.
 
@@ -46,32 +50,50 @@ def evaluate_loader(model, loader, class_counts, device: torch.device, precision
     precision = resolve_precision(precision, device).chosen  # once, not per batch
     was_training = model.training
     model.eval()
+    # Counted on the device and read once at the end (a per-batch check would stall a GPU).
+    non_finite = torch.zeros((), device=device)
     for images, labels in loader:
         with autocast_context(device, precision):
             logits = model(images)
-        metrics.update(logits.float(), labels)
+        logits = logits.float()
+        non_finite += (~torch.isfinite(logits).all(dim=1)).sum()
+        metrics.update(torch.nan_to_num(logits), labels)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(non_finite)
+    if non_finite.item() > 0:
+        raise NonFiniteOutputError(f"the model gives non-finite (NaN / inf) logits on {int(non_finite.item())} "
+                                   f"evaluation image(s): its weights or batch-norm statistics have diverged")
     metrics.all_reduce()
     model.train(was_training)
     return metrics
 
 
-def load_trained(target: Path, device: str = "auto", with_train_split: bool = False):
+def load_trained(target: Path, device: str = "auto", with_train_split: bool = False, check_data: bool = True):
     """(model, data, config, device) of a run directory (its last checkpoint) or a checkpoint file,
     with the weights its metrics.json reports: the last epoch's, or the validation-selected epoch's.
-    ``with_train_split``: also an evaluation loader over the training set (eval transforms)."""
-    from longtail.engine.checkpoint import (CheckpointError, class_counts_hash, load_checkpoint, reported_weights,
+    ``with_train_split``: also an evaluation loader over the training set (eval transforms).
+    ``check_data``: refuse (DataChangedError) when the data is not the data the run recorded."""
+    import sys
+
+    from longtail.engine.checkpoint import (CheckpointError, class_counts_hash, load_run_checkpoint, reported_weights,
                                             run_checkpoint)
+    from longtail.engine.fingerprint import check_same_data, read_recorded
     from longtail.engine.components import build_model
     from longtail.engine.config import config_from_dict
     from longtail.engine.data_setup import build_data
     from longtail.engine.distributed import DistributedContext, select_device
 
     path = run_checkpoint(target)
-    state = load_checkpoint(path)
+    state = load_run_checkpoint(path)
     config = config_from_dict(state["config"])
     config.train.eval_train = with_train_split
     torch_device = select_device(device)
     data = build_data(config, torch_device, DistributedContext())
+    if check_data:
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        note = check_same_data(read_recorded(run_dir, state), data.fingerprint, f"the run {run_dir or path}")
+        if note:
+            print(note, file=sys.stderr)
     if class_counts_hash(data.class_counts) != state["class_counts_hash"]:
         raise CheckpointError(f"{path}: the dataset now gives different class counts than the run was trained on")
     model = build_model(config, len(data.class_counts), data.in_channels, torch_device)

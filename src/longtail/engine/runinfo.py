@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import re
 import subprocess
@@ -14,8 +15,29 @@ import torch
 from longtail import __version__
 
 
+def check_output_dir(output_dir) -> None:
+    """Refuse (ConfigError, exit 2) an output directory that cannot hold run directories: a file, or
+    one this user cannot write to (checked on the nearest existing ancestor when it does not exist yet)."""
+    from longtail.engine.config import ConfigError
+
+    path = Path(output_dir)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"train.output_dir={output_dir}: {probe} is a file, not a directory; choose another "
+                          f"train.output_dir")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir={output_dir}: {probe} is not writable by this user; choose another "
+                          f"train.output_dir")
+
+
 def create_run_dir(config, label: str) -> Path:
     """A fresh directory under train.output_dir, named after the recipe and the time."""
+    from longtail.engine.config import check_run_name
+
+    check_run_name(config.train.run_name)  # never a path out of output_dir (also checked with the config)
+    check_output_dir(config.train.output_dir)
     base = Path(config.train.output_dir)
     name = config.train.run_name or (
         re.sub(r"[^A-Za-z0-9_.-]+", "_", label) + "-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -30,15 +30,17 @@ from longtail.engine.components import (build_loss_fn, build_model, build_optimi
 from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dataset_title, dump_yaml
 from longtail.engine.data_setup import DataBundle, build_data
 from longtail.engine.distributed import broadcast_object, init_distributed, shutdown
-from longtail.engine.runinfo import create_run_dir, environment_info
+from longtail.engine import fingerprint as data_fp
+from longtail.engine.runinfo import check_output_dir, create_run_dir, environment_info
 from longtail.engine.schedules import learning_rate
-from longtail.engine.evaluate import evaluate_loader, name_classes, spectral_norm_weighting
+from longtail.engine.evaluate import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
 from longtail.engine.precision import autocast_context, resolve_precision
 
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN / inf loss; the last good checkpoint is left untouched."""
+    """Training diverged (NaN / inf logits, loss, parameters or batch-norm statistics); the last good
+    checkpoint is left untouched and the message says which one it is."""
 
 
 class TrainingInterrupted(SystemExit):
@@ -103,6 +105,9 @@ class Trainer:
             # Checked here, not in the config: `--print-config` / `recipes --show` of crt / lws must work.
             raise ConfigError(f"model.decoupled={config.model.decoupled} re-trains the classifier of a trained "
                               f"model; set model.init_from=RUN_DIR (a finished run on the same data)")
+        if resume_dir is None:
+            check_output_dir(config.train.output_dir)  # before any data is read
+        self.last_saved: Optional[str] = None  # where the last checkpoint written or loaded stands
         self.context, self.device = init_distributed(config.train.device)
         # train.precision=auto resolved once for this device; the run directory records the choice.
         self.precision = resolve_precision(config.train.precision, self.device)
@@ -121,7 +126,7 @@ class Trainer:
             print(f"pretrained weights: {report}", flush=True)
         if config.model.init_from and resume_dir is None:  # a resumed run has its own weights
             report = init_from_run(self.model, config.model.init_from, self.class_counts,
-                                   load_head=config.model.decoupled != "crt")
+                                   load_head=config.model.decoupled != "crt", fingerprint=self.data.fingerprint)
             if self.context.is_main:
                 print(report, flush=True)
         self.train_model = self.model
@@ -146,7 +151,7 @@ class Trainer:
     def _prepare_run_dir(self, resume_dir: Optional[Path]) -> Path:
         if resume_dir is not None:
             run_dir = Path(resume_dir)
-            self._load(ckpt.run_checkpoint(run_dir))
+            self._load(ckpt.run_checkpoint(run_dir), run_dir)
             return run_dir
         run_dir = None
         if self.context.is_main:
@@ -158,6 +163,7 @@ class Trainer:
                 "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
                 "split": self.data.split_info,
             })
+            ckpt.atomic_write_json(run_dir / data_fp.FINGERPRINT_FILE, self.data.fingerprint)
             # Everything inference needs to turn new images into model input (longtail predict / load_run).
             ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             environment = environment_info(self.device, self.context)
@@ -174,6 +180,7 @@ class Trainer:
             "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
             "classes": list(self.data.classes),
             "in_channels": self.data.in_channels,
+            "data_fingerprint": data_fp.summary(self.data.fingerprint),
             "epoch": self.state.epoch,
             "batch": self.state.batch,
             "global_step": self.state.global_step,
@@ -192,11 +199,40 @@ class Trainer:
         }
 
     def save(self) -> None:
+        # A diverged model never replaces the last good checkpoint. Batch-norm running statistics are
+        # checked too: they can overflow while the training loss (batch statistics) stays finite.
+        self._check_model_finite()
         if self.context.is_main:
             ckpt.save_checkpoint(ckpt.run_checkpoint(self.run_dir), self._checkpoint_state())
+        self.last_saved = self._position()
 
-    def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path, map_location="cpu")
+    def _position(self) -> str:
+        if self.state.batch == 0:
+            return f"after epoch {self.state.epoch}" if self.state.epoch else "before training"
+        return f"epoch {self.state.epoch + 1}, after batch {self.state.batch}"
+
+    def _intact(self) -> str:
+        path = ckpt.run_checkpoint(self.run_dir) if getattr(self, "run_dir", None) else None
+        if self.last_saved is None:
+            return "no checkpoint had been written yet, so there is nothing to resume"
+        return f"the last good checkpoint {path} ({self.last_saved}) is intact and was not overwritten"
+
+    def _check_model_finite(self) -> None:
+        model = unwrap(self.model)
+        bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f"the model diverged ({self._position()}): non-finite values in "
+                f"{', '.join(bad[:5])}{' and more' if len(bad) > 5 else ''}. Training stopped; {self._intact()}. "
+                f"Lower optim.lr, enable optim.clip_grad_norm, or use train.precision=fp32.")
+
+    def _load(self, path: Path, run_dir: Optional[Path] = None) -> None:
+        state = ckpt.load_run_checkpoint(path, map_location="cpu")
+        note = data_fp.check_same_data(data_fp.read_recorded(run_dir, state), self.data.fingerprint,
+                                       f"the run {run_dir or path}")
+        if note and self.context.is_main:
+            print(note, file=sys.stderr, flush=True)
         expected = ckpt.class_counts_hash(self.class_counts)
         if state.get("class_counts_hash") != expected:
             raise ckpt.CheckpointError(
@@ -214,6 +250,7 @@ class Trainer:
         self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]),
                                 state.get("best"))
         self.best_weights = state.get("best_model")
+        self.last_saved = self._position()
 
     # ------------------------------------------------------------------ training
 
@@ -251,8 +288,11 @@ class Trainer:
 
     def _loss_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> dict:
         # Checked collectively first: the library refuses non-finite logits with a ValueError, and
-        # under DDP every rank must take the same path through CAR's all-reduce.
-        self._check_finite({"logits": logits.detach().sum()})
+        # under DDP every rank must take the same path through CAR's all-reduce. The parameters (as
+        # left by the previous step) are checked in the same read: one fused norm, no extra sync.
+        parameters = [p.detach() for p in self.model.parameters()]
+        self._check_finite({"logits": logits.detach().sum(),
+                            "parameter_norm": torch.stack(torch._foreach_norm(parameters)).sum()})
         terms = {"base_loss": self.loss_fn(logits, targets)}
         if self.regularizer is not None:
             terms["regularizer"] = self.regularizer(logits, targets)
@@ -266,10 +306,10 @@ class Trainer:
         if bad.item() > 0:
             described = ", ".join(f"{name}={value.item():.6g}" for name, value in zip(terms, values))
             raise NonFiniteLossError(
-                f"non-finite loss at epoch {self.state.epoch}, batch {self.state.batch} "
-                f"(global step {self.state.global_step}): {described}. Training stopped; the last good "
-                f"checkpoint in {self.run_dir / 'checkpoints'} is intact. Lower optim.lr, enable "
-                f"optim.clip_grad_norm, or use train.precision=fp32 (this run used {self.precision.chosen}).")
+                f"training diverged at epoch {self.state.epoch + 1}, batch {self.state.batch + 1} (global step "
+                f"{self.state.global_step}): {described}. Training stopped; {self._intact()}. Lower "
+                f"optim.lr, enable optim.clip_grad_norm, or use train.precision=fp32 "
+                f"(this run used {self.precision.chosen}).")
 
     def train_epoch(self, stop: _StopFlag) -> dict:
         config = self.config
@@ -376,9 +416,10 @@ class Trainer:
                     self.state.history.append(record)
                     self.state.epoch += 1
                     self.state.batch = 0
-                    self._log_epoch(record)
+                    # Checkpoint first: history.jsonl never shows an epoch the checkpoint has not got.
                     if (epoch + 1) % self.config.train.checkpoint_every == 0 or epoch + 1 == epochs:
                         self.save()
+                    self._log_epoch(record)
                     if self._stop_requested(stop):
                         raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
             return self.finish()
@@ -422,7 +463,11 @@ class Trainer:
         for split in self.data.eval_loaders:
             if split == "train" and not self.config.train.eval_train:
                 continue
-            results[split] = self.evaluate(split, spectral_norm=split == "test")
+            try:
+                results[split] = self.evaluate(split, spectral_norm=split == "test")
+            except NonFiniteOutputError as error:
+                raise NonFiniteLossError(f"final evaluation of the {split} split: {error}. No metrics were "
+                                         f"written; {self._intact()}") from None
         if "train" in results:
             from longtail.metrics import worst_class_ratio
 
@@ -481,5 +526,22 @@ def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> t
 
 def config_of_run(run_dir: Path) -> tuple[RunConfig, str]:
     """The config and label a run directory was started with (read from its checkpoint)."""
-    state = ckpt.load_checkpoint(ckpt.run_checkpoint(run_dir))
+    state = ckpt.load_run_checkpoint(ckpt.run_checkpoint(ckpt.resume_target(run_dir)))
     return config_from_dict(state["config"]), state["label"]
+
+
+def finished_results(run_dir: Path) -> Optional[dict]:
+    """metrics.json of a run that trained every epoch and wrote its results, else None. `--resume`
+    of such a run does nothing (it never rewrites metrics.json)."""
+    run_dir = ckpt.resume_target(run_dir)
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        return None
+    state = ckpt.load_run_checkpoint(ckpt.run_checkpoint(run_dir))
+    if state["epoch"] < state["config"]["optim"]["epochs"]:
+        return None
+    try:
+        return json.loads(metrics.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ckpt.CheckpointError(f"{metrics} is not valid JSON ({error}); the run finished, so there is "
+                                   f"nothing to resume: re-evaluate it with `longtail eval {run_dir}`") from None
