@@ -101,7 +101,7 @@ def test_iteration_based_training_runs_exactly_that_many_batches(tiny_idx_root, 
 @pytest.mark.parametrize("overrides, message", [
     (["optim.warmup_iterations=10"], "not both"),
     (["optim.warmup_style=stepwise", "optim.warmup_start_lr=0.01"], "linear warm-up"),
-    (["optim.iterations=0"], "at least 1"),
+    (["optim.iterations=0"], r"optim.iterations=0 is out of range; valid: >= 1"),
     (["optim.iterations=100", "data.sampler=progressive"], "progressive"),
 ])
 def test_iteration_options_refuse_contradictions(overrides, message):
