@@ -129,3 +129,27 @@ def test_resume_mid_epoch_restores_the_regularizer_state(tiny_idx_root, tmp_path
     resumed = final_weights(tmp_path / "run")
     for key in reference:
         assert torch.equal(resumed[key], reference[key]), key
+
+
+@pytest.mark.parametrize("step", [13, 19])  # mid-epoch (epoch 1, batch 3), and the last batch of epoch 1
+def test_history_of_a_resumed_epoch_covers_the_whole_epoch(tiny_idx_root, tmp_path, monkeypatch, step):
+    """history.jsonl after SIGTERM + --resume equals the uninterrupted run's, line for line (losses and
+    image counts; timings differ): the interrupted epoch's running sums travel in the checkpoint."""
+    import json
+
+    def history(run):
+        lines = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in line.items() if k not in ("seconds", "images_per_s")} for line in lines]
+
+    tiny_model(monkeypatch)
+    assert main(arguments(tiny_idx_root, tmp_path / "reference")) == 0
+    signal_at(monkeypatch, step, signal.SIGTERM)
+    assert main(arguments(tiny_idx_root, tmp_path / "interrupted")) == 128 + signal.SIGTERM
+    run = tmp_path / "interrupted" / "run"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["batch"] == step - 10 + 1
+    monkeypatch.undo()
+    tiny_model(monkeypatch)
+    assert main(["train", "--resume", str(run)]) == 0
+    expected = history(tmp_path / "reference" / "run")
+    assert len(expected) == EPOCHS and expected[1]["loss"] > 0
+    assert history(run) == expected

@@ -54,6 +54,9 @@ class TrainState:
     global_step: int = 0
     history: list = field(default_factory=list)
     best: Optional[dict] = None  # train.select_on: {"epoch", "metric", "value"} of the best epoch so far
+    # Running sums of the epoch in progress ({"seen", "seconds", term: sum of value * batch size}),
+    # kept in a mid-epoch checkpoint so the resumed epoch's history line covers the whole epoch.
+    epoch_sums: dict = field(default_factory=dict)
 
 
 class _StopFlag:
@@ -185,6 +188,7 @@ class Trainer:
             "batch": self.state.batch,
             "global_step": self.state.global_step,
             "history": self.state.history,
+            "epoch_sums": self.state.epoch_sums,
             "model": unwrap(self.model).state_dict(),
             "best": self.state.best,
             "best_model": self.best_weights,
@@ -248,7 +252,7 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]),
-                                state.get("best"))
+                                state.get("best"), dict(state.get("epoch_sums") or {}))
         self.best_weights = state.get("best_model")
         self.last_saved = self._position()
 
@@ -324,9 +328,15 @@ class Trainer:
             keep_frozen_parts_in_eval(self.model)
         accumulation = config.optim.grad_accumulation
         # Summed on the device and read once per epoch: a per-step .item() would stall a GPU.
-        totals = {name: torch.zeros((), dtype=torch.float64, device=self.device)
+        # A resumed epoch continues the sums saved with its mid-epoch checkpoint (float64, so the
+        # history line equals an uninterrupted run's).
+        sums = self.state.epoch_sums if self.state.batch > 0 else {}
+        totals = {name: torch.tensor(float(sums.get(name, 0.0)), dtype=torch.float64, device=self.device)
                   for name in ("loss", "base_loss", "regularizer")}
-        seen, started = 0, time.perf_counter()
+        totals.update({name: torch.tensor(float(value), dtype=torch.float64, device=self.device)
+                       for name, value in sums.items() if name not in ("seen", "seconds")})
+        seen, earlier_seconds, started = int(sums.get("seen", 0)), float(sums.get("seconds", 0.0)), time.perf_counter()
+        seen_before = seen
         progress = self._progress(steps, initial=self.state.batch)
         for images, targets in loader:
             batch_index = self.state.batch
@@ -372,16 +382,19 @@ class Trainer:
             if progress is not None:
                 progress.update(1)
                 if self.state.batch % 10 == 0 or self.state.batch == steps:
-                    rate = seen * self.context.world_size / max(time.perf_counter() - started, 1e-9)
+                    rate = (seen - seen_before) * self.context.world_size / max(time.perf_counter() - started, 1e-9)
                     progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}", img_s=f"{rate:.0f}")
             if boundary and self._stop_requested(stop):
+                self.state.epoch_sums = {"seen": seen, "seconds": earlier_seconds + time.perf_counter() - started,
+                                         **{name: value.item() for name, value in totals.items()}}
                 self.save()
                 raise TrainingInterrupted(128 + (stop.signal_number or signal.SIGTERM))
             if config.optim.iterations is not None and self.state.global_step >= config.optim.iterations:
                 break  # iteration-based length: the last epoch ends here
         if progress is not None:
             progress.close()
-        elapsed = time.perf_counter() - started
+        elapsed = earlier_seconds + time.perf_counter() - started
+        self.state.epoch_sums = {}
         record = {"epoch": epoch, "lr": self._lr(epoch + 1 - 1e-9),
                   "images_per_s": seen * self.context.world_size / max(elapsed, 1e-9), "seconds": elapsed}
         record.update({k: v.item() / max(seen, 1) for k, v in totals.items()})
