@@ -252,3 +252,15 @@ def test_a_run_on_other_data_is_not_named_after_the_default_recipe(tmp_path):
     assert build_config(None, None, ["data.name=mnist-lt"])[1] == "mnist-lt"
     assert build_config(None, None, [])[1] == "fashion-mnist-lt"
     assert build_config("imagefolder-small", None, [f"data.root={root}"])[1] == "imagefolder-small"  # a named recipe
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "{image}"], ["export", "{run}", "--format", "onnx"]])
+def test_a_torch_file_that_is_not_a_run_checkpoint_is_refused_clearly(tmp_path, capsys, command):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"weights": torch.zeros(3)}, run / "checkpoints" / "last.pt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    assert main([a.format(run=run, image=tmp_path / "x.png") for a in command]) == 2
+    assert "not a longtail run checkpoint" in capsys.readouterr().err

@@ -153,7 +153,7 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     batch), ``.classes`` (class names in label order) and ``.predict(images)``. ``posthoc``: a
     method name (reads RUN/posthoc_<method>.json) or the path of such a file.
     """
-    from longtail.engine.checkpoint import CheckpointError, load_checkpoint, reported_weights, run_checkpoint
+    from longtail.engine.checkpoint import CheckpointError, load_run_checkpoint, reported_weights, run_checkpoint
     from longtail.engine.components import build_model
     from longtail.engine.config import ConfigError, config_from_dict
     from longtail.engine.distributed import select_device
@@ -162,7 +162,7 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     if not run_dir.is_dir():
         raise InferenceError(f"{run_dir} is not a run directory (runs/<run>, holding checkpoints/last.pt)")
     try:
-        state = load_checkpoint(run_checkpoint(run_dir))
+        state = load_run_checkpoint(run_checkpoint(run_dir))  # refuses a torch file that is not a run's
         config = config_from_dict(state["config"])
     except (CheckpointError, ConfigError) as error:
         raise InferenceError(str(error)) from None
