@@ -252,6 +252,10 @@ def test_a_run_on_other_data_is_not_named_after_the_default_recipe(tmp_path):
     assert build_config(None, None, ["data.name=mnist-lt"])[1] == "mnist-lt"
     assert build_config(None, None, [])[1] == "fashion-mnist-lt"
     assert build_config("imagefolder-small", None, [f"data.root={root}"])[1] == "imagefolder-small"  # a named recipe
+    # Nor described as the embedded dataset in the printed / saved config.
+    description = build_config(None, None, ["data.name=imagefolder", f"data.root={root}"])[0].description
+    assert "Fashion" not in description and description.startswith("imagefolder data")
+    assert "Fashion-MNIST" in build_config(None, None, [])[0].description
 
 
 @pytest.mark.parametrize("command", [["predict", "{run}", "{image}"], ["export", "{run}", "--format", "onnx"]])

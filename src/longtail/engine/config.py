@@ -464,6 +464,9 @@ def build_config(
         # No recipe named: the default recipe's name would misname a run on other data (the
         # user's image folder), in the run directory, the log and the plots.
         label = dataset_title(config) + (f"/{method}" if method else "")
+        # ...and its description would describe the embedded dataset instead of the user's data.
+        config.description = (f"{config.data.name} data with the default recipe's model, optimiser and "
+                              f"schedule (fashion-mnist-lt; see `longtail recipes` for others)")
     return config, label
 
 
