@@ -308,7 +308,27 @@ class _SeededSamples(Dataset):
             return self.dataset[index]
 
 
-class FileLoader:
+class SampledBatches:
+    """What every sampler-driven loader shares: ``set_epoch(epoch, start_batch)`` (passed on to the
+    sampler; ``start_batch`` resumes mid-epoch) and ``len`` = batches per epoch of ``self.sampler``."""
+
+    sampler = None
+    batch_size = 1
+    drop_last = False
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        if not 0 <= int(start_batch) <= len(self):
+            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+
+class FileLoader(SampledBatches):
     """Batches of a file dataset (``dataset[i] -> (transformed image, label)``) through a ``DataLoader``
     with ``workers`` processes, with the in-memory loader's ``set_epoch(epoch, start_batch)`` and ``len``.
 
@@ -328,17 +348,6 @@ class FileLoader:
         self.seed, self.augment = int(seed), bool(augment)
         self.epoch = 0
         self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= int(start_batch) <= len(self):
-            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(self.epoch)
-
-    def __len__(self) -> int:
-        count = len(self.sampler)
-        return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def keys(self) -> list:
         """``(dataset index, epoch or None, global position)`` of every sample from ``start_batch`` on."""

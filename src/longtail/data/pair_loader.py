@@ -12,13 +12,13 @@ run replays the remaining batches bit for bit.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .concutmix import PairSampler
+from .loader import SampledBatches
 from .samplers import derive_seed
 from .views import BatchViews
 
@@ -38,7 +38,7 @@ class PairBatch(NamedTuple):
         return self.background.shape[0]
 
 
-class InMemoryPairLoader:
+class InMemoryPairLoader(SampledBatches):
     """Pair batches from resident uint8 images (an ``InMemoryLoader``'s ``images`` / ``labels``)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: PairSampler, views: BatchViews,
@@ -50,16 +50,6 @@ class InMemoryPairLoader:
         self.device = images.device
         self.epoch = 0
         self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        if not 0 <= int(start_batch) <= len(self):
-            raise ValueError(f"start_batch must be in [0, {len(self)}], got {start_batch}")
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
-        self.sampler.set_epoch(self.epoch)
-
-    def __len__(self) -> int:
-        count = len(self.sampler)
-        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def make_batch(self, pairs: torch.Tensor, batch_index: int):
         """``pairs`` (2, b): background and foreground dataset positions on the device."""
@@ -113,7 +103,7 @@ def _collate(items):
             stacked_foreground, torch.tensor(labels_b))
 
 
-class FilePairLoader:
+class FilePairLoader(SampledBatches):
     """Pair batches from a :class:`PairViewDataset` in a DataLoader with workers (per-image PIL views).
 
     As for the library's other file loader, a mid-epoch resume skips the done batches' indices and
@@ -127,14 +117,6 @@ class FilePairLoader:
         self.batch_size, self.device, self.workers = int(batch_size), device, int(workers)
         self.drop_last, self.channels_last = bool(drop_last), bool(channels_last)
         self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = int(epoch), int(start_batch)
-        self.sampler.set_epoch(self.epoch)
-
-    def __len__(self) -> int:
-        count = len(self.sampler)
-        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
 
     def __iter__(self):
         pairs = self.sampler.rank_indices().t().tolist()
