@@ -149,3 +149,12 @@ def trained_folder_run(tmp_path_factory):
     shutil.rmtree(data_root)  # everything below must work from the run directory alone
     return {"run": run, "images": new_images, "base": base, "train_output": printed.getvalue(),
             "metrics": json.loads((run / "metrics.json").read_text())}
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address, for a gloo process group's rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -7,14 +7,13 @@ process here also uses DataLoader workers, which must not matter either).
 """
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from conftest import write_image_folder
+from conftest import write_image_folder, free_port
 from longtail.engine.config import build_config
 from longtail.engine.data_setup import build_data
 from longtail.engine.distributed import DistributedContext, exit_worker
@@ -48,11 +47,6 @@ def worker(rank, port, root, output_dir):
         dist.destroy_process_group()
     exit_worker(0)
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

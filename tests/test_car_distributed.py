@@ -6,10 +6,11 @@ batch (alpha means the same at any world size).
 """
 
 import os
-import socket
 
 import pytest
 import torch
+
+from conftest import free_port
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
@@ -104,11 +105,6 @@ def worker(rank, port, output_dir):
         dist.destroy_process_group()
     exit_worker(0)  # DDP outlives its process group; see exit_worker for the exit-time abort it avoids
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

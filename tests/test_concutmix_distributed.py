@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 
 import pytest
 import torch
+
+from conftest import free_port
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -68,11 +69,6 @@ def worker(rank, port, output_dir):
         dist.destroy_process_group()
     exit_worker(0)
 
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

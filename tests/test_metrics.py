@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import free_port
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
@@ -195,11 +196,6 @@ def test_confusion_spectral_norm_matches_numpy():
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _distributed_worker(rank, world_size, port, output_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -219,7 +215,7 @@ def _distributed_worker(rank, world_size, port, output_dir):
 
 
 def test_all_reduce_with_two_gloo_processes_equals_one_process(tmp_path):
-    mp.spawn(_distributed_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_distributed_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     logits, targets = _random_predictions()
     single = LongTailMetrics(7, train_counts=[500, 300, 120, 80, 30, 15, 5])
     single.update(logits, targets)
