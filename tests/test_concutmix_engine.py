@@ -195,7 +195,8 @@ def test_car_concutmix_under_torchrun_two_cpu_processes(tiny_idx_root, tmp_path)
     """The whole method under torchrun (gloo): pair sampler shares, global contrastive keys, CAR."""
     import os
 
-    from test_torchrun import free_port, torchrun_executable
+    from conftest import free_port
+    from test_torchrun import torchrun_executable
 
     output = tmp_path / "runs"
     command = [torchrun_executable(), "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",

@@ -19,7 +19,8 @@ import torch
 from conftest import tiny_run_overrides
 from longtail.cli import main
 from longtail.engine.checkpoint import load_checkpoint
-from test_torchrun import free_port, torchrun_executable
+from conftest import free_port
+from test_torchrun import torchrun_executable
 
 # Imbalance factor 4 gives 216 training images: 9 global batches of 24 (12 per rank), nothing
 # padded or dropped, so both runs see exactly the same images per step.
