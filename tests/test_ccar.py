@@ -353,3 +353,30 @@ def test_cuda_matches_cpu(dtype):
     assert moved(on_cuda, targets.cuda()).item() == pytest.approx(value.item(), rel=1e-6)
     with torch.autocast("cuda", dtype=torch.float16):
         assert loss_fn(on_cuda.float() @ torch.eye(K, device="cuda"), targets.cuda()).dtype == torch.float32
+
+
+def test_batch_mean_weight_normalization_variant():
+    """Named variant: Omega / mean_batch(Omega) (detached) on Balanced Softmax; value and gradient
+    against a float64 formula written here from the definition."""
+    generator = torch.Generator().manual_seed(11)
+    targets = torch.tensor([0, 0, 1, 2, 3, 4, 4, 1])
+    z = (torch.randn(8, K, generator=generator, dtype=torch.float64) * 2).requires_grad_()
+    got = L.CCAR(COUNTS, base="balanced_softmax", weight_normalization="batch_mean")(z, targets)
+    (grad,) = torch.autograd.grad(got, z)
+
+    z_ref = z.detach().clone().requires_grad_()
+    log_p = torch.log_softmax(z_ref + torch.tensor(LOG_PRIOR), dim=1).gather(1, targets[:, None]).squeeze(1)
+    p = log_p.exp()
+    f = torch.tensor(FREQ)[targets]
+    gamma = torch.where(p < 0.75, E - f, E - 1 + f)
+    omega = gamma ** (0.75 - p)
+    expected = (omega * -log_p).sum() / omega.detach().sum()  # mean reduction / detached batch mean
+    (expected_grad,) = torch.autograd.grad(expected, z_ref)
+    assert abs(got.item() - expected.item()) < 1e-12
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-13)
+    # per sample, the normalised weights average to exactly 1
+    per_sample = L.CCAR(COUNTS, base="balanced_softmax", weight_normalization="batch_mean", reduction="none")(z, targets)
+    np.testing.assert_allclose((per_sample / -log_p.detach()).mean().item(), 1.0, rtol=1e-12)
+    assert L.CCAR(COUNTS).weight_normalization == "none"  # the paper's form stays the default
+    with pytest.raises(ValueError, match="weight_normalization"):
+        L.CCAR(COUNTS, weight_normalization="sum")

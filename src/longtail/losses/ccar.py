@@ -36,6 +36,14 @@ f_c in [0.0005, 0.046]), so gamma_c is ~e below the pivot and ~e - 1 above it fo
 class dependence is weak and the confidence dependence dominates. ``frequency="max_normalized"``
 (f_c = N_c / max_k N_k) is offered as a named variant with stronger class dependence; it is not
 the paper's formula and never the default.
+
+``weight_normalization="batch_mean"`` (named variant, not the paper's): Omega is divided by its
+mean over the batch, detached (a per-batch scale, like rescaling the learning rate), so the
+weighted loss has the base loss's scale: with mean reduction L = sum_i Omega_i l_i / sum_i Omega_i.
+Why it exists: the mean of Omega is well above 1 early in training (up to e^omega ~= 2.1 at
+p_t = 0), which raises the effective learning rate against the one the base was tuned with; this
+variant tests whether that, rather than the reweighting itself, explains a loss to the base
+(RESULTS.md). Under torchrun the mean is over each process's share of the batch.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ BASES = ("ce", "logit_adjusted", "balanced_softmax")
 _BASE_ALIASES = {"la": "logit_adjusted", "bs": "balanced_softmax", "cross_entropy": "ce"}
 CONFIDENCE_SOURCES = ("adjusted", "raw")
 FREQUENCIES = ("raw", "max_normalized")
+WEIGHT_NORMALIZATIONS = ("none", "batch_mean")
 
 
 def class_frequencies(class_counts: ClassCounts, frequency: str = "raw") -> torch.Tensor:
@@ -92,6 +101,8 @@ class CCAR(PerSampleLoss):
         reduction: ``"mean"``, ``"weighted_mean"`` (normalised by the base loss's class weights;
             ``mean`` when it has none), ``"sum"`` or ``"none"``.
         frequency: ``"raw"`` (f_c = N_c / N, default) or ``"max_normalized"`` (variant).
+        weight_normalization: ``"none"`` (default, the paper) or ``"batch_mean"`` (variant: Omega
+            divided by its detached batch mean).
     """
 
     def __init__(
@@ -104,6 +115,7 @@ class CCAR(PerSampleLoss):
         detach_weight: bool = False,
         reduction: str = "mean",
         frequency: str = "raw",
+        weight_normalization: str = "none",
     ):
         frequencies = class_frequencies(class_counts, frequency)
         num_classes = frequencies.numel()
@@ -112,12 +124,17 @@ class CCAR(PerSampleLoss):
             raise ValueError(f"omega (confidence pivot) must be in (0, 1], got {omega!r}")
         if confidence_from not in CONFIDENCE_SOURCES:
             raise ValueError(f"confidence_from must be one of {CONFIDENCE_SOURCES}, got {confidence_from!r}")
+        if weight_normalization not in WEIGHT_NORMALIZATIONS:
+            raise ValueError(
+                f"weight_normalization must be one of {WEIGHT_NORMALIZATIONS}, got {weight_normalization!r}"
+            )
         self.base = self._build_base(base, class_counts, tau, num_classes)
         self.confidence_pivot = float(omega)
         self.tau = float(tau)
         self.confidence_from = confidence_from
         self.detach_weight = bool(detach_weight)
         self.frequency = frequency
+        self.weight_normalization = weight_normalization
         self.register_buffer("class_frequency", frequencies, persistent=False)
 
     @property
@@ -192,10 +209,14 @@ class CCAR(PerSampleLoss):
             log_p_conf = log_p_conf.detach()
         frequency = self.class_frequency.to(device=logits.device, dtype=dtype)
         sample_frequency = targets.to(dtype) @ frequency if soft_targets else frequency[targets]
-        return ccar_weight(log_p_conf.exp(), sample_frequency, self.confidence_pivot)
+        weight = ccar_weight(log_p_conf.exp(), sample_frequency, self.confidence_pivot)
+        if self.weight_normalization == "batch_mean":
+            weight = weight / weight.detach().mean()
+        return weight
 
     def extra_repr(self) -> str:
         return (
             f"omega={self.confidence_pivot:g}, confidence_from={self.confidence_from!r}, "
-            f"detach_weight={self.detach_weight}, frequency={self.frequency!r}, reduction={self.reduction!r}"
+            f"detach_weight={self.detach_weight}, frequency={self.frequency!r}, "
+            f"weight_normalization={self.weight_normalization!r}, reduction={self.reduction!r}"
         )

@@ -83,21 +83,26 @@ def _focal_bs(class_counts, gamma=2.0, reduction="mean"):
 
 
 def _ccar(base):
-    def build(class_counts, omega=0.75, confidence_from="adjusted", detach_weight=False, frequency="raw", reduction="mean"):
+    def build(
+        class_counts, omega=0.75, confidence_from="adjusted", detach_weight=False, frequency="raw",
+        weight_normalization="none", reduction="mean",
+    ):  # fmt: skip
         return CCAR(
-            class_counts, base=base, omega=omega, confidence_from=confidence_from,
-            detach_weight=detach_weight, reduction=reduction, frequency=frequency,
+            class_counts, base=base, omega=omega, confidence_from=confidence_from, detach_weight=detach_weight,
+            reduction=reduction, frequency=frequency, weight_normalization=weight_normalization,
         )  # fmt: skip
 
     return build
 
 
 def _ccar_la(
-    class_counts, omega=0.75, tau=1.0, confidence_from="adjusted", detach_weight=False, frequency="raw", reduction="mean"
-):
+    class_counts, omega=0.75, tau=1.0, confidence_from="adjusted", detach_weight=False, frequency="raw",
+    weight_normalization="none", reduction="mean",
+):  # fmt: skip
     return CCAR(
         class_counts, base="logit_adjusted", omega=omega, tau=tau, confidence_from=confidence_from,
         detach_weight=detach_weight, reduction=reduction, frequency=frequency,
+        weight_normalization=weight_normalization,
     )  # fmt: skip
 
 
