@@ -117,3 +117,61 @@ def test_batch_views_are_seeded_per_call_and_random_per_sample():
         assert not torch.equal(make(images, 5), make(images, 6))
         out = make(same, 5)  # one image 16 times: per-sample parameters give different views
         assert len({out[i].sum().item() for i in range(16)}) > 8
+
+
+def test_batched_hue_rotation_matches_torchvision_per_image():
+    """adjust_hue_batched (the fast hue step of the contrastive views' ColorJitter) against
+    torchvision's per-image adjust_hue, including grey pixels and ties between channels."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from longtail.data.views import adjust_hue_batched
+
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(12, 3, 16, 16, generator=generator)
+    images[0, :, :4] = 0.5  # grey
+    images[1, 1] = images[1, 0]  # red == green everywhere
+    images[2] = (images[2] * 4).round() / 4  # many exact ties
+    shift = torch.rand(12, generator=generator) - 0.5  # turns in [-0.5, 0.5)
+    got = adjust_hue_batched(images, shift)
+    expected = torch.stack([TF.adjust_hue(images[i], shift[i].item()) for i in range(12)])
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
+
+
+def test_fast_colour_jitter_equals_kornias_own():
+    """The views' ColorJitter (hue step swapped) gives kornia's ColorJitter output for the same draws."""
+    import kornia.augmentation as K
+
+    from longtail.data.views import _color_jitter
+
+    images = torch.rand(64, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(7)
+    ours = _color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)(images)
+    torch.manual_seed(7)
+    theirs = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)(images)
+    assert not torch.equal(theirs, images)
+    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (28, 20), (5, 9)])
+def test_batched_gaussian_blur_matches_a_reflect_padded_convolution(size):
+    """gaussian_blur_batched against numpy: reflect padding (np.pad) and a 13-tap Gaussian per sample,
+    and against kornia's gaussian_blur2d where kornia accepts the size."""
+    from kornia.filters import gaussian_blur2d
+
+    from longtail.data.views import gaussian_blur_batched
+
+    generator = torch.Generator().manual_seed(5)
+    images = torch.rand(4, 3, *size, generator=generator, dtype=torch.float64)
+    sigma = torch.rand(4, generator=generator, dtype=torch.float64) * 1.9 + 0.1
+    got = gaussian_blur_batched(images, sigma)
+    taps = np.arange(-6, 7)
+    for i in range(4):
+        kernel = np.exp(-taps ** 2 / (2 * sigma[i].item() ** 2))
+        kernel /= kernel.sum()
+        padded = np.pad(images[i].numpy(), ((0, 0), (6, 6), (6, 6)), mode="reflect")
+        rows = sum(kernel[t] * padded[:, t:t + size[0], :] for t in range(13))
+        expected = sum(kernel[t] * rows[:, :, t:t + size[1]] for t in range(13))
+        np.testing.assert_allclose(got[i].numpy(), expected, atol=1e-12)
+        if min(size) > 6:
+            kornia = gaussian_blur2d(images[i:i + 1], (13, 13), torch.stack([sigma[i], sigma[i]])[None])
+            torch.testing.assert_close(got[i:i + 1], kornia, atol=1e-12, rtol=0)

@@ -10,9 +10,10 @@ views of each background image, one classification view of each foreground image
 
 Two implementations of the same recipe:
 
-* :class:`BatchViews` for in-memory uint8 batches on the training device: the geometric and colour
-  ops are kornia's batched augmentations (random parameters per sample, one call per batch); the
-  crop + flip of the CIFAR classification view is the library's own batched op; CIFAR AutoAugment
+* :class:`BatchViews` for in-memory uint8 batches on the training device: the flip and colour ops
+  are kornia's batched augmentations (random parameters per sample, one call per batch); the
+  RandomResizedCrop (boxes drawn as torchvision draws them, one ``grid_sample``, on uint8 like PIL)
+  and the crop + flip of the CIFAR classification view are the library's own batched ops; CIFAR AutoAugment
   draws per image and applies torchvision v2's operations to groups of images sharing an
   (operation, magnitude) (:func:`batched_autoaugment`); RandAugment (ImageNet-style views of
   in-memory data, rare) is torchvision v2 per image. All randomness comes from the seed given per call.
@@ -22,6 +23,14 @@ Two implementations of the same recipe:
 Single-channel images (Fashion-MNIST, MNIST) keep brightness and contrast jitter only: hue,
 saturation and grayscale have no meaning on one channel.
 The Gaussian blur kernel spans +-3 sigma of the largest sigma (13 x 13), so sigma is not truncated.
+
+Speed (benchmarks/bench_concutmix.py): kornia's ColorJitter spends most of its time in the hue step
+(an RGB -> HSV -> RGB round trip built from many ``torch.where``); :func:`adjust_hue_batched` does
+the same hue rotation branch-free and is swapped into kornia's ColorJitter (pinned against
+torchvision's ``adjust_hue`` and kornia's own jitter in tests/test_concutmix_data.py); the blur is
+two batched matrix products (:func:`gaussian_blur_batched`, pinned against kornia). The ops run
+one after the other rather than through ``AugmentationSequential``, whose per-call bookkeeping cost
+as much as the ops themselves at 32 px.
 """
 
 from __future__ import annotations
@@ -32,9 +41,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from .transforms import crop_flip, normalize, sample_crop_flip
+from .transforms import (RESIZED_CROP_COLUMNS, crop_flip, normalize, random_resized_crop, sample_crop_flip,
+                         uniforms_to_resized_crop)
 
-__all__ = ["BatchViews", "file_view_transforms", "VIEW_STYLES"]
+__all__ = ["BatchViews", "adjust_hue_batched", "gaussian_blur_batched", "file_view_transforms", "VIEW_STYLES"]
 
 VIEW_STYLES = ("cifar", "imagenet")
 _BLUR_SIGMA = (0.1, 2.0)
@@ -46,8 +56,85 @@ def _seeded(seed: int, device: torch.device):
     """Run torch's global RNG (what kornia and torchvision draw from) from ``seed``, then restore it."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if devices:
+            torch.manual_seed(seed)
+        else:  # torch.manual_seed would also queue a lazy CUDA seeding (a stack capture) on every call
+            torch.default_generator.manual_seed(seed)
         yield
+
+
+def adjust_hue_batched(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue of float RGB ``images`` (B, 3, H, W) in [0, 1] by ``shift`` (B,) turns.
+
+    The HSV round trip of torchvision's ``adjust_hue`` in closed form: hue from the max channel,
+    then each output channel n in (R, G, B) = V - (V - min) * clamp(min(k, 4 - k), 0, 1) with
+    k = (5, 3, 1)[n] + 6 * hue (mod 6). Grey pixels (max == min) are unchanged, as there."""
+    red, green, blue = images.unbind(1)
+    top, channel = images.max(dim=1)
+    chroma = top - images.amin(dim=1)
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    sextant = torch.where(channel == 0, (green - blue) / safe,
+                          torch.where(channel == 1, (blue - red) / safe + 2, (red - green) / safe + 4))
+    sextant = sextant + 6 * shift.to(images.dtype).view(-1, 1, 1)
+    offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(offsets + sextant.unsqueeze(1), 6)
+    return top.unsqueeze(1) - chroma.unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def gaussian_blur_batched(images: torch.Tensor, sigma: torch.Tensor, kernel_size: int = _BLUR_KERNEL) -> torch.Tensor:
+    """Gaussian blur of (B, C, H, W) float ``images`` with a per-sample ``sigma`` (B,), reflect border.
+
+    The separable blur as two batched matrix products with each sample's (size x size) blur
+    matrix (the taps, reflection folded in): one bmm per axis instead of a grouped convolution with
+    B * C groups, which is several times slower on CPU. Same result as kornia's ``gaussian_blur2d``."""
+    half = kernel_size // 2
+    taps = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
+    weights = torch.exp(-(taps[None] ** 2) / (2 * sigma.to(images.dtype)[:, None] ** 2))
+    weights = weights / weights.sum(dim=1, keepdim=True)
+
+    def blur_matrix(size: int) -> torch.Tensor:
+        index = torch.arange(size, device=images.device)[:, None] + taps.long()[None]
+        index = torch.where(index < 0, -index, torch.where(index > size - 1, 2 * (size - 1) - index, index))
+        if size <= half:  # tiny images: reflect more than once, as padding would
+            index = index.remainder(2 * (size - 1)) if size > 1 else torch.zeros_like(index)
+            index = torch.where(index > size - 1, 2 * (size - 1) - index, index)
+        count = weights.shape[0]
+        matrix = torch.zeros(count, size, size, device=images.device, dtype=images.dtype)
+        return matrix.scatter_add_(2, index[None].expand(count, -1, -1), weights[:, None, :].expand(-1, size, -1))
+
+    rows, columns = blur_matrix(images.shape[-2]), blur_matrix(images.shape[-1])
+    return rows[:, None] @ (images @ columns.transpose(1, 2)[:, None])
+
+
+class _RandomGaussianBlur:
+    """Blur each sample with probability ``p``, sigma uniform in ``sigma`` (global RNG, like kornia)."""
+
+    def __init__(self, sigma=_BLUR_SIGMA, p: float = 0.5) -> None:
+        self.sigma, self.p = sigma, p
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count = images.shape[0]
+        chosen = (torch.rand(count) < self.p).nonzero().flatten()
+        sigma = torch.empty(count).uniform_(*self.sigma)
+        if chosen.numel() == 0:
+            return images
+        out = images.clone()
+        on_device = chosen.to(images.device)
+        out[on_device] = gaussian_blur_batched(images[on_device], sigma[chosen].to(images.device))
+        return out
+
+
+def _color_jitter(brightness: float, contrast: float, saturation: float, hue: float, p: float):
+    """kornia's ColorJitter (per-sample factors, random order per call) with the hue step replaced by
+    :func:`adjust_hue_batched` (kornia passes the hue shift in radians)."""
+    import kornia.augmentation as K
+
+    jitter = K.ColorJitter(brightness, contrast, saturation, hue, p=p)
+    if hue:
+        if not hasattr(jitter, "_hue_fn"):  # kornia changed its internals: keep its own (slower) hue step
+            return jitter
+        jitter._hue_fn = lambda images, radians: adjust_hue_batched(images, radians / (2 * math.pi))
+    return jitter
 
 
 def _check_style(style: str) -> str:
@@ -84,31 +171,28 @@ class BatchViews:
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         colour = self.channels == 3
-        jitter = K.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0, p=0.8)
-        contrastive = [K.RandomResizedCrop((1, 1), scale=(0.2 if style == "cifar" else 0.08, 1.0)),
-                       K.RandomHorizontalFlip(), jitter]
+        jitter = _color_jitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0, p=0.8)
+        self._contrastive_scale = (0.2 if style == "cifar" else 0.08, 1.0)
+        contrastive = [K.RandomHorizontalFlip(), jitter]
         if colour:
             contrastive.append(K.RandomGrayscale(p=0.2))
         if style == "cifar":
-            contrastive.append(K.RandomGaussianBlur((_BLUR_KERNEL, _BLUR_KERNEL), _BLUR_SIGMA, p=0.5, separable=True))
+            contrastive.append(_RandomGaussianBlur(_BLUR_SIGMA, p=0.5))
         self._contrastive_ops = contrastive
         self._classification_ops = None
-        self._pipelines = {}
-        if style == "imagenet":
-            self._classification_ops = [K.RandomResizedCrop((1, 1), scale=(0.08, 1.0)), K.RandomHorizontalFlip(),
-                                        K.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.0, p=1.0)]
+        if style == "imagenet":  # after a RandomResizedCrop of scale 0.08-1
+            self._classification_ops = [K.RandomHorizontalFlip(), K.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.0, p=1.0)]
 
-    def _kornia(self, ops, images: torch.Tensor) -> torch.Tensor:
-        import kornia.augmentation as K
-
-        size = tuple(images.shape[-2:])
-        key = (id(ops), size)
-        pipeline = self._pipelines.get(key)
-        if pipeline is None:  # built once per (recipe, image size): construction costs as much as a batch
-            ops[0].size = size  # RandomResizedCrop to the stored size
-            ops[0].flags["size"] = size
-            pipeline = self._pipelines[key] = K.AugmentationSequential(*ops, data_keys=["input"])
-        return pipeline(images)
+    @staticmethod
+    def _crop_then(ops, images: torch.Tensor, scale) -> torch.Tensor:
+        """RandomResizedCrop of the uint8 ``images`` (as PIL crops them; one grid_sample for the batch,
+        boxes drawn like torchvision's), then the kornia ``ops`` on floats in [0, 1]."""
+        uniforms = torch.rand(images.shape[0], RESIZED_CROP_COLUMNS.stop)
+        boxes = uniforms_to_resized_crop(uniforms, images.shape[2], images.shape[3], scale)
+        floats = random_resized_crop(images, boxes).float() / 255.0
+        for op in ops:
+            floats = op(floats)
+        return floats.clamp(0, 1)
 
     def _policy(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         from torchvision.transforms import v2
@@ -142,15 +226,15 @@ class BatchViews:
             with _seeded(seed, images.device):
                 return self._finish(self._policy(images, seed))
         with _seeded(seed, images.device):
-            floats = self._kornia(self._classification_ops, images.float() / 255.0)
-            return self._finish(self._policy(floats.clamp(0, 1), seed))
+            floats = self._crop_then(self._classification_ops, images, (0.08, 1.0))
+            return self._finish(self._policy(floats, seed))
 
     def contrastive(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         """One contrastive view of uint8 ``images`` (call twice with two seeds for the pair)."""
         if images.shape[0] == 0:
             return self._finish(images)
         with _seeded(seed, images.device):
-            return self._finish(self._kornia(self._contrastive_ops, images.float() / 255.0).clamp(0, 1))
+            return self._finish(self._crop_then(self._contrastive_ops, images, self._contrastive_scale))
 
 
 _AUTOAUGMENT = None
