@@ -137,19 +137,41 @@ def test_batched_hue_rotation_matches_torchvision_per_image():
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)
 
 
-def test_fast_colour_jitter_equals_kornias_own():
-    """The views' ColorJitter (hue step swapped) gives kornia's ColorJitter output for the same draws."""
-    import kornia.augmentation as K
+@pytest.mark.parametrize("channels", [3, 1])
+def test_batched_colour_jitter_matches_torchvision_per_image(channels):
+    """color_jitter_batched (the views' ColorJitter) against torchvision's per-image adjust_brightness /
+    contrast / saturation / hue with the same factors, in several step orders."""
+    from torchvision.transforms.v2 import functional as TF
 
-    from longtail.data.views import _color_jitter
+    from longtail.data.views import color_jitter_batched
 
-    images = torch.rand(64, 3, 12, 12, generator=torch.Generator().manual_seed(4))
-    torch.manual_seed(7)
-    ours = _color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)(images)
-    torch.manual_seed(7)
-    theirs = K.ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)(images)
-    assert not torch.equal(theirs, images)
-    torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=0)
+    generator = torch.Generator().manual_seed(4)
+    images = torch.rand(8, channels, 12, 12, generator=generator)
+    brightness, contrast, saturation = (torch.rand(3, 8, generator=generator) * 0.8 + 0.6).unbind(0)
+    hue = torch.rand(8, generator=generator) * 0.2 - 0.1
+    steps = {0: lambda x, i: TF.adjust_brightness(x, brightness[i].item()),
+             1: lambda x, i: TF.adjust_contrast(x, contrast[i].item()),
+             2: lambda x, i: TF.adjust_saturation(x, saturation[i].item()),
+             3: lambda x, i: TF.adjust_hue(x, hue[i].item()) if channels == 3 else x}
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]):
+        got = color_jitter_batched(images, brightness, contrast, saturation, hue, order)
+        for i in range(8):
+            expected = images[i]
+            for step in order:
+                expected = steps[step](expected, i)
+            torch.testing.assert_close(got[i], expected, atol=3e-6, rtol=0)
+
+
+def test_random_colour_jitter_draws_per_sample_and_skips_with_probability():
+    from longtail.data.views import _RandomColorJitter
+
+    images = torch.rand(400, 3, 4, 4, generator=torch.Generator().manual_seed(8))
+    torch.manual_seed(0)
+    out = _RandomColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)(images)
+    unchanged = (out == images).flatten(1).all(1).float().mean().item()
+    assert 0.13 < unchanged < 0.27  # about 1 - p of the samples untouched
+    ratios = (out.mean(dim=(1, 2, 3)) / images.mean(dim=(1, 2, 3)))
+    assert len({round(r, 4) for r in ratios.tolist()}) > 250  # factors differ per sample
 
 
 @pytest.mark.parametrize("size", [(32, 32), (28, 20), (5, 9)])

@@ -10,10 +10,11 @@ views of each background image, one classification view of each foreground image
 
 Two implementations of the same recipe:
 
-* :class:`BatchViews` for in-memory uint8 batches on the training device: the flip and colour ops
-  are kornia's batched augmentations (random parameters per sample, one call per batch); the
-  RandomResizedCrop (boxes drawn as torchvision draws them, one ``grid_sample``, on uint8 like PIL)
-  and the crop + flip of the CIFAR classification view are the library's own batched ops; CIFAR AutoAugment
+* :class:`BatchViews` for in-memory uint8 batches on the training device, random parameters per
+  sample and one call per batch: the flip and grayscale are kornia's batched augmentations; the
+  colour jitter, the blur, the RandomResizedCrop (boxes drawn as torchvision draws them, one
+  ``grid_sample``, on uint8 like PIL) and the crop + flip of the CIFAR classification view are the
+  library's own batched ops; CIFAR AutoAugment
   draws per image and applies torchvision v2's operations to groups of images sharing an
   (operation, magnitude) (:func:`batched_autoaugment`); RandAugment (ImageNet-style views of
   in-memory data, rare) is torchvision v2 per image. All randomness comes from the seed given per call.
@@ -24,13 +25,13 @@ Single-channel images (Fashion-MNIST, MNIST) keep brightness and contrast jitter
 saturation and grayscale have no meaning on one channel.
 The Gaussian blur kernel spans +-3 sigma of the largest sigma (13 x 13), so sigma is not truncated.
 
-Speed (benchmarks/bench_concutmix.py): kornia's ColorJitter spends most of its time in the hue step
-(an RGB -> HSV -> RGB round trip built from many ``torch.where``); :func:`adjust_hue_batched` does
-the same hue rotation branch-free and is swapped into kornia's ColorJitter (pinned against
-torchvision's ``adjust_hue`` and kornia's own jitter in tests/test_concutmix_data.py); the blur is
-two batched matrix products (:func:`gaussian_blur_batched`, pinned against kornia). The ops run
-one after the other rather than through ``AugmentationSequential``, whose per-call bookkeeping cost
-as much as the ops themselves at 32 px.
+Speed (benchmarks/bench_concutmix.py): the contrastive views' colour jitter and blur are the
+library's own batched ops (:func:`color_jitter_batched` with the branch-free hue rotation
+:func:`adjust_hue_batched`, and :func:`gaussian_blur_batched` as two bmm), each pinned against
+torchvision / kornia / numpy in tests/test_concutmix_data.py: kornia's ColorJitter spent most of
+its time in an RGB -> HSV -> RGB round trip of many ``torch.where``, and its blur is a grouped
+convolution with B * C groups; both were several times slower at 32 px, as was the per-call
+bookkeeping of ``AugmentationSequential``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import torch
 from .transforms import (RESIZED_CROP_COLUMNS, crop_flip, normalize, random_resized_crop, sample_crop_flip,
                          uniforms_to_resized_crop)
 
-__all__ = ["BatchViews", "adjust_hue_batched", "gaussian_blur_batched", "file_view_transforms", "VIEW_STYLES"]
+__all__ = ["BatchViews", "adjust_hue_batched", "color_jitter_batched", "gaussian_blur_batched", "file_view_transforms", "VIEW_STYLES"]
 
 VIEW_STYLES = ("cifar", "imagenet")
 _BLUR_SIGMA = (0.1, 2.0)
@@ -68,16 +69,21 @@ def adjust_hue_batched(images: torch.Tensor, shift: torch.Tensor) -> torch.Tenso
 
     The HSV round trip of torchvision's ``adjust_hue`` in closed form: hue from the max channel,
     then each output channel n in (R, G, B) = V - (V - min) * clamp(min(k, 4 - k), 0, 1) with
-    k = (5, 3, 1)[n] + 6 * hue (mod 6). Grey pixels (max == min) are unchanged, as there."""
+    k = (5, 3, 1)[n] + 6 * hue (mod 6). Grey pixels (max == min) are unchanged, as there.
+    Masks enter as arithmetic, not ``torch.where``, which is ~30x slower than a subtraction on CPU."""
     red, green, blue = images.unbind(1)
-    top, channel = images.max(dim=1)
+    top = images.amax(dim=1)
     chroma = top - images.amin(dim=1)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    sextant = torch.where(channel == 0, (green - blue) / safe,
-                          torch.where(channel == 1, (blue - red) / safe + 2, (red - green) / safe + 4))
-    sextant = sextant + 6 * shift.to(images.dtype).view(-1, 1, 1)
+    safe = chroma + (chroma == 0)  # grey pixels: any hue (chroma 0 zeroes it below)
+    red_max = (red == top).to(images.dtype)
+    green_max = (green == top).to(images.dtype) * (1 - red_max)
+    blue_max = 1 - red_max - green_max
+    sextant = (red_max * (green - blue) + green_max * (blue - red) + blue_max * (red - green)) / safe \
+        + 2 * green_max + 4 * blue_max + (6 * shift.to(images.dtype)).view(-1, 1, 1)
+    sextant = sextant - 6 * torch.floor(sextant / 6)  # in [0, 6)
     offsets = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(offsets + sextant.unsqueeze(1), 6)
+    k = offsets + sextant.unsqueeze(1)  # in [1, 11)
+    k = k - 6 * (k >= 6)
     return top.unsqueeze(1) - chroma.unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
@@ -124,17 +130,64 @@ class _RandomGaussianBlur:
         return out
 
 
-def _color_jitter(brightness: float, contrast: float, saturation: float, hue: float, p: float):
-    """kornia's ColorJitter (per-sample factors, random order per call) with the hue step replaced by
-    :func:`adjust_hue_batched` (kornia passes the hue shift in radians)."""
-    import kornia.augmentation as K
+_GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
-    jitter = K.ColorJitter(brightness, contrast, saturation, hue, p=p)
-    if hue:
-        if not hasattr(jitter, "_hue_fn"):  # kornia changed its internals: keep its own (slower) hue step
-            return jitter
-        jitter._hue_fn = lambda images, radians: adjust_hue_batched(images, radians / (2 * math.pi))
-    return jitter
+
+def color_jitter_batched(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                         saturation: torch.Tensor, hue: torch.Tensor, order: Sequence[int]) -> torch.Tensor:
+    """torchvision's ColorJitter steps on float (B, C, H, W) ``images`` in [0, 1], per-sample factors (B,).
+
+    ``order`` lists the steps (0 brightness, 1 contrast, 2 saturation, 3 hue) in the order to apply
+    them; each step is torchvision's ``adjust_*`` (brightness: scale; contrast: blend with the
+    image's mean grey level; saturation: blend with its grey image; hue: :func:`adjust_hue_batched`),
+    clamped to [0, 1]. Single-channel images take brightness and contrast only."""
+
+    def factor(values: torch.Tensor) -> torch.Tensor:
+        return values.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
+
+    grey_weights = torch.tensor(_GREY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+
+    def grey(batch: torch.Tensor) -> torch.Tensor:
+        return batch if batch.shape[1] == 1 else (batch * grey_weights).sum(dim=1, keepdim=True)
+
+    def blend(batch: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        ratio = factor(ratio)
+        return (batch * ratio + other * (1 - ratio)).clamp_(0, 1)
+
+    for step in order:
+        if step == 0:
+            images = (images * factor(brightness)).clamp_(0, 1)
+        elif step == 1:
+            images = blend(images, grey(images).mean(dim=(1, 2, 3), keepdim=True), contrast)
+        elif images.shape[1] == 3 and step == 2:
+            images = blend(images, grey(images), saturation)
+        elif images.shape[1] == 3 and step == 3:
+            images = adjust_hue_batched(images, hue)
+    return images
+
+
+class _RandomColorJitter:
+    """ColorJitter(brightness, contrast, saturation, hue) applied to each sample with probability
+    ``p``: per-sample factors (uniform in [1 - x, 1 + x], hue in [-hue, hue] turns), one random
+    order of the steps per batch (as kornia; torchvision draws one per image). Global RNG."""
+
+    def __init__(self, brightness: float, contrast: float, saturation: float, hue: float, p: float) -> None:
+        self.ranges = (brightness, contrast, saturation)
+        self.hue, self.p = hue, p
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        count = images.shape[0]
+        chosen = (torch.rand(count) < self.p).nonzero().flatten()
+        factors = [torch.empty(count).uniform_(1 - spread, 1 + spread) for spread in self.ranges]
+        hue = torch.empty(count).uniform_(-self.hue, self.hue)
+        used = [step for step, spread in enumerate((*self.ranges, self.hue)) if spread]
+        order = [used[i] for i in torch.randperm(len(used)).tolist()]
+        if chosen.numel() == 0:
+            return images
+        out = images.clone()
+        on_device = chosen.to(images.device)
+        out[on_device] = color_jitter_batched(images[on_device], *(values[chosen] for values in (*factors, hue)), order)
+        return out
 
 
 def _check_style(style: str) -> str:
@@ -171,7 +224,7 @@ class BatchViews:
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         colour = self.channels == 3
-        jitter = _color_jitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0, p=0.8)
+        jitter = _RandomColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0, p=0.8)
         self._contrastive_scale = (0.2 if style == "cifar" else 0.08, 1.0)
         contrastive = [K.RandomHorizontalFlip(), jitter]
         if colour:
@@ -181,7 +234,8 @@ class BatchViews:
         self._contrastive_ops = contrastive
         self._classification_ops = None
         if style == "imagenet":  # after a RandomResizedCrop of scale 0.08-1
-            self._classification_ops = [K.RandomHorizontalFlip(), K.ColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.0, p=1.0)]
+            self._classification_ops = [K.RandomHorizontalFlip(),
+                                        _RandomColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.0, p=1.0)]
 
     @staticmethod
     def _crop_then(ops, images: torch.Tensor, scale) -> torch.Tensor:
@@ -238,16 +292,18 @@ class BatchViews:
 
 
 _AUTOAUGMENT = None
+_MAGNITUDES: dict = {}  # (operation, height, width) -> the operation's 10 magnitude bins (or None)
 
 
 def batched_autoaugment(images: torch.Tensor, generator: torch.Generator):
     """CIFAR-10 AutoAugment with per-image draws, applied to the batch in groups.
 
     Each image draws its own sub-policy, and for each of the sub-policy's two operations whether it
-    applies and its sign: the same draws as torchvision v2's ``AutoAugment`` makes per call. The
-    images that share an (operation, magnitude) are then transformed together by torchvision's own
-    operation, instead of one call per image. Returns (images, plan), where plan[i] lists the
-    (operation, magnitude) pairs applied to image i, in order."""
+    applies and its sign: the same distribution as torchvision v2's ``AutoAugment`` draws per call
+    (all draws are made at once, up front). The images that share an (operation, magnitude) are
+    then transformed together by torchvision's own operation, instead of one call per image.
+    Returns (images, plan), where plan[i] lists the (operation, magnitude) pairs applied to image
+    i, in order."""
     from torchvision.transforms import v2
 
     global _AUTOAUGMENT
@@ -256,17 +312,22 @@ def batched_autoaugment(images: torch.Tensor, generator: torch.Generator):
     augment = _AUTOAUGMENT
     count, height, width = images.shape[0], images.shape[-2], images.shape[-1]
     chosen = torch.randint(len(augment._policies), (count,), generator=generator)
+    apply_draws = torch.rand(count, 2, generator=generator)
+    sign_draws = torch.rand(count, 2, generator=generator) <= 0.5
     plan = [[] for _ in range(count)]
     out = images.clone()
     for index, policy in enumerate(augment._policies):
         members = (chosen == index).nonzero().flatten()
         if members.numel() == 0:
             continue
-        for transform_id, probability, magnitude_index in policy:
-            applies = torch.rand(members.numel(), generator=generator) <= probability
+        for slot, (transform_id, probability, magnitude_index) in enumerate(policy):
+            applies = apply_draws[members, slot] <= probability
             magnitudes_fn, signed = augment._AUGMENTATION_SPACE[transform_id]
-            magnitudes = magnitudes_fn(10, height, width)
-            negative = torch.rand(members.numel(), generator=generator) <= 0.5
+            key = (transform_id, height, width)
+            if key not in _MAGNITUDES:
+                _MAGNITUDES[key] = magnitudes_fn(10, height, width)
+            magnitudes = _MAGNITUDES[key]
+            negative = sign_draws[members, slot]
             base = float(magnitudes[magnitude_index]) if magnitudes is not None else 0.0
             flips = (False, True) if signed and magnitudes is not None else (None,)
             for flip in flips:
