@@ -122,14 +122,24 @@ def test_train_eval_posthoc_and_rectification_statistics(tiny_idx_root, tmp_path
 EPOCHS = 4
 
 
+def _history_without_timing(path):
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k not in ("seconds", "images_per_s")} for line in lines]
+
+
 def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_path):
+    """Final metrics and every history line (losses, rectified_label_mass of the interrupted epoch)
+    equal the uninterrupted run's; epochs after the first rectify, so the signal lands in one."""
+    method = [*METHOD, "loss.rectify_from_epoch=0"]
     reference = tmp_path / "reference"
-    assert main(["train", *METHOD, *tiny_run_overrides(tiny_idx_root, reference, epochs=EPOCHS),
+    assert main(["train", *method, *tiny_run_overrides(tiny_idx_root, reference, epochs=EPOCHS),
                  "train.run_name=run"]) == 0
     expected = json.loads((reference / "run" / "metrics.json").read_text())
+    expected_history = _history_without_timing(reference / "run" / "history.jsonl")
+    assert all("rectified_label_mass" in line for line in expected_history[1:])
     for kill in (signal.SIGTERM, signal.SIGKILL):
         output = tmp_path / kill.name
-        command = [sys.executable, "-m", "longtail", "train", *METHOD,
+        command = [sys.executable, "-m", "longtail", "train", *method,
                    *tiny_run_overrides(tiny_idx_root, output, epochs=EPOCHS), "train.run_name=run"]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         history = output / "run" / "history.jsonl"
@@ -145,6 +155,7 @@ def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_
         assert main(["train", "--resume", str(output / "run")]) == 0
         resumed = json.loads((output / "run" / "metrics.json").read_text())
         assert resumed["test"] == expected["test"] and resumed["selected"] == expected["selected"]
+        assert _history_without_timing(output / "run" / "history.jsonl") == expected_history, kill.name
 
 
 @pytest.mark.parametrize("in_memory", [False, True])

@@ -144,8 +144,10 @@ class ConCutMixObjective(nn.Module):
         self.seed, self.rank = int(seed), int(rank)
         # Label mass the rectification moves (sum_c |y_rect - y_area|_c / 2 per sample), summed over
         # this epoch's rectified samples; reported per epoch in history.jsonl as rectified_label_mass.
-        self._moved = torch.zeros((), dtype=torch.float64)
-        self._rectified = 0
+        # Buffers, so a mid-epoch checkpoint carries the epoch's sums (an exact resume reports the
+        # whole epoch), summed over processes at the epoch's end.
+        self.register_buffer("moved_label_mass", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("rectified_samples", torch.zeros((), dtype=torch.float64))
 
     def training_step(self, model: nn.Module, batch, labels_a: torch.Tensor, epoch: int, batch_index: int,
                       autocast: Callable, regularizer: Optional[nn.Module], check_finite: Callable) -> dict:
@@ -161,8 +163,9 @@ class ConCutMixObjective(nn.Module):
 
         targets = self.mixer.targets(mixed, epoch, projection[:size], prototypes)
         if mixed.mixed and self.mixer.rectifies(epoch):
-            self._moved = self._moved.to(targets.device) + (targets - mixed.area_targets).abs().sum().double() / 2
-            self._rectified += size
+            moved = (targets - mixed.area_targets).abs().sum().double() / 2
+            self.moved_label_mass = self.moved_label_mass.to(targets.device) + moved
+            self.rectified_samples = self.rectified_samples.to(targets.device) + size
         terms = {"base_loss": settings.a_cls * self.classification(logits, targets)}
 
         # Contrastive branch: A's two unmixed views; (B, 2, F) normalised, prototypes normalised.
@@ -184,12 +187,19 @@ class ConCutMixObjective(nn.Module):
         return terms
 
     def epoch_statistics(self) -> dict:
-        """This epoch's mean label mass moved by the rectification (only when it rectified), then reset."""
-        statistics = {}
-        if self._rectified:
-            statistics["rectified_label_mass"] = float(self._moved) / self._rectified
-        self._moved, self._rectified = torch.zeros((), dtype=torch.float64), 0
-        return statistics
+        """This epoch's mean label mass moved by the rectification over all processes' samples (only
+        when it rectified), then reset. Called by every process: under torchrun it is a collective."""
+        import torch.distributed as dist
+
+        sums = torch.stack([self.moved_label_mass.cpu(), self.rectified_samples.cpu()])
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else sums.device
+            sums = sums.to(device)
+            dist.all_reduce(sums)
+        moved, rectified = sums.tolist()
+        self.moved_label_mass = torch.zeros_like(self.moved_label_mass)
+        self.rectified_samples = torch.zeros_like(self.rectified_samples)
+        return {"rectified_label_mass": moved / rectified} if rectified else {}
 
     def extra_repr(self) -> str:
         return f"{self.settings}, mixer={self.mixer}"
