@@ -88,13 +88,18 @@ def test_every_numeric_key_has_a_checked_range():
                 assert key in _LIST_RANGES, f"{key} has no range"
 
 
-def test_bad_loss_and_regularizer_options_exit_2_with_a_message(capsys):
+def test_bad_loss_regularizer_and_model_options_exit_2_with_a_message(capsys):
     cases = [(["loss.name=la", "loss.tau=abc"], "loss.tau='abc' (str) is not valid for loss 'la': expected a number"),
              (["loss.name=ccar_bs", "loss.omega=[1, 2]"], "loss.omega=[1, 2] (list) is not valid"),
              (["loss.name=ccar_bs", "loss.detach_weight=3"], "expected true or false"),
              (["loss.name=focal", "loss.gama=2"], "loss.gama is not an option of loss 'focal'; its options: gamma"),
              (["regularizer.name=car", "regularizer.alpha=high"], "regularizer.alpha='high' (str) is not valid"),
-             (["loss.name=ccar_bs", "loss.confidence_from=sideways"], "loss 'ccar_bs' with options")]
+             (["loss.name=ccar_bs", "loss.confidence_from=sideways"], "loss 'ccar_bs' with options"),
+             (["model.options={width: abc}"], "model.options.width='abc' (str) is not valid for model 'small_cnn': "
+                                              "expected a whole number"),
+             (["model.options={widht: 3}"], "model.options.widht is not an option of model 'small_cnn'"),
+             (["model.name=resnet32", "model.options={width: 3}"], "model.options.width is not an option of model "
+                                                                   "'resnet32'; its options: none")]
     for overrides, expected in cases:
         assert main(["train", "--print-config", *overrides]) == 2
         error = capsys.readouterr().err

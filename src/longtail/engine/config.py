@@ -598,18 +598,20 @@ def _walk(value, path):
         yield path, value
 
 
-def _check_component_options(section: str, name: str, options: dict, builder, engine_options=()) -> None:
+def _check_component_options(section: str, name: str, options: dict, builder, engine_options=(),
+                             kind: Optional[str] = None, not_options=("self", "class_counts")) -> None:
     """Refuse unknown options and values whose type cannot be the builder's: each option's type must
     match its default's (a number for a float, a whole number for an int, true/false for a bool, text
     for a string). The builder's own checks (ranges, choices) run when the component is built."""
     signature = inspect.signature(builder)
+    kind = kind or section
     parameters = {k: p for k, p in signature.parameters.items()
-                  if k not in ("self", "class_counts") and p.kind is not inspect.Parameter.VAR_KEYWORD}
+                  if k not in not_options and p.kind is not inspect.Parameter.VAR_KEYWORD}
     for option, value in options.items():
         if option in engine_options:
             continue
         if option not in parameters:
-            raise ConfigError(f"{section}.{option} is not an option of {section} '{name}'; its options: "
+            raise ConfigError(f"{section}.{option} is not an option of {kind} '{name}'; its options: "
                               f"{', '.join(parameters) or 'none'}")
         default = parameters[option].default
         expected = None
@@ -624,13 +626,20 @@ def _check_component_options(section: str, name: str, options: dict, builder, en
         else:  # no default or None / an object default: the builder checks it
             ok = True
         if not ok:
-            raise ConfigError(f"{section}.{option}={value!r} ({type(value).__name__}) is not valid for {section} "
+            raise ConfigError(f"{section}.{option}={value!r} ({type(value).__name__}) is not valid for {kind} "
                               f"'{name}': expected {expected} like its default {default!r}")
 
 
 def _check_components(config: RunConfig) -> None:
-    """Check loss / regularizer names, option names and option types now, before any data is read."""
+    """Check loss / regularizer names, option names and option types (and those of the library's own
+    models' options) now, before any data is read."""
     _check_loss(config)
+    from longtail.models.factory import _MODELS
+
+    constructor = getattr(_MODELS.get(config.model.name), "constructor", None)
+    if constructor is not None:  # timm and torchvision-style models check their options when built
+        _check_component_options("model.options", config.model.name, config.model.options, constructor,
+                                 kind="model", not_options=("self", "num_classes", "in_channels", "head"))
     regularizer = config.regularizer
     if regularizer.name == "none":
         if regularizer.options:

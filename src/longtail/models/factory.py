@@ -239,6 +239,7 @@ def _native_builder(constructor: Callable[..., nn.Module]) -> Callable[..., nn.M
         return _attach_pretrained(model, pretrained)
 
     build.options = [p for p in inspect.signature(constructor).parameters if p not in ("num_classes", "in_channels", "head")]
+    build.constructor = constructor  # the config checks option types against its defaults before any work
     build.__doc__ = constructor.__doc__
     return build
 
