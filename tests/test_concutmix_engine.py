@@ -151,6 +151,7 @@ def test_sigterm_mid_epoch_and_sigkill_then_resume_are_exact(tiny_idx_root, tmp_
         time.sleep(0.05)
         process.send_signal(kill)
         process.wait(timeout=60)
+        process.stderr.close()
         assert not (output / "run" / "metrics.json").exists(), "finished before the signal"
         assert main(["train", "--resume", str(output / "run")]) == 0
         resumed = json.loads((output / "run" / "metrics.json").read_text())
