@@ -45,7 +45,8 @@ import torch
 from .transforms import (RESIZED_CROP_COLUMNS, crop_flip, normalize, random_resized_crop, sample_crop_flip,
                          uniforms_to_resized_crop)
 
-__all__ = ["BatchViews", "adjust_hue_batched", "color_jitter_batched", "gaussian_blur_batched", "file_view_transforms", "VIEW_STYLES"]
+__all__ = ["BatchViews", "adjust_hue_batched", "color_jitter_batched", "gaussian_blur_batched", "file_view_transforms",
+           "VIEW_STYLES"]
 
 VIEW_STYLES = ("cifar", "imagenet")
 _BLUR_SIGMA = (0.1, 2.0)
@@ -240,7 +241,7 @@ class BatchViews:
     @staticmethod
     def _crop_then(ops, images: torch.Tensor, scale) -> torch.Tensor:
         """RandomResizedCrop of the uint8 ``images`` (as PIL crops them; one grid_sample for the batch,
-        boxes drawn like torchvision's), then the kornia ``ops`` on floats in [0, 1]."""
+        boxes drawn like torchvision's), then ``ops`` (flip, jitter, ...) on floats in [0, 1]."""
         uniforms = torch.rand(images.shape[0], RESIZED_CROP_COLUMNS.stop)
         boxes = uniforms_to_resized_crop(uniforms, images.shape[2], images.shape[3], scale)
         floats = random_resized_crop(images, boxes).float() / 255.0
