@@ -51,6 +51,9 @@ longtail compare "${COMMON[@]}" --reference bs --output "$OUT/ccar-variants" --m
 #    python tools/validation_table.py OUT/omega-val reads the validation accuracy of each cell.
 longtail compare --recipe cifar5-jpeg-lt-r32 --seeds 0,1 --jobs "$JOBS" --reference ccar_bs --output "$OUT/omega-val" --methods ccar_bs,ccar_bs:loss.omega=0.5,ccar_bs:loss.omega=1.0 "data.root=$JPEG" "${SHORT[@]}" \
   data.validation_per_class=20 train.select_on=accuracy
+# 4b. The omega that validation's best epoch prefers (0.5), on the full training split and test, 3 seeds.
+share grid omega05 bs-seed0 bs-seed1 bs-seed2 ccar_bs-seed0 ccar_bs-seed1 ccar_bs-seed2
+longtail compare "${COMMON[@]}" --reference bs --output "$OUT/omega05" --methods bs,ccar_bs,ccar_bs:loss.omega=0.5 "data.root=$JPEG" "${SHORT[@]}"
 
 # 5. Ablation that separates the parts: BCL alone, BCL + CutMix with the area label, full ConCutMix.
 share grid ablation concutmix-seed0 concutmix-seed1 concutmix-seed2
