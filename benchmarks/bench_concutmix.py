@@ -25,9 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from longtail.data.views import BatchViews, file_view_transforms
 from longtail.engine.concutmix import ConCutMixObjective, ConCutMixSettings
 from longtail.losses import BalancedSoftmaxLoss
 from longtail.models import BCLModel, create_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import cpu_model  # noqa: E402
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -133,7 +137,7 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in results.items()}
     best = {name: min(values) for name, values in results.items()}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores "
           f"(shared with other jobs: read the ratios), torch {torch.__version__}, {args.threads} thread(s), "
           f"batch {batch}, {args.rounds} interleaved rounds; median and minimum (the minimum is the least "
           f"disturbed by other processes)")

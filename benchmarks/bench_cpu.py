@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,21 +36,13 @@ import torch.nn.functional as F
 from longtail.engine.precision import autocast_context, resolve_precision
 from longtail.models import create_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import cpu_model  # noqa: E402  (one place for the machine's name)
+
 MODELS = {  # name -> (create_model kwargs, input shape (C, H, W))
     "resnet32": (dict(name="resnet32", num_classes=100, in_channels=3), (3, 32, 32)),
     "small_cnn": (dict(name="small_cnn", num_classes=10, in_channels=1), (1, 28, 28)),
 }
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def matmul_peak(dtype: torch.dtype, size: int, repeats: int) -> float:

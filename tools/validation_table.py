@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
-
-def spread(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{100 * mean:.2f}"
+from per_class_table import spread  # tools/ is the script directory: one formatting of mean ± std
 
 
 def main() -> None:

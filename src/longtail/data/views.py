@@ -113,6 +113,16 @@ def gaussian_blur_batched(images: torch.Tensor, sigma: torch.Tensor, kernel_size
     return rows[:, None] @ (images @ columns.transpose(1, 2)[:, None])
 
 
+def _on_chosen(images: torch.Tensor, chosen: torch.Tensor, transform) -> torch.Tensor:
+    """``transform`` applied to the samples ``chosen`` (indices) only; the others pass unchanged."""
+    if chosen.numel() == 0:
+        return images
+    out = images.clone()
+    on_device = chosen.to(images.device)
+    out[on_device] = transform(images[on_device])
+    return out
+
+
 class _RandomGaussianBlur:
     """Blur each sample with probability ``p``, sigma uniform in ``sigma`` (global RNG, like kornia)."""
 
@@ -123,12 +133,7 @@ class _RandomGaussianBlur:
         count = images.shape[0]
         chosen = (torch.rand(count) < self.p).nonzero().flatten()
         sigma = torch.empty(count).uniform_(*self.sigma)
-        if chosen.numel() == 0:
-            return images
-        out = images.clone()
-        on_device = chosen.to(images.device)
-        out[on_device] = gaussian_blur_batched(images[on_device], sigma[chosen].to(images.device))
-        return out
+        return _on_chosen(images, chosen, lambda subset: gaussian_blur_batched(subset, sigma[chosen].to(images.device)))
 
 
 _GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -183,12 +188,8 @@ class _RandomColorJitter:
         hue = torch.empty(count).uniform_(-self.hue, self.hue)
         used = [step for step, spread in enumerate((*self.ranges, self.hue)) if spread]
         order = [used[i] for i in torch.randperm(len(used)).tolist()]
-        if chosen.numel() == 0:
-            return images
-        out = images.clone()
-        on_device = chosen.to(images.device)
-        out[on_device] = color_jitter_batched(images[on_device], *(values[chosen] for values in (*factors, hue)), order)
-        return out
+        return _on_chosen(images, chosen, lambda subset: color_jitter_batched(
+            subset, *(values[chosen] for values in (*factors, hue)), order))
 
 
 def _check_style(style: str) -> str:
