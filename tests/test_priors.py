@@ -328,6 +328,25 @@ def test_encoded_prior_for_logit_adjustment_strength_tau():
         encoded_prior(counts, "cb_ce")
 
 
+@pytest.mark.parametrize("q", [1.0, 0.5, 0.0])
+def test_encoded_prior_with_a_resampling_sampler_gives_the_bayes_posterior(q):
+    # A sampler drawing class c with probability ~ n_c ** q makes the loss see the prior s ~ pi ** q.
+    # A calibrated CE model then outputs the Bayes posterior under s; a Balanced Softmax model's
+    # logits + log pi_train give it (BS adds log of the data frequencies, not the sampler's).
+    likelihood, pi_train, pi_test = discrete_world(3)
+    sampled = pi_train**q / (pi_train**q).sum()
+    ce_logits = np.log(bayes_posterior(likelihood, sampled))
+    bs_logits = ce_logits - np.log(pi_train)
+    for logits, kind in ((ce_logits, "ce"), (bs_logits, "bs")):
+        adapted = adapt_logits(logits, pi_test, encoded_prior(1000 * pi_train, kind, sampling_power=q))
+        softmax = np.exp(adapted - adapted.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), bayes_posterior(likelihood, pi_test), rtol=1e-10)
+    la_logits = ce_logits - 0.5 * np.log(pi_train)  # logit adjustment with tau = 0.5
+    adapted = adapt_logits(la_logits, pi_test, encoded_prior(1000 * pi_train, tau=0.5, sampling_power=q))
+    softmax = np.exp(adapted - adapted.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True), bayes_posterior(likelihood, pi_test), rtol=1e-10)
+
+
 # ---- EM ------------------------------------------------------------------------------------------
 
 

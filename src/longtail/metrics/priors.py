@@ -381,27 +381,35 @@ def drawn_metrics(
 # ---- 3. prior adaptation ---------------------------------------------------------------------------
 
 
-def encoded_prior(train_counts, kind="train", tau: float | None = None) -> np.ndarray:
+def encoded_prior(train_counts, kind="train", tau: float | None = None, sampling_power: float = 1.0) -> np.ndarray:
     """The prior a model's logits encode (float64, sums to 1).
 
     ``kind``: ``"train"`` (the training frequencies), ``"uniform"`` (1 / K), a loss name from
     :data:`ENCODED_PRIOR_BY_LOSS`, or a vector of K frequencies used as given. ``tau``: a model
     trained with logit adjustment of strength tau (or evaluated after post-hoc adjustment by tau)
     encodes pi_train ** (1 - tau) / Z; it overrides ``kind``.
+
+    ``sampling_power`` q: the training batches drew class c with probability proportional to
+    n_c ** q (1 instance-balanced, the default; 0.5 square-root; 0 class-balanced, as in cRT).
+    The loss then sees the prior pi_train ** q, and a loss that adds tau * log pi_train to the
+    logits (with pi_train the data's frequencies, whatever the sampler) leaves
+    pi_train ** (q - tau) / Z in them: "train" is tau = 0, "uniform" tau = 1. Not used with a
+    vector ``kind``.
     """
     counts = _positive_counts(train_counts)
     pi_train = counts / counts.sum()
+    if not np.isfinite(sampling_power):
+        raise ValueError(f"sampling_power must be finite, got {sampling_power!r}")
     if tau is not None:
         if not np.isfinite(tau):
             raise ValueError(f"tau must be finite, got {tau!r}")
-        return prior_from_counts(pi_train ** (1.0 - tau), "encoded prior")
+        return prior_from_counts(pi_train ** (sampling_power - tau), "encoded prior")
     if isinstance(kind, str):
         key = kind.strip().lower().replace("-", "_")
         key = ENCODED_PRIOR_BY_LOSS.get(key, key)
-        if key == "train":
-            return pi_train
-        if key == "uniform":
-            return np.full(counts.size, 1.0 / counts.size)
+        if key in ("train", "uniform"):
+            adjustment = 0.0 if key == "train" else 1.0
+            return prior_from_counts(pi_train ** (sampling_power - adjustment), "encoded prior")
         raise ValueError(
             f"no known encoded prior for {kind!r}: use 'train', 'uniform', a loss among "
             f"{', '.join(sorted(ENCODED_PRIOR_BY_LOSS))}, or pass the K frequencies the model's logits encode "
