@@ -194,6 +194,25 @@ def test_adapt_prior_file_and_em(runs, tmp_path):
     assert code == 0 and "target prior (EM over the 48 predicted images" in err
 
 
+def test_encoded_prior_override(runs, tmp_path):
+    # Saying the CE run's logits encode the uniform prior makes --adapt-prior uniform a zero shift.
+    encoded = tmp_path / "encoded.json"
+    encoded.write_text(json.dumps({f"c{j}": 1 for j in range(4)}))
+    _, plain, _ = full_probabilities(runs["ce"], runs["test_images"])
+    _, adapted, header = full_probabilities(runs["ce"], runs["test_images"], "--adapt-prior", "uniform",
+                                            "--encoded-prior", encoded)
+    np.testing.assert_array_equal(adapted, plain)
+    assert header["adapt_prior"]["encoded_prior_source"] == f"from {encoded} (given)"
+    code, _, err = run_cli("eval", runs["bs"], "--test-priors", "--draws", 1, "--rhos", 10,
+                           "--encoded-prior", "train", "--device", "cpu")
+    assert code == 0, err
+    report = json.loads((runs["bs"] / "test_priors.json").read_text())
+    assert report["encoded_prior_source"] == "train (given)" and report["draws"] == 1
+    assert report["encoded_prior"] == pytest.approx([n / sum(TRAIN_COUNTS) for n in TRAIN_COUNTS], abs=1e-15)
+    assert [s["name"] for s in report["sets"]] == ["forward-10", "uniform", "backward-10"]
+    assert report["sets"][0]["none"]["drawn"]["accuracy"]["std"] is None
+
+
 def test_posthoc_logit_adjust_composes_and_tau_norm_is_refused(runs):
     # CE + post-hoc logit adjustment with tau = 1 encodes pi_train * pi_train ** -1 = uniform.
     _, posthoc, _ = full_probabilities(runs["ce"], runs["test_images"], "--posthoc", "logit_adjust")

@@ -43,7 +43,8 @@ class PriorError(ValueError):
 # --------------------------------------------------------------------------- the prior a run's logits encode
 
 
-def run_encoded_prior(config, class_counts, override: Optional[str] = None) -> tuple[np.ndarray, str]:
+def run_encoded_prior(config, class_counts, override: Optional[str] = None,
+                      classes: Optional[Sequence[str]] = None) -> tuple[np.ndarray, str]:
     """(prior, description) of the class prior the run's logits encode (docs/priors.md, section 3).
 
     From the loss (``ENCODED_PRIOR_BY_LOSS``; logit adjustment's ``tau`` option) and the sampler
@@ -56,7 +57,7 @@ def run_encoded_prior(config, class_counts, override: Optional[str] = None) -> t
     if override is not None:
         if override in ("train", "uniform"):
             return encoded_prior(counts, override), f"{override} (given)"
-        prior = read_prior_file(override, None, len(counts))
+        prior = read_prior_file(override, classes, len(counts))
         if (prior <= 0).any():
             raise PriorError(f"{override}: an encoded prior needs a positive frequency for every class")
         return prior, f"from {override} (given)"
@@ -268,7 +269,7 @@ def evaluate_shifted_priors(target: Path, split: str = "test", device: str = "au
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
     counts = [int(c) for c in data.class_counts]
-    encoded, described = run_encoded_prior(config, counts, encoded_override)
+    encoded, described = run_encoded_prior(config, counts, encoded_override, data.classes)
     logits, labels = split_logits(model, data.eval_loaders[split], torch_device, config.train.precision)
     report = shifted_prior_report(logits.numpy(), labels.numpy(), counts, encoded, rhos, draws, seed)
     return {"run": str(target), "split": split, "classes": [str(c) for c in data.classes], "train_counts": counts,
@@ -320,7 +321,7 @@ def prior_adaptation(loaded, mode: str, encoded_override: Optional[str] = None) 
     if posthoc is not None and posthoc.method != "logit_adjust":
         raise PriorError(f"--adapt-prior cannot be combined with --posthoc {posthoc.method}: its logits encode no "
                          f"known class prior (only logit_adjust, a known shift, combines); use one or the other")
-    encoded, source = run_encoded_prior(loaded.config, counts, encoded_override)
+    encoded, source = run_encoded_prior(loaded.config, counts, encoded_override, classes)
     if posthoc is not None:
         encoded = prior_from_counts(encoded * (counts / counts.sum()) ** -posthoc.tau, "encoded prior")
         source += f", then post-hoc logit adjustment tau = {posthoc.tau:g} (x pi_train ** -{posthoc.tau:g})"
