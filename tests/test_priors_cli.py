@@ -252,6 +252,7 @@ def test_bad_prior_files_exit_2_with_a_clear_message(runs, tmp_path, content, me
     (["eval", "{ce}", "--test-priors", "--rhos", "ten"], "--rhos must be comma-separated numbers > 1"),
     (["eval", "{ce}", "--test-priors", "--draws", "0"], "--draws must be at least 1"),
     (["eval", "{ce}", "--test-priors", "--data-root", "{images}"], "does not take --data-root"),
+    (["eval", "{ce}", "--draws", "3"], "--draws only apply with --test-priors"),
 ])
 def test_usage_errors_exit_2(runs, argv, message):
     argv = [a.format(ce=runs["ce"], images=runs["test_images"]) for a in argv]

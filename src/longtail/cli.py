@@ -67,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "subsets of the split), without adaptation, with the oracle prior and with the "
                                "EM-estimated prior; writes RUN_DIR/test_priors.json and plots/test_priors.png "
                                "(docs/priors.md)")
-    evaluate.add_argument("--rhos", default="50,25,10,5,2", metavar="R1,R2,...",
+    evaluate.add_argument("--rhos", default=None, metavar="R1,R2,...",
                           help="test imbalance ratios of --test-priors, each > 1 (default: 50,25,10,5,2)")
-    evaluate.add_argument("--draws", type=int, default=5,
+    evaluate.add_argument("--draws", type=int, default=None,
                           help="seeded draws per test prior of --test-priors (default 5; draw d uses seed + d)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the first draw of --test-priors (default 0)")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the first draw of --test-priors (default 0)")
     _add_encoded_prior_argument(evaluate)
 
     predict = commands.add_parser(
@@ -288,6 +288,10 @@ def cmd_eval(args) -> int:
 
     if args.test_priors:
         return _eval_test_priors(args)
+    given = [f"--{name.replace('_', '-')}" for name in ("rhos", "draws", "seed", "encoded_prior")
+             if getattr(args, name) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply with --test-priors")
     if args.data_root is not None:
         from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root, load_run
 
@@ -315,30 +319,32 @@ def cmd_eval(args) -> int:
 
 def _eval_test_priors(args) -> int:
     """`longtail eval RUN --test-priors`: table, RUN/test_priors.json, RUN/plots/test_priors.png."""
-    from longtail.engine.rundir.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_json
-    from longtail.engine.evaluation.priors import PriorError, evaluate_shifted_priors
+    from longtail.engine.rundir.checkpoint import (CheckpointError, OutputWriteError, atomic_write_bytes,
+                                                   atomic_write_json)
+    from longtail.engine.evaluation.priors import DEFAULT_DRAWS, PriorError, evaluate_shifted_priors
     from longtail.engine.training.scoring import NonFiniteOutputError
-    from longtail.metrics.priors import shifted_prior_names
+    from longtail.metrics.priors import TEST_PRIOR_RHOS, shifted_prior_names
     from longtail.report.plots import shifted_prior_plot
     from longtail.report.tables import shifted_prior_table
 
     if args.data_root is not None:
         raise UsageError("--test-priors scores the run's own split; it does not take --data-root")
     try:
-        rhos = [float(r) for r in args.rhos.split(",")]
+        rhos = list(TEST_PRIOR_RHOS) if args.rhos is None else [float(r) for r in args.rhos.split(",")]
         shifted_prior_names(rhos)
     except ValueError as error:
         raise UsageError(f"--rhos must be comma-separated numbers > 1 like 50,10,2 ({error})") from None
-    if args.draws < 1:
-        raise UsageError(f"--draws must be at least 1, got {args.draws}")
+    draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    seed = 0 if args.seed is None else args.seed
+    if draws < 1:
+        raise UsageError(f"--draws must be at least 1, got {draws}")
     target = Path(args.target)
     if not target.exists():
         raise UsageError(f"{target} does not exist (give a run directory or its checkpoint file)")
     run_dir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
                                               else target.parent)
     try:
-        report = evaluate_shifted_priors(target, args.split, args.device, rhos, args.draws, args.seed,
-                                         args.encoded_prior)
+        report = evaluate_shifted_priors(target, args.split, args.device, rhos, draws, seed, args.encoded_prior)
     except (CheckpointError, PriorError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     except NonFiniteOutputError as error:
@@ -346,8 +352,12 @@ def _eval_test_priors(args) -> int:
         return 1
     output = run_dir / "test_priors.json"
     plot = run_dir / "plots" / "test_priors.png"
-    atomic_write_json(output, report)
-    atomic_write_bytes(plot, shifted_prior_plot(report))
+    try:
+        atomic_write_json(output, report)
+        atomic_write_bytes(plot, shifted_prior_plot(report))
+    except OutputWriteError as error:
+        print(f"longtail eval: error: {error}", file=sys.stderr)
+        return 1
     print(f"encoded prior of the logits: {report['encoded_prior_source']}")
     print(f"{report['note']}; {report['draws']} draw(s) per prior, n_max = {report['n_max']}")
     print(shifted_prior_table(report))
