@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longtail.data.loader import InMemoryLoader
-from longtail.data.samplers import build_sampler
+from longtail.data.loading.loader import InMemoryLoader
+from longtail.data.sampling.samplers import build_sampler
 from longtail.models import create_model
 from longtail.models.fold import fold_batchnorm
 

@@ -35,7 +35,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from longtail.engine.config import build_config
-from longtail.engine.trainer import Trainer, _StopFlag
+from longtail.engine.training.trainer import Trainer, _StopFlag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import cpu_model  # noqa: E402
