@@ -36,6 +36,7 @@ from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, env
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
+from longtail.models.fold import fold_batchnorm
 
 
 
@@ -120,6 +121,10 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also fills every new tensor with NaN (a guard against reading
+            # uninitialised memory): 12 % of a CPU step (BENCHMARKS.md, issue 20). The engine never
+            # reads memory it did not write, and the exact-resume tests show equal results without it.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         seed_everything(config.train.seed)  # every rank builds the same initial model
         self.data: DataBundle = build_data(config, self.device, self.context)
         self.class_counts = self.data.class_counts
@@ -436,13 +441,23 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         weights, described = spectral_norm_weighting(self.config, self.class_counts)
-        metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
+        metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts, self.device,
                                   self.precision.chosen, class_weights=weights)
         self.confusions[split] = metrics.confusion.cpu().numpy()
         results = metrics.compute(spectral_norm=spectral_norm)
         if spectral_norm:
             results["confusion_spectral_norm_weighting"] = described
         return results
+
+    def _evaluation_model(self) -> nn.Module:
+        """The model to score: a throw-away copy with batch norm folded into the convolutions (the same
+        function, 1.24x faster per test pass on a CPU, BENCHMARKS.md), or the model itself when it has
+        no batch norm. The copy lives only for this evaluation: checkpoints save ``self.model``."""
+        model = unwrap(self.model)
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return model
+        folded, _ = fold_batchnorm(model)
+        return folded
 
     def _keep_if_best(self, epoch: int, validation: dict) -> None:
         """Remember this epoch's weights if its validation metric beats every earlier epoch (the first
