@@ -119,7 +119,8 @@ class ModelConfig:
         "none | crt (freeze the backbone, re-initialise and retrain the classifier) | lws (freeze backbone "
         "and classifier, learn a per-class scale); both need model.init_from (Kang et al. 2020)", "none")
     channels_last: bool = _help("use channels_last memory format", True)
-    compile: bool = _help("torch.compile the model", False)
+    compile: str = _help("torch.compile the training model: true | false | auto (only when the run is long "
+                         "enough to repay the compile time; engine/runtime/compilation.py)", "auto")
     options: dict = _help("model-specific keyword options, e.g. {width: 16} for small_cnn", None, dict)
 
 

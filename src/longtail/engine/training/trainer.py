@@ -35,6 +35,7 @@ from longtail.engine.rundir import fingerprint as data_fp
 from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, environment_info
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
+from longtail.engine.runtime.compilation import compile_cost_seconds, compile_pays, use_shared_cache
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
 from longtail.models.fold import fold_batchnorm
 
@@ -59,6 +60,9 @@ class TrainState:
     # Running sums of the epoch in progress ({"seen", "seconds", term: sum of value * batch size}),
     # kept in a mid-epoch checkpoint so the resumed epoch's history line covers the whole epoch.
     epoch_sums: dict = field(default_factory=dict)
+    # model.compile=auto: the decision taken after the first epoch (None: not taken yet), kept in the
+    # checkpoint so that a resumed run computes exactly what the uninterrupted one did.
+    compiled: Optional[bool] = None
 
 
 class _StopFlag:
@@ -143,8 +147,8 @@ class Trainer:
         if self.context.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.model.compile:
-            self.train_model = torch.compile(self.train_model)
+        if config.model.compile == "true":
+            self._compile()
         self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
                                      head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
@@ -153,6 +157,8 @@ class Trainer:
         self.state = TrainState()
         self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
+        if config.model.compile == "auto" and self.state.compiled:
+            self._compile()  # as the interrupted run did from its second epoch on
         self.writer = None
         self.confusions = {}
 
@@ -196,6 +202,7 @@ class Trainer:
             "global_step": self.state.global_step,
             "history": self.state.history,
             "epoch_sums": self.state.epoch_sums,
+            "compiled": self.state.compiled,
             "model": unwrap(self.model).state_dict(),
             "best": self.state.best,
             "best_model": self.best_weights,
@@ -259,11 +266,35 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]),
-                                state.get("best"), dict(state.get("epoch_sums") or {}))
+                                state.get("best"), dict(state.get("epoch_sums") or {}), state.get("compiled"))
         self.best_weights = state.get("best_model")
         self.last_saved = self._position()
 
     # ------------------------------------------------------------------ training
+
+    def _compile(self) -> None:
+        use_shared_cache()  # one warm cache for every cell of a compare and every resume
+        self.train_model = torch.compile(self.train_model)
+
+    def _decide_compile(self, record: dict) -> None:
+        """model.compile=auto, after the first epoch trained in this run: compile when the remaining
+        steps at the measured step time save more than the (conservatively assumed) compile cost.
+        Rank 0 decides and every rank follows, so all processes run the same code."""
+        if self.config.model.compile != "auto" or self.state.compiled is not None:
+            return
+        steps = self.data.steps_per_epoch
+        total = self.config.optim.iterations or self.config.optim.epochs * steps
+        remaining = max(0, total - self.state.global_step)
+        seconds_per_step = record["seconds"] / max(1, self.state.batch or steps)
+        decision = compile_pays(remaining, seconds_per_step, compile_cost_seconds(self.model))
+        if self.context.enabled:
+            decision = broadcast_object(decision, self.context)
+        self.state.compiled = bool(decision)
+        if self.state.compiled:
+            if self.context.is_main:
+                print(f"model.compile=auto: compiling ({remaining} steps left at {seconds_per_step * 1000:.0f} ms "
+                      f"repay the compile time)", flush=True)
+            self._compile()
 
     def _derive_epochs_from_iterations(self) -> None:
         """optim.iterations: the run lasts ceil(iterations / batches per epoch) epochs, the last cut short.
@@ -414,6 +445,7 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.state.epoch < epochs:
                     record = self.train_epoch(stop)
+                    self._decide_compile(record)
                     epoch = self.state.epoch
                     eval_every = self.config.train.eval_every
                     if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
