@@ -67,7 +67,8 @@ class DataConfig:
     sampler: str = _help("instance | sqrt | class_balanced | progressive | power", "instance")
     sampler_q: Optional[float] = _help("exponent q of the power sampler", None)
     batch_size: int = _help("global batch size (split evenly over processes)", 128)
-    eval_batch_size: int = _help("batch size for evaluation (128: fastest per image for 32 px images on a CPU, BENCHMARKS.md)", 128)
+    eval_batch_size: int = _help(
+        "batch size for evaluation (128: fastest per image for 32 px images on a CPU, BENCHMARKS.md)", 128)
     crop_padding: int = _help("random-crop padding in pixels (0 = no crop)", 4)
     flip: bool = _help("random horizontal flip", True)
     cutout: int = _help("Cutout square side in pixels (0 = off)", 0)

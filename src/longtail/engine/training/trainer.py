@@ -473,8 +473,8 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         weights, described = spectral_norm_weighting(self.config, self.class_counts)
-        metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.precision.chosen, class_weights=weights)
+        metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts,
+                                  self.device, self.precision.chosen, class_weights=weights)
         self.confusions[split] = metrics.confusion.cpu().numpy()
         results = metrics.compute(spectral_norm=spectral_norm)
         if spectral_norm:
