@@ -13,7 +13,7 @@ from longtail.cli import main
 
 def test_compare_grid_tables_and_resume(tiny_idx_root, tmp_path, capsys):
     output = tmp_path / "cmp"
-    arguments = ["compare", "--methods", "ce,bs,ccar_bs", "--seeds", "0,1", "--reference", "ce",
+    arguments = ["compare", "--methods", "ce,bs,ccar_bs", "--seeds", "0,1", "--reference", "ce", "--jobs", "1",
                  "--output", str(output), *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1),
                  "train.eval_train=false"]
     assert main(arguments) == 0
@@ -157,7 +157,7 @@ def test_every_argument_is_checked_before_the_first_cell(tiny_idx_root, tmp_path
 
 def test_the_grid_stops_at_the_first_failing_cell(tiny_idx_root, tmp_path, capsys):
     output = tmp_path / "cmp"
-    code = main(["compare", "--methods", "ce,bs:optim.lr=1e12,ccar_bs", "--output", str(output),
+    code = main(["compare", "--methods", "ce,bs:optim.lr=1e12,ccar_bs", "--jobs", "1", "--output", str(output),
                  *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"])
     assert code == 1
     captured = capsys.readouterr()
@@ -170,7 +170,7 @@ def test_the_grid_stops_at_the_first_failing_cell(tiny_idx_root, tmp_path, capsy
 
 def test_one_seed_prints_a_table_without_spread_and_a_plain_verdict(tiny_idx_root, tmp_path, capsys):
     output = tmp_path / "cmp"
-    assert main(["compare", "--methods", "ce,la,bs", "--reference", "ce", "--output", str(output),
+    assert main(["compare", "--methods", "ce,la,bs", "--reference", "ce", "--jobs", "1", "--output", str(output),
                  *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"]) == 0
     out = capsys.readouterr().out
     assert "| method | Overall |" in out and "±" not in out and "wins" not in out and "1/1" not in out
@@ -239,6 +239,20 @@ def test_sigterm_is_passed_on_to_running_cells(tiny_idx_root, tmp_path):
         assert "received signal 15" in (output / "cells" / f"{name}.log").read_text()
         assert (output / "cells" / name / "checkpoints" / "last.pt").is_file()
         assert not (output / "cells" / name / "metrics.json").exists()
+
+
+def test_jobs_default_is_one_process_per_core_one_per_device_and_never_more_than_the_cells(monkeypatch):
+    import torch
+
+    from longtail.engine import compare
+
+    monkeypatch.setattr(compare, "usable_cores", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compare.default_jobs([], cells=20) == 8
+    assert compare.default_jobs([], cells=3) == 3
+    assert compare.default_jobs(["cuda:0", "cuda:1"], cells=20) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compare.default_jobs([], cells=20) == 1  # cells on one GPU would only compete for it
 
 
 def test_bare_train_is_the_quick_start_comparing_the_recommended_method_with_ce(tiny_idx_root, tmp_path, capsys,

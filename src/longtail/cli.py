@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--imbalance-factors", default=None, help="comma-separated imbalance factors (optional)")
     compare.add_argument("--reference", default=None, help="method the deltas are measured against (default: first)")
     compare.add_argument("--output", default=None, help="comparison directory (default: runs/compare-<recipe>)")
-    compare.add_argument("--jobs", type=int, default=1, help="cells to run at the same time (processes)")
+    compare.add_argument("--jobs", type=int, default=None,
+                         help="cells to run at the same time (processes; default: one single-thread process per CPU "
+                              "core, one per --devices entry, 1 on a CUDA machine; BENCHMARKS.md)")
     compare.add_argument("--devices", default=None,
                          help="comma-separated devices to spread cells over, e.g. cuda:0,cuda:1")
     compare.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,

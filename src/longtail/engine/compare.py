@@ -155,7 +155,8 @@ class CellFailed(RuntimeError):
 
 
 # Settings that say where / how fast a cell runs, not what it computes: left out of its identity.
-_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device")}
+_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device"),
+             "model": ("compile",)}  # compiled and eager agree to rounding (tests/test_compile.py)
 
 
 def _identity(config_dict: dict) -> dict:
@@ -260,7 +261,7 @@ def _validate_arguments(args, cells: list[Cell], output: Path) -> str:
     reference = args.reference or methods[0]
     if reference not in methods:
         raise ConfigError(f"--reference {reference} is not among the compared methods: {', '.join(methods)}")
-    if getattr(args, "jobs", 1) < 1:
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     for device in _split_list(getattr(args, "devices", None), str):
         from longtail.engine.runtime.distributed import select_device
@@ -384,7 +385,7 @@ def run_comparison(args) -> Path:
         _remove_old_outputs(output)
     print(f"{len(cells)} cells, {len(cells) - len(pending)} already finished, {len(pending)} to run", flush=True)
     devices = _split_list(args.devices, str)
-    jobs = args.jobs
+    jobs = args.jobs if args.jobs is not None else default_jobs(devices, len(pending))
     pending.sort(key=_stage)  # stable: stage-1 cells first, in grid order
     total = len(pending)
     if jobs == 1 and not devices:
@@ -407,11 +408,34 @@ def run_comparison(args) -> Path:
     return output
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_jobs(devices: list, cells: int) -> int:
+    """``--jobs`` when not given. On a CPU: one single-thread process per core (at most one per cell).
+    Measured on 2 cores (BENCHMARKS.md, issue 20): 2 cells x 1 thread give ~1.5x the images/s of
+    1 cell x 2 threads on an idle machine and ~7x under load, because a convolution-bound step
+    scales poorly over OpenMP threads that wait on each other. With ``--devices``: one cell per
+    device. On a CUDA machine without ``--devices``: 1 (the cells would share one GPU)."""
+    if devices:
+        return max(1, min(len(devices), cells))
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(usable_cores(), cells))
+
+
 def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -> None:
     import signal
     import time
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     children = _Children()
     previous = {signum: signal.signal(signum, children.forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     total, finished = len(pending), 0

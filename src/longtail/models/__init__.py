@@ -7,6 +7,7 @@ freeze, replace or re-initialise the classifier without knowing the backbone.
 """
 
 from .bcl import BCLModel, projection_mlp
+from .fold import fold_batchnorm
 from .factory import BackboneWithHead, PretrainedReport, available_models, create_model, load_pretrained_weights
 from .heads import (
     CosineHead,
@@ -27,6 +28,7 @@ __all__ = [
     "BCLModel",
     "projection_mlp",
     "create_model",
+    "fold_batchnorm",
     "available_models",
     "load_pretrained_weights",
     "PretrainedReport",

@@ -67,7 +67,8 @@ class DataConfig:
     sampler: str = _help("instance | sqrt | class_balanced | progressive | power", "instance")
     sampler_q: Optional[float] = _help("exponent q of the power sampler", None)
     batch_size: int = _help("global batch size (split evenly over processes)", 128)
-    eval_batch_size: int = _help("batch size for evaluation", 512)
+    eval_batch_size: int = _help(
+        "batch size for evaluation (128: fastest per image for 32 px images on a CPU, BENCHMARKS.md)", 128)
     crop_padding: int = _help("random-crop padding in pixels (0 = no crop)", 4)
     flip: bool = _help("random horizontal flip", True)
     cutout: int = _help("Cutout square side in pixels (0 = off)", 0)
@@ -119,7 +120,8 @@ class ModelConfig:
         "none | crt (freeze the backbone, re-initialise and retrain the classifier) | lws (freeze backbone "
         "and classifier, learn a per-class scale); both need model.init_from (Kang et al. 2020)", "none")
     channels_last: bool = _help("use channels_last memory format", True)
-    compile: bool = _help("torch.compile the model", False)
+    compile: str = _help("torch.compile the training model: true | false | auto (only when the run is long "
+                         "enough to repay the compile time; engine/runtime/compilation.py)", "auto")
     options: dict = _help("model-specific keyword options, e.g. {width: 16} for small_cnn", None, dict)
 
 

@@ -21,6 +21,7 @@ _CHOICES = {
     "data.normalization": ("dataset", "imagenet"),
     "model.head": ("linear", "cosine"),
     "model.decoupled": ("none", "crt", "lws"),
+    "model.compile": ("auto", "true", "false"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("multistep", "cosine", "constant"),
     "optim.warmup_style": ("linear", "stepwise"),

@@ -35,7 +35,9 @@ from longtail.engine.rundir import fingerprint as data_fp
 from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, environment_info
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
+from longtail.engine.runtime.compilation import compile_cost_seconds, compile_pays, use_shared_cache
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
+from longtail.models.fold import fold_batchnorm
 
 
 
@@ -58,6 +60,9 @@ class TrainState:
     # Running sums of the epoch in progress ({"seen", "seconds", term: sum of value * batch size}),
     # kept in a mid-epoch checkpoint so the resumed epoch's history line covers the whole epoch.
     epoch_sums: dict = field(default_factory=dict)
+    # model.compile=auto: the decision taken after the first epoch (None: not taken yet), kept in the
+    # checkpoint so that a resumed run computes exactly what the uninterrupted one did.
+    compiled: Optional[bool] = None
 
 
 class _StopFlag:
@@ -120,6 +125,10 @@ class Trainer:
             torch.set_num_threads(config.train.threads)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also fills every new tensor with NaN (a guard against reading
+            # uninitialised memory): 12 % of a CPU step (BENCHMARKS.md, issue 20). The engine never
+            # reads memory it did not write, and the exact-resume tests show equal results without it.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         seed_everything(config.train.seed)  # every rank builds the same initial model
         self.data: DataBundle = build_data(config, self.device, self.context)
         self.class_counts = self.data.class_counts
@@ -138,8 +147,8 @@ class Trainer:
         if self.context.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.model.compile:
-            self.train_model = torch.compile(self.train_model)
+        if config.model.compile == "true":
+            self._compile()
         self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
                                      head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
@@ -148,6 +157,8 @@ class Trainer:
         self.state = TrainState()
         self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
+        if config.model.compile == "auto" and self.state.compiled:
+            self._compile()  # as the interrupted run did from its second epoch on
         self.writer = None
         self.confusions = {}
 
@@ -191,6 +202,7 @@ class Trainer:
             "global_step": self.state.global_step,
             "history": self.state.history,
             "epoch_sums": self.state.epoch_sums,
+            "compiled": self.state.compiled,
             "model": unwrap(self.model).state_dict(),
             "best": self.state.best,
             "best_model": self.best_weights,
@@ -254,11 +266,35 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]),
-                                state.get("best"), dict(state.get("epoch_sums") or {}))
+                                state.get("best"), dict(state.get("epoch_sums") or {}), state.get("compiled"))
         self.best_weights = state.get("best_model")
         self.last_saved = self._position()
 
     # ------------------------------------------------------------------ training
+
+    def _compile(self) -> None:
+        use_shared_cache()  # one warm cache for every cell of a compare and every resume
+        self.train_model = torch.compile(self.train_model)
+
+    def _decide_compile(self, record: dict) -> None:
+        """model.compile=auto, after the first epoch trained in this run: compile when the remaining
+        steps at the measured step time save more than the (conservatively assumed) compile cost.
+        Rank 0 decides and every rank follows, so all processes run the same code."""
+        if self.config.model.compile != "auto" or self.state.compiled is not None:
+            return
+        steps = self.data.steps_per_epoch
+        total = self.config.optim.iterations or self.config.optim.epochs * steps
+        remaining = max(0, total - self.state.global_step)
+        seconds_per_step = record["seconds"] / max(1, self.state.batch or steps)
+        decision = compile_pays(remaining, seconds_per_step, compile_cost_seconds(self.model))
+        if self.context.enabled:
+            decision = broadcast_object(decision, self.context)
+        self.state.compiled = bool(decision)
+        if self.state.compiled:
+            if self.context.is_main:
+                print(f"model.compile=auto: compiling ({remaining} steps left at {seconds_per_step * 1000:.0f} ms "
+                      f"repay the compile time)", flush=True)
+            self._compile()
 
     def _derive_epochs_from_iterations(self) -> None:
         """optim.iterations: the run lasts ceil(iterations / batches per epoch) epochs, the last cut short.
@@ -409,6 +445,7 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.state.epoch < epochs:
                     record = self.train_epoch(stop)
+                    self._decide_compile(record)
                     epoch = self.state.epoch
                     eval_every = self.config.train.eval_every
                     if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
@@ -436,13 +473,23 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         weights, described = spectral_norm_weighting(self.config, self.class_counts)
-        metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.precision.chosen, class_weights=weights)
+        metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts,
+                                  self.device, self.precision.chosen, class_weights=weights)
         self.confusions[split] = metrics.confusion.cpu().numpy()
         results = metrics.compute(spectral_norm=spectral_norm)
         if spectral_norm:
             results["confusion_spectral_norm_weighting"] = described
         return results
+
+    def _evaluation_model(self) -> nn.Module:
+        """The model to score: a throw-away copy with batch norm folded into the convolutions (the same
+        function, 1.24x faster per test pass on a CPU, BENCHMARKS.md), or the model itself when it has
+        no batch norm. The copy lives only for this evaluation: checkpoints save ``self.model``."""
+        model = unwrap(self.model)
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return model
+        folded, _ = fold_batchnorm(model)
+        return folded
 
     def _keep_if_best(self, epoch: int, validation: dict) -> None:
         """Remember this epoch's weights if its validation metric beats every earlier epoch (the first
