@@ -310,6 +310,37 @@ def test_diverged_batch_norm_statistics_never_become_last_pt(tiny_idx_root, tmp_
     assert state["epoch"] == 1 and not (run / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("method", [[], ["train.precision=bf16"], ["--method", "car"],
+                                    ["--method", "concutmix", "loss.topk=3", "train.eval_train=false"]],
+                         ids=["fp32", "bf16", "car", "concutmix"])
+def test_finite_weights_with_non_finite_logits_never_become_last_pt(tiny_idx_root, tmp_path, capsys, monkeypatch,
+                                                                    method):
+    """Finite weights and statistics whose logits are not (as `optim.lr=1e6` can leave a model): the
+    epoch-end checkpoint is refused on the model's output, and the one kept gives finite logits."""
+    from longtail.engine.training import trainer as trainer_module
+
+    real_train_epoch = trainer_module.Trainer.train_epoch
+
+    def train_epoch(self, stop):
+        record = real_train_epoch(self, stop)
+        if self.state.epoch == 1:  # during the second epoch
+            # A finite running mean of -3e38: the training loss (batch statistics) is unaffected,
+            # evaluation's (x - mean) / std overflows.
+            bn = next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_mean.fill_(-3e38)
+        return record
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", train_epoch)
+    output = tmp_path / "runs"
+    assert main(["train", *method, *tiny_run_overrides(tiny_idx_root, output, epochs=3)]) == 1
+    error = capsys.readouterr().err
+    run = only_run_dir(output)
+    assert "the model diverged (after epoch 2): its weights are finite but its logits are not" in error
+    assert f"the last good checkpoint {run / 'checkpoints' / 'last.pt'} (after epoch 1) is intact" in error
+    assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert main(["eval", str(run), "--device", "cpu"]) == 0  # the checkpoint kept is usable
+
+
 def test_non_finite_parameters_are_caught_at_the_next_step(tiny_idx_root, tmp_path, capsys, monkeypatch):
     from longtail.engine.training import trainer as trainer_module
 

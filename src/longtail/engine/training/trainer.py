@@ -39,6 +39,9 @@ from longtail.engine.runtime.precision import autocast_context, resolve_precisio
 
 
 
+PROBE_IMAGES = 32  # evaluation images whose logits must be finite before a checkpoint is written
+
+
 class NonFiniteLossError(RuntimeError):
     """Training diverged (NaN / inf logits, loss, parameters or batch-norm statistics); the last good
     checkpoint is left untouched and the message says which one it is."""
@@ -147,6 +150,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.chosen == "fp16")
         self.state = TrainState()
         self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
+        self._probe: Optional[torch.Tensor] = None  # the fixed evaluation batch of _output_finite
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
         self.writer = None
         self.confusions = {}
@@ -223,10 +227,44 @@ class Trainer:
             return "no checkpoint had been written yet, so there is nothing to resume"
         return f"the last good checkpoint {path} ({self.last_saved}) is intact and was not overwritten"
 
+    def _probe_batch(self) -> torch.Tensor:
+        """A fixed small batch of evaluation images (the first of the val, else train, else test loader),
+        read once. Reading it never touches the training RNG (a resumed run replays bit for bit)."""
+        if self._probe is None:
+            split = next(s for s in ("val", "train", "test") if s in self.data.eval_loaders)
+            with torch.random.fork_rng(devices=[]):
+                images, _ = next(iter(self.data.eval_loaders[split]))
+            self._probe = images[:PROBE_IMAGES]
+        return self._probe
+
+    def _output_finite(self) -> bool:
+        """Whether the model, as evaluation and inference run it (eval mode: batch-norm running
+        statistics; the run's precision), gives finite logits on the probe batch. Finite weights are not
+        enough: weights of 1e14 can be finite while their logits overflow. Collective under DDP."""
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast_context(self.device, self.precision.chosen):
+                logits = model(self._probe_batch())
+        finally:
+            model.train(was_training)
+        bad = (~torch.isfinite(logits.float())).any().float()
+        if self.context.enabled:
+            dist.all_reduce(bad)
+        return bad.item() == 0
+
     def _check_model_finite(self) -> None:
         model = unwrap(self.model)
+        output_finite = self._output_finite()  # first: a collective, every rank must reach it
         bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if not bad and not output_finite:
+            raise NonFiniteLossError(
+                f"the model diverged ({self._position()}): its weights are finite but its logits are not "
+                f"(NaN / inf on a fixed batch of evaluation images, in eval mode at {self.precision.chosen}), so "
+                f"it is unusable. Training stopped; {self._intact()}. Lower optim.lr, enable "
+                f"optim.clip_grad_norm, or use train.precision=fp32.")
         if bad:
             raise NonFiniteLossError(
                 f"the model diverged ({self._position()}): non-finite values in "
@@ -436,8 +474,12 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         weights, described = spectral_norm_weighting(self.config, self.class_counts)
-        metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.precision.chosen, class_weights=weights)
+        try:
+            metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
+                                      self.precision.chosen, class_weights=weights)
+        except NonFiniteOutputError as error:
+            raise NonFiniteLossError(f"evaluation of the {split} split ({self._position()}): {error}. Training "
+                                     f"stopped, no metrics were written; {self._intact()}") from None
         self.confusions[split] = metrics.confusion.cpu().numpy()
         results = metrics.compute(spectral_norm=spectral_norm)
         if spectral_norm:
@@ -466,11 +508,7 @@ class Trainer:
         for split in self.data.eval_loaders:
             if split == "train" and not self.config.train.eval_train:
                 continue
-            try:
-                results[split] = self.evaluate(split, spectral_norm=split == "test")
-            except NonFiniteOutputError as error:
-                raise NonFiniteLossError(f"final evaluation of the {split} split: {error}. No metrics were "
-                                         f"written; {self._intact()}") from None
+            results[split] = self.evaluate(split, spectral_norm=split == "test")
         if "train" in results:
             from longtail.metrics import worst_class_ratio
 
