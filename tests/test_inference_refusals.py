@@ -1,0 +1,77 @@
+"""Issue 21 on a trained run: `predict` / `export` / `eval` / `load_run` never write NaN with exit 0
+and never answer a user's mistake with a traceback (exit 2 and a message naming the cause)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from longtail.cli import main
+from longtail.engine.rundir import checkpoint as ckpt
+
+
+@pytest.fixture(scope="module")
+def trained(trained_folder_run):
+    return trained_folder_run
+
+
+def copy_run(trained, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    return run
+
+
+def rewrite_weights(run: Path, change) -> None:
+    """Apply ``change`` to every weight dict of the run's checkpoint (last and validation-selected)."""
+    path = ckpt.run_checkpoint(run)
+    state = ckpt.load_checkpoint(path)
+    for key in ("model", "best_model"):
+        if state.get(key) is not None:
+            change(state[key])
+    ckpt.save_checkpoint(path, state)
+
+
+# ----------------------------------------------------------------------------- item 2: no NaN written
+
+
+@pytest.mark.parametrize("tau", [float("nan"), float("inf"), "1e400"])
+def test_a_non_finite_posthoc_tau_is_refused(trained, tmp_path, capsys, tau):
+    run = copy_run(trained, tmp_path)
+    posthoc = run / "posthoc_logit_adjust.json"
+    result = json.loads(posthoc.read_text())
+    text = json.dumps({**result, "tau": tau if isinstance(tau, float) else 0.5})
+    posthoc.write_text(text if isinstance(tau, float) else text.replace('"tau": 0.5', f'"tau": {tau}'))
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(run), str(trained["images"]), "--posthoc", "logit_adjust",
+                 "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert "needs a finite numeric tau" in error and "Traceback" not in error and not output.exists()
+
+
+def test_a_finite_tau_that_makes_logits_infinite_is_named(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path)
+    posthoc = run / "posthoc_logit_adjust.json"
+    posthoc.write_text(json.dumps({**json.loads(posthoc.read_text()), "tau": 1e308}))
+    assert main(["predict", str(run), str(trained["images"]), "--posthoc", "logit_adjust"]) == 2
+    error = capsys.readouterr().err
+    assert "non-finite logits" in error and "post-hoc logit_adjust (tau=1e+308)" in error
+
+
+def test_a_model_with_non_finite_logits_is_refused_by_predict_and_eval(trained, tmp_path, capsys):
+    def overflow(weights):  # finite statistics whose evaluation overflows: (x + 3e38) / std
+        name = next(k for k in weights if k.endswith("running_mean"))
+        weights[name].fill_(-3e38)
+
+    run = copy_run(trained, tmp_path)
+    rewrite_weights(run, overflow)
+    output = tmp_path / "out.json"
+    assert main(["predict", str(run), str(trained["images"]), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert "get non-finite logits" in error and "diverged" in error and not output.exists()
+    assert main(["eval", str(run), "--data-root", str(trained["images"]), "--device", "cpu"]) == 2
+    assert "get non-finite logits" in capsys.readouterr().err
