@@ -85,6 +85,11 @@ class DataConfig:
     bad_images: str = _help(
         "unreadable image files: error (list them all and stop) | skip (train without them; recorded in "
         "class_counts.json)", "error")
+    fingerprint: str = _help(
+        "how image files enter the run's data fingerprint (checked by --resume, eval, init_from, compare): "
+        "content (sha256 of every file: catches any edit) | stat (size + modification time: a second per 100k "
+        "files) | auto (content when the files total at most 2 GiB, else stat); in-memory arrays: always content",
+        "auto")
     test_fraction: Optional[float] = _help(
         "single-folder image layouts root/<class>/*: fraction of each class held out as the test split "
         "(seeded by split_seed; None = 0.2)", None)

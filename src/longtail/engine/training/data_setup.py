@@ -172,7 +172,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     spec = config.data
     _check_data_options(config)
     sets = _build_sets(config, context)
-    fingerprint = _fingerprint(sets, spec.root)  # before files are decoded: file rows keep their paths
+    fingerprint = _fingerprint(sets, spec.root, spec.fingerprint)  # before files are decoded: file rows keep their paths
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
@@ -220,14 +220,14 @@ def data_fingerprint_of(config: RunConfig) -> dict:
     from longtail.engine.runtime.distributed import DistributedContext
 
     _check_data_options(config)
-    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root)
+    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root, config.data.fingerprint)
 
 
-def _fingerprint(sets, root) -> dict:
+def _fingerprint(sets, root, mode: str = "auto") -> dict:
     """The data fingerprint (engine.fingerprint) of the train / val / test sets as split."""
     from longtail.engine.rundir.fingerprint import data_fingerprint
 
-    return data_fingerprint(_named_sets(sets), sets.split_info, root=root)
+    return data_fingerprint(_named_sets(sets), sets.split_info, root=root, mode=mode)
 
 
 # ----------------------------------------------------------------------------- datasets and splits
