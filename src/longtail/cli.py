@@ -166,6 +166,7 @@ def _resolve_config(args):
 
 def cmd_train(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError, OutputWriteError
+    from longtail.engine.rundir.lock import RunLockedError
     from longtail.engine.config import ConfigError, dump_yaml
     from longtail.engine.training.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
                                          finished_results)
@@ -173,6 +174,9 @@ def cmd_train(args) -> int:
 
     if not (args.resume or args.recipe or args.config or args.overrides or args.method or args.print_config):
         return quick_start()
+    from longtail.engine.compare import stop_with_compare
+
+    stop_with_compare()  # a compare cell: stops (saving a checkpoint) if its compare is killed
     if args.resume:
         if args.recipe or args.config or args.overrides or args.method:
             raise UsageError("--resume continues a run with its saved config; give no recipe, config or overrides")
@@ -197,7 +201,7 @@ def cmd_train(args) -> int:
         print(f"# recipe: {label}\n" + dump_yaml(config), end="", flush=True)
     try:
         trainer = Trainer(config, label, Path(args.resume) if args.resume else None)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError, RunLockedError) as error:
         # building data / model / loss failed: bad config or data, nothing was trained
         raise UsageError(str(error)) from None
     except OutputWriteError as error:
@@ -437,10 +441,11 @@ def cmd_recipes(args) -> int:
 def cmd_compare(args) -> int:
     from longtail.engine.compare import CellFailed, run_comparison
     from longtail.engine.config import ConfigError
+    from longtail.engine.rundir.lock import RunLockedError
 
     try:
         output = run_comparison(args)
-    except ConfigError as error:
+    except (ConfigError, RunLockedError) as error:
         raise UsageError(str(error)) from None
     except CellFailed as failure:
         print(f"longtail compare: error: {failure}", file=sys.stderr)

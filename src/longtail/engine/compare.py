@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from longtail.engine.rundir import lock as run_lock
 from longtail.engine.rundir.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
 from longtail.engine.config import ConfigError, RunConfig, build_config, dump_yaml
 from longtail.report.tables import SUMMARY_COLUMNS, format_percent, markdown_table
@@ -318,8 +319,48 @@ def _run_in_process(cell: Cell, run_dir: Path, log: Path) -> None:
             raise
 
 
+# Set in a cell subprocess's environment: the pid of the compare that started it (see stop_with_compare).
+COMPARE_PID_ENV = "LONGTAIL_COMPARE_PID"
+
+
+def stop_with_compare() -> None:
+    """In a cell subprocess (``longtail train`` started by compare): when the compare that started it
+    is gone, however it ended (SIGKILL included), send this process SIGTERM, so the cell saves a
+    checkpoint and exits instead of training on unowned. A thread polls the parent pid twice a second."""
+    parent = os.environ.get(COMPARE_PID_ENV)
+    if not parent:
+        return
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        print(f"longtail compare (process {parent}) has ended: stopping this cell (it saves a checkpoint)",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-compare", daemon=True).start()
+
+
+def _lock_cells(cells: list[Cell], output: Path) -> dict:
+    """Lock every cell (OUTPUT/cells/<cell>.lock) before anything runs: a cell another compare, or a
+    cell process left by a killed one, is still training refuses this comparison (RunLockedError)."""
+    locks = {}
+    try:
+        for cell in cells:
+            locks[cell.name] = run_lock.acquire(output / "cells" / f"{cell.name}.lock",
+                                                f"the cell {output / 'cells' / cell.name}")
+    except BaseException:
+        for descriptor in locks.values():
+            run_lock.release(descriptor)
+        raise
+    return locks
+
+
 def _run_subprocess(cell: Cell, run_dir: Path, log: Path, device: Optional[str], threads: int,
-                    children: _Children) -> None:
+                    children: _Children, lock: Optional[int] = None) -> None:
     if _cell_state(run_dir) == "resume":
         command = [sys.executable, "-m", "longtail", "train", "--resume", str(run_dir)]
     else:
@@ -334,8 +375,11 @@ def _run_subprocess(cell: Cell, run_dir: Path, log: Path, device: Optional[str],
         with children.lock:
             if children.signal_number is not None:
                 raise CellFailed(f"cell {cell.name} not started: interrupted", 128 + children.signal_number)
+            # The cell's lock goes with it: held while it trains, even if this compare is killed.
             process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                                       pass_fds=() if lock is None else (lock,),
+                                       env={**os.environ, "OMP_NUM_THREADS": str(threads),
+                                            COMPARE_PID_ENV: str(os.getpid())})
             children.running.add(process)
         try:
             code = process.wait()
@@ -364,13 +408,24 @@ def _remove_old_outputs(output: Path) -> None:
 
 
 def run_comparison(args) -> Path:
-    import time
-
     cells, output = plan_cells(args)
     reference = _validate_arguments(args, cells, output)
     _attach_fingerprints(cells)
     _check_existing_cells(cells, output)
-    output.mkdir(parents=True, exist_ok=True)
+    (output / "cells").mkdir(parents=True, exist_ok=True)
+    locks = _lock_cells(cells, output)
+    try:
+        _run_cells(args, cells, output, reference, locks)
+    finally:
+        for descriptor in locks.values():
+            run_lock.release(descriptor)
+    write_comparison(output, cells, reference)
+    return output
+
+
+def _run_cells(args, cells: list[Cell], output: Path, reference: str, locks: dict) -> None:
+    import time
+
     atomic_write_json(output / "plan.json", {
         "command": sys.argv, "paired": args.paired, "reference": reference,
         "cells": [{"name": c.name, "method": c.method, "seed": c.seed, "imbalance_factor": c.imbalance_factor,
@@ -402,12 +457,10 @@ def run_comparison(args) -> Path:
                                  f"The grid stopped there; its log: {log}") from None
             print(_done_line(index, total, cell, run_dir, time.perf_counter() - started), flush=True)
     else:
-        _run_parallel(pending, output, devices, jobs)
-    write_comparison(output, cells, reference)
-    return output
+        _run_parallel(pending, output, devices, jobs, locks)
 
 
-def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -> None:
+def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int, locks: dict) -> None:
     import signal
     import time
 
@@ -422,7 +475,8 @@ def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -
                 started = time.perf_counter()
                 futures = {pool.submit(_run_subprocess, cell, output / "cells" / cell.name,
                                        output / "cells" / f"{cell.name}.log",
-                                       devices[i % len(devices)] if devices else None, threads, children): cell
+                                       devices[i % len(devices)] if devices else None, threads, children,
+                                       locks.get(cell.name)): cell
                            for i, cell in enumerate(wave)}
                 try:
                     for future in concurrent.futures.as_completed(futures):

@@ -32,6 +32,7 @@ from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dat
 from longtail.engine.training.data_setup import DataBundle, build_data
 from longtail.engine.runtime.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.rundir import fingerprint as data_fp
+from longtail.engine.rundir import lock as run_lock
 from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, environment_info
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
@@ -106,6 +107,14 @@ class Trainer:
     """Builds every component from a config and runs training + final evaluation."""
 
     def __init__(self, config: RunConfig, label: str, resume_dir: Optional[Path] = None):
+        self._lock: Optional[int] = None  # the run directory's lock (engine.rundir.lock), held until close()
+        try:
+            self._build(config, label, resume_dir)
+        except BaseException:
+            run_lock.release(self._lock)  # a trainer that failed to start holds nothing
+            raise
+
+    def _build(self, config: RunConfig, label: str, resume_dir: Optional[Path]) -> None:
         self.config = config
         self.label = label
         self.method = plan_for(config)
@@ -117,6 +126,8 @@ class Trainer:
             check_output_dir(config.train.output_dir)  # before any data is read
         self.last_saved: Optional[str] = None  # where the last checkpoint written or loaded stands
         self.context, self.device = init_distributed(config.train.device)
+        if resume_dir is not None and self.context.is_main:  # before any work: a second --resume is refused
+            self._lock = run_lock.acquire(Path(resume_dir) / run_lock.LOCK_NAME, f"the run {resume_dir}")
         # train.precision=auto resolved once for this device; the run directory records the choice.
         self.precision = resolve_precision(config.train.precision, self.device)
         if config.train.threads:
@@ -165,6 +176,7 @@ class Trainer:
         run_dir = None
         if self.context.is_main:
             run_dir = create_run_dir(self.config, self.label)
+            self._lock = run_lock.acquire(run_dir / run_lock.LOCK_NAME, f"the run {run_dir}")
             ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(self.config))
             ckpt.atomic_write_json(run_dir / "class_counts.json", {
                 "classes": self.data.classes,
@@ -552,7 +564,11 @@ class Trainer:
 
     def close(self) -> None:
         # Inside a `finally`, sys.exc_info() tells whether this rank is leaving because of an error.
-        shutdown(self.context, synchronize=sys.exc_info()[0] is None)
+        try:
+            shutdown(self.context, synchronize=sys.exc_info()[0] is None)
+        finally:
+            run_lock.release(self._lock)
+            self._lock = None
 
 
 def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> tuple[Path, dict]:
