@@ -20,3 +20,19 @@ def test_a_test_class_folder_that_training_lacks_is_refused(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"{root / 'test'} has class folders that {root / 'train'} does not: ['c2']" in error
     assert "left out of every metric" in error and not output.exists()
+
+
+@pytest.mark.parametrize("arguments", [["recipes"], ["train", "--print-config"]])
+def test_a_closed_stdout_pipe_stops_quietly(arguments):
+    """`longtail ... | head -1`: the reader closes the pipe; no traceback, no 'Exception ignored'."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "longtail", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # before anything is written: every write meets a closed pipe
+    error = process.stderr.read().decode()
+    code = process.wait(timeout=60)
+    assert error == "" and code in (0, 141), (code, error)

@@ -1,7 +1,8 @@
 """The `longtail` command: train, evaluate, compare, and list what is available.
 
 Exit codes: 0 success; 1 a failure during work (non-finite loss, I/O); 2 a usage / configuration
-/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved).
+/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved);
+141 stdout was closed by its reader (`| head -1`), stopped quietly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE (13), what a shell reports for `cmd | head -1`
 
 
 class UsageError(Exception):
@@ -131,6 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # The reader of stdout went away (`longtail ... | head -1`): stop quietly, as Unix tools do on
+        # SIGPIPE, and point stdout at /dev/null so the interpreter's last flush does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass  # stdout is not a file descriptor (redirected in Python): nothing will flush to the pipe
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
