@@ -36,3 +36,9 @@ def test_a_closed_stdout_pipe_stops_quietly(arguments):
     error = process.stderr.read().decode()
     code = process.wait(timeout=60)
     assert error == "" and code in (0, 141), (code, error)
+
+
+@pytest.mark.parametrize("taus", ["nan", "0,inf", "1e400", "-inf,1"])
+def test_posthoc_taus_that_are_not_finite_are_named(tmp_path, capsys, taus):
+    assert main(["posthoc", str(tmp_path), "--method", "logit_adjust", f"--taus={taus}"]) == 2
+    assert "--taus must be finite numbers" in capsys.readouterr().err

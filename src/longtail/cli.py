@@ -8,6 +8,7 @@ Exit codes: 0 success; 1 a failure during work (non-finite loss, I/O); 2 a usage
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -406,6 +407,9 @@ def cmd_posthoc(args) -> int:
             taus = [float(t) for t in args.taus.split(",")]
         except ValueError:
             raise UsageError(f"--taus must be comma-separated numbers like 0,0.5,1, got {args.taus!r}") from None
+        bad = [text for text, tau in zip(args.taus.split(","), taus) if not math.isfinite(tau)]
+        if bad:  # nan / inf / 1e400 would give non-finite logits, which would be blamed on the model
+            raise UsageError(f"--taus must be finite numbers like 0,0.5,1; {', '.join(bad)} is not")
     run_dir = Path(args.target)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a run directory (runs/<run>, holding checkpoints/last.pt)")
