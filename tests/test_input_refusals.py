@@ -42,3 +42,22 @@ def test_a_closed_stdout_pipe_stops_quietly(arguments):
 def test_posthoc_taus_that_are_not_finite_are_named(tmp_path, capsys, taus):
     assert main(["posthoc", str(tmp_path), "--method", "logit_adjust", f"--taus={taus}"]) == 2
     assert "--taus must be finite numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["data.cutout", "data.crop_padding"])
+def test_augmentation_as_large_as_the_image_is_refused(tiny_idx_root, tmp_path, capsys, key):
+    from conftest import tiny_run_overrides
+
+    output = tmp_path / "runs"
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=1), f"{key}=28"]) == 2
+    error = capsys.readouterr().err
+    assert f"{key}=28 is at or above the image side (28x28 px model input)" in error
+    assert not output.exists() or not any(output.rglob("last.pt"))
+
+
+def test_an_image_folder_with_one_class_is_refused(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_image_folder(root, [6], split="train")
+    write_image_folder(root, [3], split="test")
+    assert main(["train", *image_run_overrides(root, tmp_path / "runs")]) == 2
+    assert "has 1 class (c0); a classifier needs at least 2" in capsys.readouterr().err

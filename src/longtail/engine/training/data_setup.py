@@ -187,6 +187,10 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     in_memory = isinstance(train_set, InMemoryImages)
     labels = torch.as_tensor(train_set.labels)
     num_classes = len(train_set.classes)
+    if num_classes < 2:  # one class: every prediction right, 100 % accuracy that means nothing
+        raise ConfigError(f"dataset '{spec.name}' has {num_classes} class{'' if num_classes == 1 else 'es'} "
+                          f"({', '.join(map(str, train_set.classes))}); a classifier needs at least 2. An image "
+                          f"folder needs one sub-folder per class: root/<class>/<images> (or root/train/<class>/...)")
     class_counts = torch.bincount(labels, minlength=num_classes)
     empty = (class_counts == 0).nonzero().flatten()
     if empty.numel():
@@ -203,6 +207,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     build_loaders = _in_memory if in_memory else _from_files
     train_loader, eval_loaders, preprocessing = build_loaders(config, sets, sampler, batch, device, context,
                                                               preprocessing)
+    _check_augment_fits(spec, preprocessing.size)
     train_loader = method.train_loader(config, train_loader, sets.train, sampler, batch, device, context.rank,
                                        class_counts.tolist(), preprocessing)
     if config.train.select_on != "final" and "val" not in eval_loaders:
@@ -212,6 +217,18 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
                       preprocessing.channels, sets.split_info, mix=_mixing(config, num_classes),
                       preprocessing=preprocessing, fingerprint=fingerprint)
+
+
+def _check_augment_fits(spec, size) -> None:
+    """Refuse a crop padding or Cutout square as large as the model input: every training image
+    (or most of them) would come out blank, and the run would train at chance without a word."""
+    side = min(size)
+    for key in ("crop_padding", "cutout"):
+        value = getattr(spec, key)
+        if value >= side:
+            raise ConfigError(f"data.{key}={value} is at or above the image side ({size[0]}x{size[1]} px model "
+                              f"input): training images would come out blank. Use less than {side} (e.g. "
+                              f"{max(1, side // 8)}), or 0 for none")
 
 
 def data_fingerprint_of(config: RunConfig) -> dict:
