@@ -75,3 +75,25 @@ def test_a_model_with_non_finite_logits_is_refused_by_predict_and_eval(trained, 
     assert "get non-finite logits" in error and "diverged" in error and not output.exists()
     assert main(["eval", str(run), "--data-root", str(trained["images"]), "--device", "cpu"]) == 2
     assert "get non-finite logits" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- item 7: devices
+
+
+@pytest.mark.parametrize("command", [["eval", "{run}"], ["posthoc", "{run}", "--method", "ncm"],
+                                     ["predict", "{run}", "{images}"],
+                                     ["eval", "{run}", "--data-root", "{images}"]])
+@pytest.mark.parametrize("device", ["bogus", "cuda:x", "cpu:0"])
+def test_a_bogus_device_exits_2(trained, capsys, command, device):
+    names = dict(run=trained["run"], images=trained["images"])
+    assert main([a.format(**names) for a in command] + ["--device", device]) == 2
+    error = capsys.readouterr().err
+    assert f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("command", [["predict", "{run}", "{images}"], ["eval", "{run}", "--data-root", "{images}"]])
+def test_cuda_without_a_gpu_exits_2(trained, capsys, monkeypatch, command):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    names = dict(run=trained["run"], images=trained["images"])
+    assert main([a.format(**names) for a in command] + ["--device", "cuda"]) == 2
+    assert "no CUDA device is available here" in capsys.readouterr().err

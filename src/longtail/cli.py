@@ -160,9 +160,11 @@ def _run(argv: Optional[list[str]]) -> int:
                "export": cmd_export, "recipes": cmd_recipes,
                "compare": cmd_compare,
                "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
+    from longtail.engine.errors import ConfigError
+
     try:
         code = handler(args) or 0
-    except UsageError as error:
+    except (UsageError, ConfigError) as error:  # ConfigError: e.g. --device bogus, wherever it is read
         print(f"longtail {args.command}: error: {error}", file=sys.stderr)
         code = EXIT_USAGE
     if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
