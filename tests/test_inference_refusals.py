@@ -97,3 +97,27 @@ def test_cuda_without_a_gpu_exits_2(trained, capsys, monkeypatch, command):
     names = dict(run=trained["run"], images=trained["images"])
     assert main([a.format(**names) for a in command] + ["--device", "cuda"]) == 2
     assert "no CUDA device is available here" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- item 7: altered checkpoints
+
+
+def test_wrong_shaped_weights_are_refused_by_predict_export_eval_and_load_run(trained, tmp_path, capsys):
+    import longtail
+    from longtail.engine.evaluation.inference import InferenceError
+
+    def widen(weights):
+        name = next(k for k in weights if k.endswith("weight") and weights[k].dim() == 2)
+        weights[name] = torch.zeros(weights[name].shape[0] + 1, weights[name].shape[1])
+
+    run = copy_run(trained, tmp_path)
+    rewrite_weights(run, widen)
+    message = "its weights do not fit the model its own config builds"
+    for argv in (["predict", str(run), str(trained["images"])],
+                 ["export", str(run), "--format", "torchscript", "--output", str(tmp_path / "m.pt")],
+                 ["eval", str(run), "--data-root", str(trained["images"]), "--device", "cpu"]):
+        assert main(argv) == 2, argv
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error, argv
+    with pytest.raises(InferenceError, match=message):
+        longtail.load_run(run)

@@ -61,3 +61,22 @@ def test_an_image_folder_with_one_class_is_refused(tmp_path, capsys):
     write_image_folder(root, [3], split="test")
     assert main(["train", *image_run_overrides(root, tmp_path / "runs")]) == 2
     assert "has 1 class (c0); a classifier needs at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("position", [{"batch": 10**6}, {"batch": -1}, {"global_step": -5}])
+def test_a_checkpoint_past_its_runs_end_is_refused_by_resume(tiny_idx_root, tmp_path, capsys, position):
+    from conftest import tiny_run_overrides
+    from longtail.engine.rundir import checkpoint as ckpt
+
+    output = tmp_path / "runs"
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=1), "train.run_name=r",
+                 "train.eval_train=false"]) == 0
+    checkpoint = output / "r" / "checkpoints" / "last.pt"
+    state = ckpt.load_checkpoint(checkpoint)
+    state["config"]["optim"]["epochs"] = 2  # unfinished: --resume would train on
+    state.update(position)
+    ckpt.save_checkpoint(checkpoint, state)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(output / "r")]) == 2
+    error = capsys.readouterr().err
+    assert "which this run does not have (2 epochs of" in error and "Traceback" not in error

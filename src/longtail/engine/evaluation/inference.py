@@ -166,7 +166,8 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     batch), ``.classes`` (class names in label order) and ``.predict(images)``. ``posthoc``: a
     method name (reads RUN/posthoc_<method>.json) or the path of such a file.
     """
-    from longtail.engine.rundir.checkpoint import CheckpointError, load_run_checkpoint, reported_weights, run_checkpoint
+    from longtail.engine.rundir.checkpoint import (CheckpointError, load_model_weights, load_run_checkpoint,
+                                                  reported_weights, run_checkpoint)
     from longtail.engine.training.components import build_model
     from longtail.engine.config import ConfigError, config_from_dict
     from longtail.engine.runtime.distributed import select_device
@@ -177,14 +178,14 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     try:
         state = load_run_checkpoint(run_checkpoint(run_dir))  # refuses a torch file that is not a run's
         config = config_from_dict(state["config"])
+        classes = list(state["classes"])
+        # The checkpoint holds every weight: the pretrained file of a fine-tuned run is not needed (or read).
+        config.model.pretrained = None
+        torch_device = select_device(device)
+        model = build_model(config, len(classes), int(state["in_channels"]), torch_device)
+        load_model_weights(model, reported_weights(state), run_checkpoint(run_dir))
     except (CheckpointError, ConfigError) as error:
         raise InferenceError(str(error)) from None
-    classes = list(state["classes"])
-    # The checkpoint holds every weight: the pretrained file of a fine-tuned run is not needed (or read).
-    config.model.pretrained = None
-    torch_device = select_device(device)
-    model = build_model(config, len(classes), int(state["in_channels"]), torch_device)
-    model.load_state_dict(reported_weights(state))
     model.eval()
     loaded = LoadedRun(model, load_preprocessing(run_dir), classes, list(state["class_counts"]), torch_device,
                        run_dir, config, _weights_description(state))

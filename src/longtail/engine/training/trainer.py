@@ -294,7 +294,14 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"{path} was trained on different class counts than this config's dataset "
                 f"(hash {state.get('class_counts_hash')} vs {expected}); it cannot be resumed here")
-        unwrap(self.model).load_state_dict(state["model"])
+        position = (state.get("epoch"), state.get("batch"), state.get("global_step"))
+        if not all(isinstance(n, int) and n >= 0 for n in position) or position[0] > self.config.optim.epochs \
+                or position[1] >= self.data.steps_per_epoch:
+            raise ckpt.CheckpointError(
+                f"{path} stands at epoch {position[0]}, batch {position[1]} (global step {position[2]}), which this "
+                f"run does not have ({self.config.optim.epochs} epochs of {self.data.steps_per_epoch} batches); the "
+                f"checkpoint was altered or belongs to another run")
+        ckpt.load_model_weights(unwrap(self.model), state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.load_state_dict(state["loss"])
