@@ -121,3 +121,42 @@ def test_wrong_shaped_weights_are_refused_by_predict_export_eval_and_load_run(tr
         assert message in error and "Traceback" not in error, argv
     with pytest.raises(InferenceError, match=message):
         longtail.load_run(run)
+
+
+# ----------------------------------------------------------------------------- item 6: output paths
+
+
+@pytest.mark.parametrize("output", ["{dir}", "/proc/x.{ext}", "/proc/self/x.{ext}", "/sys/x.{ext}",
+                                    "{file}/x.{ext}"])
+@pytest.mark.parametrize("command", [["predict", "{run}", "{images}"], ["export", "{run}", "--format", "torchscript"]])
+def test_an_output_that_cannot_be_written_exits_2_before_any_work(trained, tmp_path, capsys, command, output):
+    """/proc and /sys pass os.access for root, yet nothing can be created there."""
+    ext = "csv" if command[0] == "predict" else "pt"
+    (tmp_path / f"out.{ext}").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    names = dict(run=trained["run"], images=trained["images"], dir=tmp_path / f"out.{ext}",
+                 file=tmp_path / "a-file", ext=ext)
+    if output.startswith("/sys") and not Path("/sys").is_dir():
+        pytest.skip("no /sys here")
+    target = output.format(**names)
+    assert main([a.format(**names) for a in command] + ["--output", target]) == 2
+    error = capsys.readouterr().err
+    assert f"--output {target}" in error and ("is a directory" in error or "nothing can be created" in error
+                                              or "is a file, not a directory" in error), error
+
+
+def test_non_utf8_file_names_are_written_to_csv_and_json(trained, tmp_path, capsys):
+    import os
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    source = next((trained["images"] / "bag").iterdir())
+    shutil.copy(source, os.fsencode(folder) + b"/caf\xe9" + os.fsencode(source.suffix))  # Latin-1 bytes
+    output = tmp_path / "out.csv"
+    assert main(["predict", str(trained["run"]), str(folder), "--output", str(output)]) == 0
+    assert f"caf\\xe9{source.suffix}" in output.read_text(encoding="utf-8")  # shown as an escape, valid UTF-8
+    assert main(["predict", str(trained["run"]), str(folder), "--output", str(tmp_path / "out.json")]) == 0
+    written = json.loads((tmp_path / "out.json").read_text())["predictions"][0]["path"]
+    assert os.fsencode(written) == os.fsencode(folder) + b"/caf\xe9" + os.fsencode(source.suffix)  # exact
+    assert main(["predict", str(trained["run"]), str(folder)]) == 0  # the table on stdout
+    assert f"caf\\xe9{source.suffix}" in capsys.readouterr().out

@@ -80,3 +80,26 @@ def test_a_checkpoint_past_its_runs_end_is_refused_by_resume(tiny_idx_root, tmp_
     assert main(["train", "--resume", str(output / "r")]) == 2
     error = capsys.readouterr().err
     assert "which this run does not have (2 epochs of" in error and "Traceback" not in error
+
+
+@pytest.mark.parametrize("output_dir", ["/proc/runs", "/sys/runs"])
+def test_an_output_dir_that_passes_os_access_but_cannot_be_written_exits_2(tiny_idx_root, capsys, output_dir):
+    from conftest import tiny_run_overrides
+
+    if not Path(output_dir).parent.is_dir():
+        pytest.skip(f"no {Path(output_dir).parent} here")
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, Path(output_dir), epochs=1)]) == 2
+    assert f"train.output_dir={output_dir}: nothing can be created in" in capsys.readouterr().err
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_refused_before_training(tmp_path, capsys):
+    import os
+
+    root = tmp_path / "data"
+    for split, counts in (("train", [6, 4]), ("test", [3, 3])):
+        write_image_folder(root, counts, split=split)
+        os.rename(root / split / "c1", os.fsencode(root / split) + b"/caf\xe9")  # a Latin-1 folder name
+    output = tmp_path / "runs"
+    assert main(["train", *image_run_overrides(root, output)]) == 2
+    error = capsys.readouterr().err
+    assert "class folder name(s) [b'caf\\xe9']" in error and "not valid UTF-8" in error and not output.exists()

@@ -314,13 +314,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_output_file(output: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing directory, or a
+    place where nothing can be created (a file as parent, a read-only mount, /proc, /sys)."""
+    from longtail.engine.rundir.runinfo import unwritable_reason
+
+    if output.is_dir():
+        raise UsageError(f"{option} {output} is a directory; give a file path in it, e.g. {output / 'model'}")
+    reason = unwritable_reason(output.parent)
+    if reason:
+        raise UsageError(f"{option} {output}: {reason}; choose another path")
+
+
+def _shown(path: str) -> str:
+    """A file name for text output: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _write_predictions(predictions: list, output: Optional[str], header: dict) -> None:
     from longtail.engine.rundir.checkpoint import atomic_write_json, atomic_write_text
 
     if output is None:
         from longtail.report.tables import markdown_table
 
-        rows = [[p["path"], p["prediction"], f"{p['probability']:.4f}",
+        rows = [[_shown(p["path"]), p["prediction"], f"{p['probability']:.4f}",
                  ", ".join(f"{name} {prob:.3f}" for name, prob in p["top_k"][1:])] for p in predictions]
         print(markdown_table(["path", "prediction", "probability", "next"], rows))
         return
@@ -339,7 +356,7 @@ def _write_predictions(predictions: list, output: Optional[str], header: dict) -
     writer.writerow(["path", "prediction", "probability"]
                     + [column for i in range(1, k + 1) for column in (f"class_{i}", f"probability_{i}")])
     for p in predictions:
-        writer.writerow([p["path"], p["prediction"], f"{p['probability']:.6f}"]
+        writer.writerow([_shown(p["path"]), p["prediction"], f"{p['probability']:.6f}"]
                         + [cell for name, prob in p["top_k"] for cell in (name, f"{prob:.6f}")])
     atomic_write_text(Path(output), buffer.getvalue())
 
@@ -351,6 +368,8 @@ def cmd_predict(args) -> int:
         raise UsageError(f"--output must end in .csv or .json, got {args.output!r}")
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError("--top-k and --batch-size must be at least 1")
+    if args.output is not None:
+        _check_output_file(Path(args.output), "--output")
     try:
         files = find_images(args.paths)
         if not files:
@@ -372,7 +391,11 @@ def cmd_predict(args) -> int:
                                                               "tau": loaded.posthoc.tau,
                                                               "source": loaded.posthoc.source},
               "skipped_unreadable": [path for path, _ in unreadable]}
-    _write_predictions(predictions, args.output, header)
+    try:
+        _write_predictions(predictions, args.output, header)
+    except OSError as error:  # a check above passed, the write did not (the disk filled, ...)
+        print(f"longtail predict: error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 1
     adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
     where = f" -> {args.output}" if args.output else ""
     print(f"{len(predictions)} image(s) predicted with {loaded.run_dir} ({loaded.weights}{adjusted}){where}",
@@ -385,11 +408,15 @@ def cmd_export(args) -> int:
 
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     output = Path(args.output) if args.output else Path(args.run) / "export" / f"model{suffix}"
+    _check_output_file(output, "--output")
     try:
         loaded = load_run(args.run, "cpu")
         written = export_run(loaded, args.format, output)
     except InferenceError as error:
         raise UsageError(str(error)) from None
+    except (OSError, RuntimeError) as error:  # the checks passed, the write did not (torch raises RuntimeError)
+        print(f"longtail export: error: cannot write {output}: {' '.join(str(error).split())[:300]}", file=sys.stderr)
+        return 1
     print(f"exported {loaded.run_dir} ({loaded.weights}) as {args.format}: {written}\n"
           f"metadata (classes, preprocessing, input shape): {written}.json")
     return 0
