@@ -359,3 +359,20 @@ def test_a_second_resume_of_a_run_in_training_is_refused(tiny_idx_root, tmp_path
     finally:
         if first.poll() is None:
             first.kill()
+
+
+def test_a_corrupt_or_python_tagged_cell_config_is_refused_never_run(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--methods", "ce", "--output", str(output),
+                 *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"]
+    assert main(arguments) == 0
+    config = output / "cells" / "ce-seed0" / "config.yaml"
+    marker = tmp_path / "code-ran"
+    for content in (f"train: !!python/object/apply:os.system ['touch {marker}']\n".encode(),
+                    b"\xff\xfe not utf-8", b"train: [1\n", b"train: 5\n", b"when: 2024-01-01\n", b"- a list\n"):
+        config.write_bytes(content)
+        capsys.readouterr()
+        assert main(arguments) == 2, content
+        error = capsys.readouterr().err
+        assert "ce-seed0 (its config.yaml" in error and "cannot be reused" in error, (content, error)
+        assert not marker.exists()

@@ -193,13 +193,27 @@ def _changed_settings(old: dict, new: dict, limit: int = 6) -> str:
     return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+class _UnreadableConfig(Exception):
+    """A cell's config.yaml that is not a config a run wrote (corrupt, edited, python-tagged)."""
+
+
 def _recorded_config(run_dir: Path) -> Optional[dict]:
+    import yaml
+
     from longtail.engine.config import load_yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    return load_yaml(path.read_text(encoding="utf-8"))
+    try:
+        recorded = load_yaml(path.read_text(encoding="utf-8"))  # safe: a python tag is refused, never run
+        config_hash(recorded)  # a mapping of sections JSON can hold, as every run writes it
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, TypeError, ValueError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _UnreadableConfig(f"its config.yaml cannot be read as a run's config: {first}") from None
+    if not isinstance(recorded, dict):
+        raise _UnreadableConfig("its config.yaml is not a mapping of config sections")
+    return recorded
 
 
 def _check_existing_cells(cells: list[Cell], output: Path) -> None:
@@ -212,7 +226,11 @@ def _check_existing_cells(cells: list[Cell], output: Path) -> None:
         run_dir = output / "cells" / cell.name
         if _cell_state(run_dir) == "new":
             continue
-        recorded = _recorded_config(run_dir)
+        try:
+            recorded = _recorded_config(run_dir)
+        except _UnreadableConfig as error:
+            stale.append(f"{cell.name} ({error})")
+            continue
         if recorded is None or config_hash(recorded) != config_hash(cell.config.to_dict()):
             change = "no config.yaml" if recorded is None else _changed_settings(recorded, cell.config.to_dict())
             stale.append(f"{cell.name} ({change})")
