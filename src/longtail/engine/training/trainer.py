@@ -296,7 +296,7 @@ class Trainer:
                 f"(hash {state.get('class_counts_hash')} vs {expected}); it cannot be resumed here")
         position = (state.get("epoch"), state.get("batch"), state.get("global_step"))
         if not all(isinstance(n, int) and n >= 0 for n in position) or position[0] > self.config.optim.epochs \
-                or position[1] >= self.data.steps_per_epoch:
+                or position[1] > self.data.steps_per_epoch:  # == : stopped after an epoch's last batch
             raise ckpt.CheckpointError(
                 f"{path} stands at epoch {position[0]}, batch {position[1]} (global step {position[2]}), which this "
                 f"run does not have ({self.config.optim.epochs} epochs of {self.data.steps_per_epoch} batches); the "
