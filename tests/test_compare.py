@@ -280,9 +280,9 @@ def _lock_is_free(path: Path) -> bool:
 
 
 def test_a_killed_compare_ends_its_cells_and_nobody_trains_a_cell_twice(tiny_idx_root, tmp_path, capsys):
-    """SIGKILL of `compare --jobs 2` while both cells train: a second compare on the same output is
-    refused while the cells still run (each holds its cell's lock), and the cells notice their compare
-    is gone, save a checkpoint and exit, which frees the locks."""
+    """While `compare --jobs 2` trains, a second compare on the same output is refused (each cell is
+    locked); after a SIGKILL of the first, its cells notice their compare is gone, save a checkpoint
+    and exit, which frees the locks (each cell process holds its own cell's lock)."""
     import os
     import signal
     import subprocess
@@ -302,14 +302,16 @@ def test_a_killed_compare_ends_its_cells_and_nobody_trains_a_cell_twice(tiny_idx
         while time.time() < deadline and not all(h.is_file() for h in histories):  # both cells are training
             time.sleep(0.2)
         assert all(h.is_file() for h in histories)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
         second = subprocess.run([sys.executable, "-m", "longtail", *arguments], capture_output=True, text=True,
-                                env=env, timeout=60)  # refused at once: the orphaned cells hold their locks
+                                env=env, timeout=120)  # refused before any work: the cells are locked
         assert second.returncode == 2, second.stderr
         error = second.stderr
         assert "is being trained by another process right now" in error and "ce-seed0" in error
+        assert process.poll() is None  # the first compare trains on, untouched
         locks = [output / "cells" / f"{name}.lock" for name in names]
+        assert not any(_lock_is_free(lock) for lock in locks)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
         deadline = time.time() + 60
         while time.time() < deadline and not all(_lock_is_free(lock) for lock in locks):
             time.sleep(0.2)
@@ -348,7 +350,7 @@ def test_a_second_resume_of_a_run_in_training_is_refused(tiny_idx_root, tmp_path
         while time.time() < deadline and not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
             time.sleep(0.1)
         second = subprocess.run([sys.executable, "-m", "longtail", "train", "--resume", str(run)],
-                                capture_output=True, text=True, env=env, timeout=60)
+                                capture_output=True, text=True, env=env, timeout=120)
         assert second.returncode == 2, second.stderr
         error = second.stderr
         assert f"the run {run} is being trained by another process right now" in error
