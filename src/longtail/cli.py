@@ -1,18 +1,21 @@
 """The `longtail` command: train, evaluate, compare, and list what is available.
 
 Exit codes: 0 success; 1 a failure during work (non-finite loss, I/O); 2 a usage / configuration
-/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved).
+/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved);
+141 stdout was closed by its reader (`| head -1`), stopped quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE (13), what a shell reports for `cmd | head -1`
 
 
 class UsageError(Exception):
@@ -156,6 +159,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # The reader of stdout went away (`longtail ... | head -1`): stop quietly, as Unix tools do on
+        # SIGPIPE, and point stdout at /dev/null so the interpreter's last flush does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass  # stdout is not a file descriptor (redirected in Python): nothing will flush to the pipe
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -165,9 +185,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                "export": cmd_export, "recipes": cmd_recipes,
                "compare": cmd_compare,
                "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
+    from longtail.engine.errors import ConfigError
+
     try:
         code = handler(args) or 0
-    except UsageError as error:
+    except (UsageError, ConfigError) as error:  # ConfigError: e.g. --device bogus, wherever it is read
         print(f"longtail {args.command}: error: {error}", file=sys.stderr)
         code = EXIT_USAGE
     if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -191,6 +213,7 @@ def _resolve_config(args):
 
 def cmd_train(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError, OutputWriteError
+    from longtail.engine.rundir.lock import RunLockedError
     from longtail.engine.config import ConfigError, dump_yaml
     from longtail.engine.training.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
                                          finished_results)
@@ -198,6 +221,9 @@ def cmd_train(args) -> int:
 
     if not (args.resume or args.recipe or args.config or args.overrides or args.method or args.print_config):
         return quick_start()
+    from longtail.engine.compare import stop_with_compare
+
+    stop_with_compare()  # a compare cell: stops (saving a checkpoint) if its compare is killed
     if args.resume:
         if args.recipe or args.config or args.overrides or args.method:
             raise UsageError("--resume continues a run with its saved config; give no recipe, config or overrides")
@@ -222,7 +248,7 @@ def cmd_train(args) -> int:
         print(f"# recipe: {label}\n" + dump_yaml(config), end="", flush=True)
     try:
         trainer = Trainer(config, label, Path(args.resume) if args.resume else None)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError, RunLockedError) as error:
         # building data / model / loss failed: bad config or data, nothing was trained
         raise UsageError(str(error)) from None
     except OutputWriteError as error:
@@ -319,6 +345,23 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_output_file(output: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing directory, or a
+    place where nothing can be created (a file as parent, a read-only mount, /proc, /sys)."""
+    from longtail.engine.rundir.runinfo import unwritable_reason
+
+    if output.is_dir():
+        raise UsageError(f"{option} {output} is a directory; give a file path in it, e.g. {output / 'model'}")
+    reason = unwritable_reason(output.parent)
+    if reason:
+        raise UsageError(f"{option} {output}: {reason}; choose another path")
+
+
+def _shown(path: str) -> str:
+    """A file name for text output: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _eval_test_priors(args) -> int:
     """`longtail eval RUN --test-priors`: table, RUN/test_priors.json, RUN/plots/test_priors.png."""
     from longtail.engine.rundir.checkpoint import (CheckpointError, OutputWriteError, atomic_write_bytes,
@@ -373,7 +416,7 @@ def _write_predictions(predictions: list, output: Optional[str], header: dict) -
     if output is None:
         from longtail.report.tables import markdown_table
 
-        rows = [[p["path"], p["prediction"], f"{p['probability']:.4f}",
+        rows = [[_shown(p["path"]), p["prediction"], f"{p['probability']:.4f}",
                  ", ".join(f"{name} {prob:.3f}" for name, prob in p["top_k"][1:])] for p in predictions]
         print(markdown_table(["path", "prediction", "probability", "next"], rows))
         return
@@ -392,7 +435,7 @@ def _write_predictions(predictions: list, output: Optional[str], header: dict) -
     writer.writerow(["path", "prediction", "probability"]
                     + [column for i in range(1, k + 1) for column in (f"class_{i}", f"probability_{i}")])
     for p in predictions:
-        writer.writerow([p["path"], p["prediction"], f"{p['probability']:.6f}"]
+        writer.writerow([_shown(p["path"]), p["prediction"], f"{p['probability']:.6f}"]
                         + [cell for name, prob in p["top_k"] for cell in (name, f"{prob:.6f}")])
     atomic_write_text(Path(output), buffer.getvalue())
 
@@ -405,6 +448,8 @@ def cmd_predict(args) -> int:
         raise UsageError(f"--output must end in .csv or .json, got {args.output!r}")
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError("--top-k and --batch-size must be at least 1")
+    if args.output is not None:
+        _check_output_file(Path(args.output), "--output")
     try:
         files = find_images(args.paths)
         if not files:
@@ -432,7 +477,11 @@ def cmd_predict(args) -> int:
                                                               "source": loaded.posthoc.source},
               "adapt_prior": None if adaptation is None else adaptation.summary(),
               "skipped_unreadable": [path for path, _ in unreadable]}
-    _write_predictions(predictions, args.output, header)
+    try:
+        _write_predictions(predictions, args.output, header)
+    except OSError as error:  # a check above passed, the write did not (the disk filled, ...)
+        print(f"longtail predict: error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 1
     adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
     if adaptation is not None:
         _print_adaptation(adaptation, len(predictions), sys.stderr if args.output is None else sys.stdout)
@@ -466,11 +515,15 @@ def cmd_export(args) -> int:
 
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     output = Path(args.output) if args.output else Path(args.run) / "export" / f"model{suffix}"
+    _check_output_file(output, "--output")
     try:
         loaded = load_run(args.run, "cpu")
         written = export_run(loaded, args.format, output)
     except InferenceError as error:
         raise UsageError(str(error)) from None
+    except (OSError, RuntimeError) as error:  # the checks passed, the write did not (torch raises RuntimeError)
+        print(f"longtail export: error: cannot write {output}: {' '.join(str(error).split())[:300]}", file=sys.stderr)
+        return 1
     print(f"exported {loaded.run_dir} ({loaded.weights}) as {args.format}: {written}\n"
           f"metadata (classes, preprocessing, input shape): {written}.json")
     return 0
@@ -490,6 +543,9 @@ def cmd_posthoc(args) -> int:
             taus = [float(t) for t in args.taus.split(",")]
         except ValueError:
             raise UsageError(f"--taus must be comma-separated numbers like 0,0.5,1, got {args.taus!r}") from None
+        bad = [text for text, tau in zip(args.taus.split(","), taus) if not math.isfinite(tau)]
+        if bad:  # nan / inf / 1e400 would give non-finite logits, which would be blamed on the model
+            raise UsageError(f"--taus must be finite numbers like 0,0.5,1; {', '.join(bad)} is not")
     run_dir = Path(args.target)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a run directory (runs/<run>, holding checkpoints/last.pt)")
@@ -544,10 +600,11 @@ def cmd_recipes(args) -> int:
 def cmd_compare(args) -> int:
     from longtail.engine.compare import CellFailed, run_comparison
     from longtail.engine.config import ConfigError
+    from longtail.engine.rundir.lock import RunLockedError
 
     try:
         output = run_comparison(args)
-    except ConfigError as error:
+    except (ConfigError, RunLockedError) as error:
         raise UsageError(str(error)) from None
     except CellFailed as failure:
         print(f"longtail compare: error: {failure}", file=sys.stderr)

@@ -29,7 +29,25 @@ class _Loader(yaml.SafeLoader):
     PyYAML follows YAML 1.1, whose float pattern needs a dot (``5.0e-4``), so ``5e-4`` would be
     the string "5e-4" and ``optim.weight_decay: 5e-4`` a type error. YAML 1.2 (and every user) reads
     it as a number; this resolver does too, in files and ``key=value`` overrides alike.
+
+    A key given twice in one mapping is refused (PyYAML keeps the last silently: a second ``optim:``
+    section would drop the first one's settings without a word).
     """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue  # complex keys: the base class refuses them where they cannot be used
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"the key {key!r} is given twice (first on line {seen[key].line + 1}); PyYAML would keep "
+                        f"only the last one. Merge the two into one", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -86,6 +104,11 @@ class DataConfig:
     bad_images: str = _help(
         "unreadable image files: error (list them all and stop) | skip (train without them; recorded in "
         "class_counts.json)", "error")
+    fingerprint: str = _help(
+        "how image files enter the run's data fingerprint (checked by --resume, eval, init_from, compare): "
+        "content (sha256 of every file: catches any edit) | stat (size + modification time: a second per 100k "
+        "files) | auto (content when the files total at most 2 GiB, else stat); in-memory arrays: always content",
+        "auto")
     test_fraction: Optional[float] = _help(
         "single-folder image layouts root/<class>/*: fraction of each class held out as the test split "
         "(seeded by split_seed; None = 0.2)", None)

@@ -19,6 +19,7 @@ _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.mixing": ("none", "mixup", "cutmix"),
     "data.normalization": ("dataset", "imagenet"),
+    "data.fingerprint": ("auto", "stat", "content"),
     "model.head": ("linear", "cosine"),
     "model.decoupled": ("none", "crt", "lws"),
     "model.compile": ("auto", "true", "false"),

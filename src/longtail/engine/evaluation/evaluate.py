@@ -15,8 +15,8 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     ``check_data``: refuse (DataChangedError) when the data is not the data the run recorded."""
     import sys
 
-    from longtail.engine.rundir.checkpoint import (CheckpointError, class_counts_hash, load_run_checkpoint, reported_weights,
-                                            run_checkpoint)
+    from longtail.engine.rundir.checkpoint import (CheckpointError, class_counts_hash, load_model_weights,
+                                                  load_run_checkpoint, reported_weights, run_checkpoint)
     from longtail.engine.rundir.fingerprint import check_same_data, read_recorded
     from longtail.engine.training.components import build_model
     from longtail.engine.config import config_from_dict
@@ -37,7 +37,7 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     if class_counts_hash(data.class_counts) != state["class_counts_hash"]:
         raise CheckpointError(f"{path}: the dataset now gives different class counts than the run was trained on")
     model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
-    model.load_state_dict(reported_weights(state))
+    load_model_weights(model, reported_weights(state), path)
     model.eval()
     return model, data, config, torch_device
 

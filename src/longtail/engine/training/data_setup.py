@@ -172,7 +172,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     spec = config.data
     _check_data_options(config)
     sets = _build_sets(config, context)
-    fingerprint = _fingerprint(sets, spec.root)  # before files are decoded: file rows keep their paths
+    fingerprint = _fingerprint(sets, spec.root, spec.fingerprint)  # before files are decoded: file rows keep their paths
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
@@ -187,6 +187,10 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     in_memory = isinstance(train_set, InMemoryImages)
     labels = torch.as_tensor(train_set.labels)
     num_classes = len(train_set.classes)
+    if num_classes < 2:  # one class: every prediction right, 100 % accuracy that means nothing
+        raise ConfigError(f"dataset '{spec.name}' has {num_classes} class{'' if num_classes == 1 else 'es'} "
+                          f"({', '.join(map(str, train_set.classes))}); a classifier needs at least 2. An image "
+                          f"folder needs one sub-folder per class: root/<class>/<images> (or root/train/<class>/...)")
     class_counts = torch.bincount(labels, minlength=num_classes)
     empty = (class_counts == 0).nonzero().flatten()
     if empty.numel():
@@ -203,6 +207,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     build_loaders = _in_memory if in_memory else _from_files
     train_loader, eval_loaders, preprocessing = build_loaders(config, sets, sampler, batch, device, context,
                                                               preprocessing)
+    _check_augment_fits(spec, preprocessing.size)
     train_loader = method.train_loader(config, train_loader, sets.train, sampler, batch, device, context.rank,
                                        class_counts.tolist(), preprocessing)
     if config.train.select_on != "final" and "val" not in eval_loaders:
@@ -214,20 +219,32 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                       preprocessing=preprocessing, fingerprint=fingerprint)
 
 
+def _check_augment_fits(spec, size) -> None:
+    """Refuse a crop padding or Cutout square as large as the model input: every training image
+    (or most of them) would come out blank, and the run would train at chance without a word."""
+    side = min(size)
+    for key in ("crop_padding", "cutout"):
+        value = getattr(spec, key)
+        if value >= side:
+            raise ConfigError(f"data.{key}={value} is at or above the image side ({size[0]}x{size[1]} px model "
+                              f"input): training images would come out blank. Use less than {side} (e.g. "
+                              f"{max(1, side // 8)}), or 0 for none")
+
+
 def data_fingerprint_of(config: RunConfig) -> dict:
     """The fingerprint build_data would give, without decoding images or building loaders (compare
     checks every cell's data with it before the first cell trains)."""
     from longtail.engine.runtime.distributed import DistributedContext
 
     _check_data_options(config)
-    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root)
+    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root, config.data.fingerprint)
 
 
-def _fingerprint(sets, root) -> dict:
+def _fingerprint(sets, root, mode: str = "auto") -> dict:
     """The data fingerprint (engine.fingerprint) of the train / val / test sets as split."""
     from longtail.engine.rundir.fingerprint import data_fingerprint
 
-    return data_fingerprint(_named_sets(sets), sets.split_info, root=root)
+    return data_fingerprint(_named_sets(sets), sets.split_info, root=root, mode=mode)
 
 
 # ----------------------------------------------------------------------------- datasets and splits

@@ -32,6 +32,7 @@ from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dat
 from longtail.engine.training.data_setup import DataBundle, build_data
 from longtail.engine.runtime.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.rundir import fingerprint as data_fp
+from longtail.engine.rundir import lock as run_lock
 from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, environment_info
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
@@ -39,6 +40,9 @@ from longtail.engine.runtime.compilation import compile_cost_seconds, compile_pa
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
 from longtail.models.fold import fold_batchnorm
 
+
+
+PROBE_IMAGES = 32  # evaluation images whose logits must be finite before a checkpoint is written
 
 
 class NonFiniteLossError(RuntimeError):
@@ -108,6 +112,14 @@ class Trainer:
     """Builds every component from a config and runs training + final evaluation."""
 
     def __init__(self, config: RunConfig, label: str, resume_dir: Optional[Path] = None):
+        self._lock: Optional[int] = None  # the run directory's lock (engine.rundir.lock), held until close()
+        try:
+            self._build(config, label, resume_dir)
+        except BaseException:
+            run_lock.release(self._lock)  # a trainer that failed to start holds nothing
+            raise
+
+    def _build(self, config: RunConfig, label: str, resume_dir: Optional[Path]) -> None:
         self.config = config
         self.label = label
         self.method = plan_for(config)
@@ -119,6 +131,8 @@ class Trainer:
             check_output_dir(config.train.output_dir)  # before any data is read
         self.last_saved: Optional[str] = None  # where the last checkpoint written or loaded stands
         self.context, self.device = init_distributed(config.train.device)
+        if resume_dir is not None and self.context.is_main:  # before any work: a second --resume is refused
+            self._lock = run_lock.acquire(Path(resume_dir) / run_lock.LOCK_NAME, f"the run {resume_dir}")
         # train.precision=auto resolved once for this device; the run directory records the choice.
         self.precision = resolve_precision(config.train.precision, self.device)
         if config.train.threads:
@@ -156,6 +170,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.chosen == "fp16")
         self.state = TrainState()
         self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
+        self._probe: Optional[torch.Tensor] = None  # the fixed evaluation batch of _output_finite
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
         if config.model.compile == "auto" and self.state.compiled:
             self._compile()  # as the interrupted run did from its second epoch on
@@ -172,6 +187,7 @@ class Trainer:
         run_dir = None
         if self.context.is_main:
             run_dir = create_run_dir(self.config, self.label)
+            self._lock = run_lock.acquire(run_dir / run_lock.LOCK_NAME, f"the run {run_dir}")
             ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(self.config))
             ckpt.atomic_write_json(run_dir / "class_counts.json", {
                 "classes": self.data.classes,
@@ -235,10 +251,44 @@ class Trainer:
             return "no checkpoint had been written yet, so there is nothing to resume"
         return f"the last good checkpoint {path} ({self.last_saved}) is intact and was not overwritten"
 
+    def _probe_batch(self) -> torch.Tensor:
+        """A fixed small batch of evaluation images (the first of the val, else train, else test loader),
+        read once. Reading it never touches the training RNG (a resumed run replays bit for bit)."""
+        if self._probe is None:
+            split = next(s for s in ("val", "train", "test") if s in self.data.eval_loaders)
+            with torch.random.fork_rng(devices=[]):
+                images, _ = next(iter(self.data.eval_loaders[split]))
+            self._probe = images[:PROBE_IMAGES]
+        return self._probe
+
+    def _output_finite(self) -> bool:
+        """Whether the model, as evaluation and inference run it (eval mode: batch-norm running
+        statistics; the run's precision), gives finite logits on the probe batch. Finite weights are not
+        enough: weights of 1e14 can be finite while their logits overflow. Collective under DDP."""
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast_context(self.device, self.precision.chosen):
+                logits = model(self._probe_batch())
+        finally:
+            model.train(was_training)
+        bad = (~torch.isfinite(logits.float())).any().float()
+        if self.context.enabled:
+            dist.all_reduce(bad)
+        return bad.item() == 0
+
     def _check_model_finite(self) -> None:
         model = unwrap(self.model)
+        output_finite = self._output_finite()  # first: a collective, every rank must reach it
         bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if not bad and not output_finite:
+            raise NonFiniteLossError(
+                f"the model diverged ({self._position()}): its weights are finite but its logits are not "
+                f"(NaN / inf on a fixed batch of evaluation images, in eval mode at {self.precision.chosen}), so "
+                f"it is unusable. Training stopped; {self._intact()}. Lower optim.lr, enable "
+                f"optim.clip_grad_norm, or use train.precision=fp32.")
         if bad:
             raise NonFiniteLossError(
                 f"the model diverged ({self._position()}): non-finite values in "
@@ -256,7 +306,14 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"{path} was trained on different class counts than this config's dataset "
                 f"(hash {state.get('class_counts_hash')} vs {expected}); it cannot be resumed here")
-        unwrap(self.model).load_state_dict(state["model"])
+        position = (state.get("epoch"), state.get("batch"), state.get("global_step"))
+        if not all(isinstance(n, int) and n >= 0 for n in position) or position[0] > self.config.optim.epochs \
+                or position[1] > self.data.steps_per_epoch:  # == : stopped after an epoch's last batch
+            raise ckpt.CheckpointError(
+                f"{path} stands at epoch {position[0]}, batch {position[1]} (global step {position[2]}), which this "
+                f"run does not have ({self.config.optim.epochs} epochs of {self.data.steps_per_epoch} batches); the "
+                f"checkpoint was altered or belongs to another run")
+        ckpt.load_model_weights(unwrap(self.model), state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -473,8 +530,12 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         weights, described = spectral_norm_weighting(self.config, self.class_counts)
-        metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts,
-                                  self.device, self.precision.chosen, class_weights=weights)
+        try:
+            metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts,
+                                      self.device, self.precision.chosen, class_weights=weights)
+        except NonFiniteOutputError as error:
+            raise NonFiniteLossError(f"evaluation of the {split} split ({self._position()}): {error}. Training "
+                                     f"stopped, no metrics were written; {self._intact()}") from None
         self.confusions[split] = metrics.confusion.cpu().numpy()
         results = metrics.compute(spectral_norm=spectral_norm)
         if spectral_norm:
@@ -513,11 +574,7 @@ class Trainer:
         for split in self.data.eval_loaders:
             if split == "train" and not self.config.train.eval_train:
                 continue
-            try:
-                results[split] = self.evaluate(split, spectral_norm=split == "test")
-            except NonFiniteOutputError as error:
-                raise NonFiniteLossError(f"final evaluation of the {split} split: {error}. No metrics were "
-                                         f"written; {self._intact()}") from None
+            results[split] = self.evaluate(split, spectral_norm=split == "test")
         if "train" in results:
             from longtail.metrics import worst_class_ratio
 
@@ -561,7 +618,11 @@ class Trainer:
 
     def close(self) -> None:
         # Inside a `finally`, sys.exc_info() tells whether this rank is leaving because of an error.
-        shutdown(self.context, synchronize=sys.exc_info()[0] is None)
+        try:
+            shutdown(self.context, synchronize=sys.exc_info()[0] is None)
+        finally:
+            run_lock.release(self._lock)
+            self._lock = None
 
 
 def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> tuple[Path, dict]:
