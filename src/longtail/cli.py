@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score another folder laid out like the run's training data (same dataset type "
                                "and class names), e.g. a new image folder DIR/test/<class>/*")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--tta", default="none", help=TTA_HELP)
 
     predict = commands.add_parser(
         "predict", help="predict the classes of image files with a trained run (no training data needed)",
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="skip images that cannot be decoded or preprocessed (listed on stderr) instead of failing "
                               "(exit 2, nothing written)")
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--tta", default="none", help=TTA_HELP)
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
     export = commands.add_parser(
@@ -233,6 +235,8 @@ def cmd_train(args) -> int:
 # is the method to start with (docs/own-data.md), chosen from RESULTS.md: the best worst-class
 # accuracy (53.7 % against 0.1 % for CE, mean of 3 seeds) with overall accuracy within 1.1 points
 # of the best (LDAM-DRW).
+TTA_HELP = ("test-time augmentation, off by default: flip (image + mirror) | five_crop (corners + centre of the "
+            "image enlarged by 24/224, LIFT's) | ten_crop (five_crop of image and mirror); logits averaged")
 QUICK_START_METHODS = "ce,ccar_bs"
 QUICK_START_OVERRIDES = ["optim.epochs=6", "model.options={width: 16}"]
 
@@ -257,6 +261,14 @@ def quick_start() -> int:
     return cmd_compare(args)
 
 
+def _tta(args) -> str:
+    from longtail.models.tta import TTA_MODES
+
+    if args.tta not in TTA_MODES:
+        raise UsageError(f"--tta {args.tta!r} is not valid; choose one of: {', '.join(TTA_MODES)}")
+    return args.tta
+
+
 def cmd_eval(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError
     from longtail.engine.evaluation.evaluate import evaluate_run
@@ -267,7 +279,7 @@ def cmd_eval(args) -> int:
         from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root, load_run
 
         try:
-            loaded = load_run(args.target, args.device)
+            loaded = load_run(args.target, args.device).with_tta(_tta(args))
             results, notes = evaluate_data_root(loaded, args.data_root, args.split)
         except InferenceError as error:
             raise UsageError(str(error)) from None
@@ -277,7 +289,7 @@ def cmd_eval(args) -> int:
         print(per_class_table(results))
         return 0
     try:
-        results = evaluate_run(Path(args.target), args.split, args.device)
+        results = evaluate_run(Path(args.target), args.split, args.device, _tta(args))
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     except NonFiniteOutputError as error:
@@ -330,7 +342,8 @@ def cmd_predict(args) -> int:
         if not files:
             raise InferenceError(f"no image files ({', '.join(sorted({'.jpg', '.png', '.jpeg'}))}, ...) under "
                                  f"{', '.join(args.paths)}")
-        loaded = load_run(args.run, args.device, posthoc=args.posthoc)
+        tta = _tta(args)
+        loaded = load_run(args.run, args.device, posthoc=args.posthoc).with_tta(tta)
         predictions, unreadable = predict_files(loaded, files, args.top_k, args.batch_size)
     except InferenceError as error:
         raise UsageError(str(error)) from None
@@ -348,6 +361,7 @@ def cmd_predict(args) -> int:
               "skipped_unreadable": [path for path, _ in unreadable]}
     _write_predictions(predictions, args.output, header)
     adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
+    adjusted += "" if tta == "none" else f", test-time augmentation {tta}"
     where = f" -> {args.output}" if args.output else ""
     print(f"{len(predictions)} image(s) predicted with {loaded.run_dir} ({loaded.weights}{adjusted}){where}",
           file=sys.stderr if args.output is None else sys.stdout)

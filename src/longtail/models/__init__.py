@@ -34,7 +34,7 @@ from .heads import (
 )
 from .resnet_cifar import ResNetCifar
 from .small_cnn import SmallCNN
-from .tta import TTA_MODES, tta_logits, tta_views
+from .tta import TTA_MODES, TTAModel, tta_logits, tta_views
 
 __all__ = [
     "BCLModel",
@@ -56,6 +56,7 @@ __all__ = [
     "init_head_from_text",
     "set_head_weights",
     "TTA_MODES",
+    "TTAModel",
     "tta_logits",
     "tta_views",
     "PretrainedReport",

@@ -26,7 +26,7 @@ from torch import nn
 
 from .heads import build_head
 
-__all__ = ["build_clip", "ClipTextEncoder", "CLIP_TEMPLATE"]
+__all__ = ["ClipTextEncoder", "CLIP_TEMPLATE", "create_open_clip", "text_encoder", "clip_input_config", "clip_feature_dim"]
 
 # LIFT's (and CLIP's ImageNet) single prompt.
 CLIP_TEMPLATE = "a photo of a {}."
@@ -72,18 +72,14 @@ class ClipTextEncoder:
         return self
 
 
-def build_clip(clip_name: str, num_classes: int, in_channels: int, head: str, head_scale: float, source, **options):
-    from .factory import BackboneWithHead, HubWeights, load_pretrained_weights
-
+def create_open_clip(clip_name: str, in_channels: int, tag=None, **options) -> nn.Module:
+    """The open_clip model ``clip_name`` in eval mode: random weights, or the hub's ``tag`` (online only)."""
     open_clip = _import_open_clip()
     if in_channels != 3:
         raise ValueError(f"CLIP image towers take RGB images (in_channels=3), got in_channels={in_channels}")
     if clip_name not in open_clip.list_models():
         close = [n for n in open_clip.list_models() if clip_name.split("-")[0].lower() in n.lower()][:10]
         raise ValueError(f"unknown open_clip model {clip_name!r}; similar names: {', '.join(close) or 'none'}")
-    tag = source.tag if isinstance(source, HubWeights) else None
-    if isinstance(source, HubWeights) and tag is None:
-        raise ValueError("open_clip hub weights need a tag, e.g. pretrained='hub:openai' or 'hub:laion2b_s34b_b88k'")
     import logging
 
     # open_clip logs a warning for every randomly initialised model; the weights come from the file.
@@ -94,20 +90,23 @@ def build_clip(clip_name: str, num_classes: int, in_channels: int, head: str, he
         clip_model = open_clip.create_model(clip_name, pretrained=tag, **options)
     finally:
         logger.setLevel(level)
-    report = None
-    if source is not None and not isinstance(source, HubWeights):
-        report = load_pretrained_weights(clip_model, source, [], keep_classifier=False)
-    clip_model.eval()
+    return clip_model.eval()
+
+
+def text_encoder(clip_model: nn.Module, clip_name: str) -> ClipTextEncoder:
+    return ClipTextEncoder(clip_model, _import_open_clip().get_tokenizer(clip_name))
+
+
+def clip_input_config(clip_model: nn.Module) -> dict:
+    """What the engine needs to feed the image tower: its input size and CLIP's mean / std."""
+    open_clip = _import_open_clip()
     visual = clip_model.visual
-    feature_dim = int(getattr(visual, "output_dim", None) or clip_model.text_projection.shape[-1])
-    model = BackboneWithHead(visual, build_head(head, feature_dim, num_classes, head_scale), feature_dim)
-    model.clip_text = ClipTextEncoder(clip_model, open_clip.get_tokenizer(clip_name))
-    # What the engine needs to feed the tower: its input size and CLIP's mean / std.
-    model.input_config = {
+    return {
         "image_size": tuple(getattr(visual, "image_size", (224, 224))),
         "mean": tuple(float(v) for v in getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
         "std": tuple(float(v) for v in getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
     }
-    if report is not None:
-        model.pretrained_report = report
-    return model
+
+
+def clip_feature_dim(clip_model: nn.Module) -> int:
+    return int(getattr(clip_model.visual, "output_dim", None) or clip_model.text_projection.shape[-1])

@@ -479,6 +479,28 @@ _MODELS["resnet56"].__doc__ = "CIFAR ResNet-56 (0.85M parameters)."
 _MODELS["small_cnn"].__doc__ = "Small VGG-style CNN for 28x28 grey images (0.28M parameters; option width=32)."
 
 
+def _build_clip(clip_name: str, num_classes: int, in_channels: int, head: str, head_scale: float, source, **options):
+    """``clip:<name>``: the open_clip image tower with our head; the text tower rides along (``clip_text``)
+    for text initialisation of the classifier, not as a submodule (it never trains or exports)."""
+    from .clip import clip_feature_dim, clip_input_config, create_open_clip, text_encoder
+
+    tag = source.tag if isinstance(source, HubWeights) else None
+    if isinstance(source, HubWeights) and tag is None:
+        raise ValueError("open_clip hub weights need a tag, e.g. pretrained='hub:openai' or 'hub:laion2b_s34b_b88k'")
+    clip_model = create_open_clip(clip_name, in_channels, tag, **options)
+    report = None
+    if source is not None and not isinstance(source, HubWeights):
+        report = load_pretrained_weights(clip_model, source, [], keep_classifier=False)
+    clip_model.eval()
+    feature_dim = clip_feature_dim(clip_model)
+    model = BackboneWithHead(clip_model.visual, build_head(head, feature_dim, num_classes, head_scale), feature_dim)
+    model.clip_text = text_encoder(clip_model, clip_name)
+    model.input_config = clip_input_config(clip_model)
+    if report is not None:
+        model.pretrained_report = report
+    return model
+
+
 def available_models() -> list[str]:
     """Registered model names; any ``timm:<name>`` is accepted as well (needs ``longtail[timm]``)."""
     return sorted(_MODELS)
@@ -516,10 +538,8 @@ def create_model(
     if head == "cosine" and not head_scale > 0:
         raise ValueError(f"head_scale must be positive for the cosine head, got {head_scale!r}")
     if isinstance(name, str) and name.startswith(CLIP_PREFIX):
-        from .clip import build_clip
-
-        return build_clip(name[len(CLIP_PREFIX):], num_classes, in_channels, head, head_scale,
-                          resolve_pretrained(pretrained, name, "clip"), **options)
+        return _build_clip(name[len(CLIP_PREFIX):], num_classes, in_channels, head, head_scale,
+                           resolve_pretrained(pretrained, name, "clip"), **options)
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
         return _build_timm(name[len(TIMM_PREFIX):], num_classes, in_channels, head, head_scale, pretrained, **options)
     if name not in _MODELS:

@@ -4,15 +4,17 @@ Modes: ``none`` (the model itself), ``flip`` (image + horizontal mirror), ``five
 corners + centre of side ``crop_size``), ``ten_crop`` (five crops of the image and five of its mirror). LIFT
 (Shi et al. 2024, ``test_ensemble``) resizes to ``size + 24`` and averages the logits of the five
 crops; the crops must have the size the network expects (e.g. 224 for a ViT), so give the batch
-at ``crop_size + margin`` for the crop modes.
+at ``crop_size + margin`` for the crop modes, or let :class:`TTAModel` enlarge a batch of the
+network's size by LIFT's ratio (224 + 24) / 224 first.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TTA_MODES", "tta_views", "tta_logits"]
+__all__ = ["TTA_MODES", "TTAModel", "tta_views", "tta_logits"]
 
 TTA_MODES = ("none", "flip", "five_crop", "ten_crop")
 
@@ -59,3 +61,24 @@ def tta_logits(model: nn.Module, images: torch.Tensor, mode: str = "none", crop_
         logits = model(view.contiguous()).float()
         total = logits if total is None else total + logits
     return total / len(views)
+
+
+class TTAModel(nn.Module):
+    """``forward(images)`` = the mean logits of ``model`` over the views of ``mode`` of a batch already at
+    the network's input size: the crop modes first enlarge it bilinearly by LIFT's (224 + 24) / 224
+    (at least 2 pixels) and crop back to the input size. For evaluation and prediction (no gradient)."""
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        super().__init__()
+        if mode not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {mode!r}; valid: {', '.join(TTA_MODES)}")
+        self.model, self.mode = model, mode
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mode in ("none", "flip"):
+            return tta_logits(self.model, images, self.mode)
+        height, width = images.shape[-2:]
+        margin = max(2, round(min(height, width) * 24 / 224))
+        larger = F.interpolate(images.float(), size=(height + margin, width + margin), mode="bilinear",
+                               align_corners=False).to(images.dtype)
+        return tta_logits(self.model, larger, self.mode, crop_size=min(height, width))

@@ -535,8 +535,9 @@ def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocess
     eval_loaders = {"test": evaluation(sets.test)}
     if sets.val is not None:
         eval_loaders["val"] = evaluation(sets.val)
-    if config.train.eval_train:
-        eval_loaders["train"] = evaluation(sets.train)
+    # Always built (it reads nothing until iterated): the final evaluation uses it only with
+    # train.eval_train, the feature cache and class-mean initialisation read the training set through it.
+    eval_loaders["train"] = evaluation(sets.train)
     return train_loader, eval_loaders, preprocessing
 
 

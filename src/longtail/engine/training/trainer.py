@@ -36,6 +36,7 @@ from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, env
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
+from longtail.models.finetune import parameter_counts
 
 
 
@@ -140,6 +141,14 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.model.compile:
             self.train_model = torch.compile(self.train_model)
+        trainable, total = parameter_counts(self.model)
+        self.parameters = {"finetune": config.model.finetune, "trainable": trainable, "total": total}
+        self._say(f"parameters: {trainable:,} of {total:,} trainable ({100.0 * trainable / max(total, 1):.2f}%), "
+                  f"model.finetune={config.model.finetune}")
+        # Classifier initialisation, cached features of a frozen backbone (engine/methods/finetuning.py).
+        # A resumed run rebuilds the cache; its checkpoint then replaces any initialised weights.
+        self.train_model, _ = self.method.before_training(self.model, self.train_model, self.data, config,
+                                                          self.device, self.context, self._say)
         self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
                                      head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
@@ -150,6 +159,10 @@ class Trainer:
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
         self.writer = None
         self.confusions = {}
+
+    def _say(self, message: str) -> None:
+        if self.context.is_main:
+            print(message, flush=True)
 
     # ------------------------------------------------------------------ run directory / state
 
@@ -173,6 +186,7 @@ class Trainer:
             ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             environment = environment_info(self.device, self.context)
             environment["precision"] = self.precision.to_dict()
+            environment["parameters"] = self.parameters
             ckpt.atomic_write_json(run_dir / "environment.json", environment)
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
@@ -458,7 +472,8 @@ class Trainer:
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
 
     def finish(self) -> dict:
-        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict()}
+        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict(),
+                   "parameters": self.parameters}
         if self.state.best is not None:
             # Report the epoch chosen on the validation split; the checkpoint keeps the last weights.
             unwrap(self.model).load_state_dict(self.best_weights)
