@@ -185,3 +185,20 @@ def test_lora_run_exports_merged_and_onnx_matches(tiny_idx_root, tmp_path):
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: images.numpy()})[0]
     assert abs(got - expected).max() < 1e-4
+
+
+def test_clip_normalisation_is_open_clips(tmp_path):
+    """data.normalization=clip uses OpenAI CLIP's mean / std (read from open_clip itself)."""
+    open_clip = pytest.importorskip("open_clip")
+    from conftest import write_image_folder
+    from longtail.engine.config import build_config
+    from longtail.engine.runtime.distributed import DistributedContext
+    from longtail.engine.training.data_setup import build_data
+
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "pics", [6, 3], size=(16, 16), split=split)
+    config, _ = build_config(overrides=["data.name=imagefolder", f"data.root={tmp_path / 'pics'}",
+                                        "data.normalization=clip", "train.progress=false"])
+    data = build_data(config, torch.device("cpu"), DistributedContext())
+    assert data.preprocessing.mean == pytest.approx(tuple(open_clip.OPENAI_DATASET_MEAN), abs=1e-7)
+    assert data.preprocessing.std == pytest.approx(tuple(open_clip.OPENAI_DATASET_STD), abs=1e-7)

@@ -95,7 +95,7 @@ class DataConfig:
     workers: int = _help("DataLoader workers (image files read per image)", 2)
     normalization: str = _help(
         "dataset (in-memory: the dataset's own mean / std; image files: the pipeline's choice) | imagenet "
-        "(ImageNet's mean / std, for ImageNet-pretrained weights)", "dataset")
+        "(ImageNet's mean / std, for ImageNet-pretrained weights) | clip (OpenAI CLIP's mean / std, for CLIP towers)", "dataset")
     crop_scale_min: Optional[float] = _help(
         "RandomResizedCrop area scale lower bound (scale in [min, 1], ratio 3/4-4/3). ImageNet-style image files: "
         "default 0.08; in-memory datasets: None = the padded crop, a value = a random resized crop back to the "

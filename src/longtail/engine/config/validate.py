@@ -18,7 +18,7 @@ from longtail.engine.methods import check_options, plan_for
 _CHOICES = {
     "data.profile": ("exp", "step"),
     "data.mixing": ("none", "mixup", "cutmix"),
-    "data.normalization": ("dataset", "imagenet"),
+    "data.normalization": ("dataset", "imagenet", "clip"),
     "model.head": ("linear", "cosine"),
     "model.decoupled": ("none", "crt", "lws"),
     "model.finetune": ("full", "classifier", "norm_bias", "last_stage", "lora", "adaptformer"),
