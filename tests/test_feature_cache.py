@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from longtail.data.samplers import build_sampler
+from longtail.data.sampling.samplers import build_sampler
 from longtail.losses import build_loss
 from longtail.models import apply_finetune, create_model, extract_features
 

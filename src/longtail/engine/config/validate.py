@@ -57,6 +57,7 @@ _RANGES = {
     "model.lora_rank": (1, True, None, False),
     "model.lora_alpha": (0, False, None, False),
     "model.adapter_dim": (1, True, None, False),
+    "model.adapter_scale": (None, False, None, False),  # any finite factor (AdaptFormer's fixed s is 0.1)
     "optim.lr": (0, False, None, False),
     "optim.momentum": (0, True, 1, False),
     "optim.weight_decay": (0, True, None, False),
