@@ -165,6 +165,13 @@ def test_tta_in_eval(tiny_idx_root, tmp_path, capsys):
             correct += int((logits.argmax(1) == labels).sum())
             total += labels.numel()
     assert flipped["accuracy"] == pytest.approx(correct / total, abs=1e-12)
+    from longtail.engine.evaluation.inference import load_run
+
+    loaded = load_run(run)  # what `longtail predict --tta flip` uses
+    batch = torch.rand(5, loaded.preprocess.channels, *loaded.preprocess.size)
+    with torch.no_grad():
+        expected = (loaded.model(batch) + loaded.model(batch.flip(-1))) / 2
+    torch.testing.assert_close(loaded.with_tta("flip").classify(batch), expected)
     assert main(["eval", str(run), "--tta", "five_crop"]) == 0
     assert main(["eval", str(run), "--tta", "sideways"]) == 2
     assert "--tta 'sideways' is not valid" in capsys.readouterr().err
