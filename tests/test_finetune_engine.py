@@ -209,3 +209,32 @@ def test_clip_normalisation_is_open_clips(tmp_path):
     data = build_data(config, torch.device("cpu"), DistributedContext())
     assert data.preprocessing.mean == pytest.approx(tuple(open_clip.OPENAI_DATASET_MEAN), abs=1e-7)
     assert data.preprocessing.std == pytest.approx(tuple(open_clip.OPENAI_DATASET_STD), abs=1e-7)
+
+
+def test_a_cached_run_resumes_to_the_uninterrupted_result(tiny_idx_root, tmp_path):
+    """A resumed run rebuilds the feature cache (it is not in the checkpoint) and continues exactly."""
+    from longtail.engine.config import build_config
+    from longtail.engine.training.trainer import Trainer, _StopFlag
+
+    overrides = ["model.finetune=classifier", "model.classifier_init=class_mean", "model.head=cosine", *RANDOM,
+                 "loss.name=bs", "train.precision=fp32"]
+    reference = _run(tiny_idx_root, tmp_path, "whole", *overrides, epochs=4)
+    config, _ = build_config(overrides=[*tiny_run_overrides(tiny_idx_root, tmp_path, epochs=4), *overrides,
+                                        "train.run_name=halves"])
+    trainer = Trainer(config, "halves")
+    try:
+        with _StopFlag() as stop:
+            for _ in range(2):  # what fit() does for the first two epochs, then the process "dies"
+                record = trainer.train_epoch(stop)
+                trainer.state.history.append(record)
+                trainer.state.epoch += 1
+                trainer.state.batch = 0
+                trainer.save()
+    finally:
+        trainer.close()
+    assert main(["train", "--resume", str(tmp_path / "halves")]) == 0
+    whole = json.loads((reference / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "halves" / "metrics.json").read_text())
+    assert resumed["test"]["accuracy"] == whole["test"]["accuracy"]
+    for key, value in _weights(reference).items():
+        torch.testing.assert_close(_weights(tmp_path / "halves")[key], value, rtol=0, atol=1e-6, msg=key)
