@@ -28,6 +28,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides, e.g. optim.lr=0.05 loss.name=ccar_bs regularizer.name=car")
 
 
+def _add_encoded_prior_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoded-prior", default=None, metavar="train|uniform|FILE",
+                        help="the class prior the model's logits encode, for prior adaptation (default: from the "
+                             "run's loss and sampler, e.g. training frequencies for ce, uniform for bs / la; "
+                             "needed for losses where it is not known)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from longtail.engine.config import describe_keys
 
@@ -56,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "and class names), e.g. a new image folder DIR/test/<class>/*")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     evaluate.add_argument("--tta", default="none", help=TTA_HELP)
+    evaluate.add_argument("--test-priors", action="store_true",
+                          help="score the run under shifted test priors (SADE's forward-rho / uniform / backward-rho "
+                               "subsets of the split), without adaptation, with the oracle prior and with the "
+                               "EM-estimated prior; writes RUN_DIR/test_priors.json and plots/test_priors.png "
+                               "(docs/priors.md)")
+    evaluate.add_argument("--rhos", default=None, metavar="R1,R2,...",
+                          help="test imbalance ratios of --test-priors, each > 1 (default: 50,25,10,5,2)")
+    evaluate.add_argument("--draws", type=int, default=None,
+                          help="seeded draws per test prior of --test-priors (default 5; draw d uses seed + d)")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the first draw of --test-priors (default 0)")
+    _add_encoded_prior_argument(evaluate)
 
     predict = commands.add_parser(
         "predict", help="predict the classes of image files with a trained run (no training data needed)",
@@ -72,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--skip-unreadable", action="store_true",
                          help="skip images that cannot be decoded or preprocessed (listed on stderr) instead of failing "
                               "(exit 2, nothing written)")
+    predict.add_argument("--adapt-prior", default=None, metavar="em|uniform|FILE",
+                         help="shift the logits to a deployment class prior (docs/priors.md): em (estimated from the "
+                              "images being predicted, Saerens et al. 2002), uniform, or a class-frequency FILE "
+                              "(JSON {class name: frequency}, or one number per line in class order)")
+    _add_encoded_prior_argument(predict)
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--tta", default="none", help=TTA_HELP)
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -275,6 +298,15 @@ def cmd_eval(args) -> int:
     from longtail.engine.training.scoring import NonFiniteOutputError, name_classes
     from longtail.report.tables import per_class_table, results_table
 
+    if args.test_priors:
+        if _tta(args) != "none":
+            raise UsageError("--tta is not combined with --test-priors (which scores the model's own logits); "
+                             "run them separately")
+        return _eval_test_priors(args)
+    given = [f"--{name.replace('_', '-')}" for name in ("rhos", "draws", "seed", "encoded_prior")
+             if getattr(args, name) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply with --test-priors")
     if args.data_root is not None:
         from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root, load_run
 
@@ -297,6 +329,54 @@ def cmd_eval(args) -> int:
         return 1
     print(results_table(results))
     print(per_class_table(results))
+    return 0
+
+
+def _eval_test_priors(args) -> int:
+    """`longtail eval RUN --test-priors`: table, RUN/test_priors.json, RUN/plots/test_priors.png."""
+    from longtail.engine.rundir.checkpoint import (CheckpointError, OutputWriteError, atomic_write_bytes,
+                                                   atomic_write_json)
+    from longtail.engine.evaluation.priors import DEFAULT_DRAWS, PriorError, evaluate_shifted_priors
+    from longtail.engine.training.scoring import NonFiniteOutputError
+    from longtail.metrics.priors import TEST_PRIOR_RHOS, shifted_prior_names
+    from longtail.report.plots import shifted_prior_plot
+    from longtail.report.tables import shifted_prior_table
+
+    if args.data_root is not None:
+        raise UsageError("--test-priors scores the run's own split; it does not take --data-root")
+    try:
+        rhos = list(TEST_PRIOR_RHOS) if args.rhos is None else [float(r) for r in args.rhos.split(",")]
+        shifted_prior_names(rhos)
+    except ValueError as error:
+        raise UsageError(f"--rhos must be comma-separated numbers > 1 like 50,10,2 ({error})") from None
+    draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    seed = 0 if args.seed is None else args.seed
+    if draws < 1:
+        raise UsageError(f"--draws must be at least 1, got {draws}")
+    target = Path(args.target)
+    if not target.exists():
+        raise UsageError(f"{target} does not exist (give a run directory or its checkpoint file)")
+    run_dir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
+                                              else target.parent)
+    try:
+        report = evaluate_shifted_priors(target, args.split, args.device, rhos, draws, seed, args.encoded_prior)
+    except (CheckpointError, PriorError, ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    except NonFiniteOutputError as error:
+        print(f"longtail eval: error: {error}", file=sys.stderr)
+        return 1
+    output = run_dir / "test_priors.json"
+    plot = run_dir / "plots" / "test_priors.png"
+    try:
+        atomic_write_json(output, report)
+        atomic_write_bytes(plot, shifted_prior_plot(report))
+    except OutputWriteError as error:
+        print(f"longtail eval: error: {error}", file=sys.stderr)
+        return 1
+    print(f"encoded prior of the logits: {report['encoded_prior_source']}")
+    print(f"{report['note']}; {report['draws']} draw(s) per prior, n_max = {report['n_max']}")
+    print(shifted_prior_table(report))
+    print(f"written: {output}, {plot}")
     return 0
 
 
@@ -332,6 +412,7 @@ def _write_predictions(predictions: list, output: Optional[str], header: dict) -
 
 def cmd_predict(args) -> int:
     from longtail.engine.evaluation.inference import InferenceError, find_images, load_run, predict_files
+    from longtail.engine.evaluation.priors import PriorError, prior_adaptation
 
     if args.output is not None and not args.output.endswith((".csv", ".json")):
         raise UsageError(f"--output must end in .csv or .json, got {args.output!r}")
@@ -344,8 +425,13 @@ def cmd_predict(args) -> int:
                                  f"{', '.join(args.paths)}")
         tta = _tta(args)
         loaded = load_run(args.run, args.device, posthoc=args.posthoc).with_tta(tta)
-        predictions, unreadable = predict_files(loaded, files, args.top_k, args.batch_size)
-    except InferenceError as error:
+        adaptation = None
+        if args.adapt_prior is not None:
+            adaptation = prior_adaptation(loaded, args.adapt_prior, args.encoded_prior)
+        elif args.encoded_prior is not None:
+            raise InferenceError("--encoded-prior only matters with --adapt-prior")
+        predictions, unreadable = predict_files(loaded, files, args.top_k, args.batch_size, adjust=adaptation)
+    except (InferenceError, PriorError) as error:
         raise UsageError(str(error)) from None
     if unreadable:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50])
@@ -358,14 +444,36 @@ def cmd_predict(args) -> int:
               "posthoc": None if loaded.posthoc is None else {"method": loaded.posthoc.method,
                                                               "tau": loaded.posthoc.tau,
                                                               "source": loaded.posthoc.source},
+              "adapt_prior": None if adaptation is None else adaptation.summary(),
               "skipped_unreadable": [path for path, _ in unreadable]}
     _write_predictions(predictions, args.output, header)
     adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
     adjusted += "" if tta == "none" else f", test-time augmentation {tta}"
+    if adaptation is not None:
+        _print_adaptation(adaptation, len(predictions), sys.stderr if args.output is None else sys.stdout)
     where = f" -> {args.output}" if args.output else ""
     print(f"{len(predictions)} image(s) predicted with {loaded.run_dir} ({loaded.weights}{adjusted}){where}",
           file=sys.stderr if args.output is None else sys.stdout)
     return 0
+
+
+def _print_adaptation(adaptation, images: int, stream) -> None:
+    def listing(prior):
+        return ", ".join(f"{name} {value:.4f}" for name, value in list(prior.items())[:20]) + (
+            " ..." if len(prior) > 20 else "")
+
+    summary = adaptation.summary()
+    print(f"prior adaptation ({summary['mode']}): logits + log pi_target - log pi_encoded", file=stream)
+    print(f"  encoded prior: {summary['encoded_prior_source']}: {listing(summary['encoded_prior'])}", file=stream)
+    if summary["target_prior"] is None:  # no usable image: EM had nothing to estimate from
+        print("  target prior: none (no image was predicted)", file=stream)
+        return
+    how = ""
+    if "em" in summary:
+        em = summary["em"]
+        how = (f" (EM over the {images} predicted images, {em['iterations']} steps"
+               f"{'' if em['converged'] else ', NOT converged'})")
+    print(f"  target prior{how}: {listing(summary['target_prior'])}", file=stream)
 
 
 def cmd_export(args) -> int:

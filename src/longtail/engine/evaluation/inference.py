@@ -261,13 +261,13 @@ def read_image(path: Path):
         return image.copy()
 
 
-def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batch_size: int = 64):
-    """(predictions, unusable): one dict per usable file (``path`` added), and a list of
-    ``(path, reason)`` for the files that could not be decoded or preprocessed (e.g. a size the
-    model does not take: a native-size run refuses to resize behind the user's back)."""
-    predictions, unreadable = [], []
+def file_logits(loaded: LoadedRun, files: Sequence[Path], batch_size: int = 64):
+    """(paths, logits, unusable): the usable files, their logits (N, K) float32 on the CPU, and a
+    list of ``(path, reason)`` for the files that could not be decoded or preprocessed (e.g. a size
+    the model does not take: a native-size run refuses to resize behind the user's back)."""
+    paths, outputs, unreadable = [], [], []
     for start in range(0, len(files), batch_size):
-        inputs, names = [], []
+        inputs = []
         for path in files[start:start + batch_size]:
             try:
                 image = read_image(path)
@@ -276,14 +276,25 @@ def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batc
                 continue
             try:  # one at a time, so a wrong size is reported with its file
                 inputs.append(loaded.preprocess(image))
-                names.append(path)
+                paths.append(path)
             except ValueError as error:
                 unreadable.append((str(path), str(error)))
         if inputs:
-            probabilities = loaded.classify(torch.stack(inputs)).softmax(dim=1)
-            for path, result in zip(names, loaded.rank(probabilities, top_k)):
-                predictions.append({"path": str(path), **result})
-    return predictions, unreadable
+            outputs.append(loaded.classify(torch.stack(inputs)))
+    logits = torch.cat(outputs) if outputs else torch.zeros(0, len(loaded.classes))
+    return paths, logits, unreadable
+
+
+def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batch_size: int = 64, adjust=None):
+    """(predictions, unusable): one dict per usable file (``path`` added), and the ``(path, reason)``
+    of the files :func:`file_logits` could not use. ``adjust``: a function of the logits of all
+    usable files together (N, K) -> (N, K), applied before the softmax (prior adaptation: EM needs
+    every image's output at once)."""
+    paths, logits, unreadable = file_logits(loaded, files, batch_size)
+    if adjust is not None and len(paths):
+        logits = adjust(logits)
+    ranked = loaded.rank(logits.softmax(dim=1), top_k) if len(paths) else []
+    return [{"path": str(path), **result} for path, result in zip(paths, ranked)], unreadable
 
 
 # --------------------------------------------------------------------------- export
