@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score another folder laid out like the run's training data (same dataset type "
                                "and class names), e.g. a new image folder DIR/test/<class>/*")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--tta", default="none", help=TTA_HELP)
     evaluate.add_argument("--test-priors", action="store_true",
                           help="score the run under shifted test priors (SADE's forward-rho / uniform / backward-rho "
                                "subsets of the split), without adaptation, with the oracle prior and with the "
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "(JSON {class name: frequency}, or one number per line in class order)")
     _add_encoded_prior_argument(predict)
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--tta", default="none", help=TTA_HELP)
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
     export = commands.add_parser(
@@ -284,6 +286,8 @@ def cmd_train(args) -> int:
 # is the method to start with (docs/own-data.md), chosen from RESULTS.md: the best worst-class
 # accuracy (53.7 % against 0.1 % for CE, mean of 3 seeds) with overall accuracy within 1.1 points
 # of the best (LDAM-DRW).
+TTA_HELP = ("test-time augmentation, off by default: flip (image + mirror) | five_crop (corners + centre of the "
+            "image enlarged by 24/224, LIFT's) | ten_crop (five_crop of image and mirror); logits averaged")
 QUICK_START_METHODS = "ce,ccar_bs"
 QUICK_START_OVERRIDES = ["optim.epochs=6", "model.options={width: 16}"]
 
@@ -308,6 +312,14 @@ def quick_start() -> int:
     return cmd_compare(args)
 
 
+def _tta(args) -> str:
+    from longtail.models.tta import TTA_MODES
+
+    if args.tta not in TTA_MODES:
+        raise UsageError(f"--tta {args.tta!r} is not valid; choose one of: {', '.join(TTA_MODES)}")
+    return args.tta
+
+
 def cmd_eval(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError
     from longtail.engine.evaluation.evaluate import evaluate_run
@@ -315,6 +327,9 @@ def cmd_eval(args) -> int:
     from longtail.report.tables import per_class_table, results_table
 
     if args.test_priors:
+        if _tta(args) != "none":
+            raise UsageError("--tta is not combined with --test-priors (which scores the model's own logits); "
+                             "run them separately")
         return _eval_test_priors(args)
     given = [f"--{name.replace('_', '-')}" for name in ("rhos", "draws", "seed", "encoded_prior")
              if getattr(args, name) is not None]
@@ -324,7 +339,7 @@ def cmd_eval(args) -> int:
         from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root, load_run
 
         try:
-            loaded = load_run(args.target, args.device)
+            loaded = load_run(args.target, args.device).with_tta(_tta(args))
             results, notes = evaluate_data_root(loaded, args.data_root, args.split)
         except InferenceError as error:
             raise UsageError(str(error)) from None
@@ -334,7 +349,7 @@ def cmd_eval(args) -> int:
         print(per_class_table(results))
         return 0
     try:
-        results = evaluate_run(Path(args.target), args.split, args.device)
+        results = evaluate_run(Path(args.target), args.split, args.device, _tta(args))
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     except NonFiniteOutputError as error:
@@ -455,7 +470,8 @@ def cmd_predict(args) -> int:
         if not files:
             raise InferenceError(f"no image files ({', '.join(sorted({'.jpg', '.png', '.jpeg'}))}, ...) under "
                                  f"{', '.join(args.paths)}")
-        loaded = load_run(args.run, args.device, posthoc=args.posthoc)
+        tta = _tta(args)
+        loaded = load_run(args.run, args.device, posthoc=args.posthoc).with_tta(tta)
         adaptation = None
         if args.adapt_prior is not None:
             adaptation = prior_adaptation(loaded, args.adapt_prior, args.encoded_prior)
@@ -483,6 +499,7 @@ def cmd_predict(args) -> int:
         print(f"longtail predict: error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
         return 1
     adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
+    adjusted += "" if tta == "none" else f", test-time augmentation {tta}"
     if adaptation is not None:
         _print_adaptation(adaptation, len(predictions), sys.stderr if args.output is None else sys.stdout)
     where = f" -> {args.output}" if args.output else ""

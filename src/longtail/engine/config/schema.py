@@ -119,11 +119,15 @@ class DataConfig:
     workers: int = _help("DataLoader workers (image files read per image)", 2)
     normalization: str = _help(
         "dataset (in-memory: the dataset's own mean / std; image files: the pipeline's choice) | imagenet "
-        "(ImageNet's mean / std, for ImageNet-pretrained weights)", "dataset")
+        "(ImageNet's mean / std, for ImageNet-pretrained weights) | clip (OpenAI CLIP's mean / std, for CLIP towers)", "dataset")
     crop_scale_min: Optional[float] = _help(
         "RandomResizedCrop area scale lower bound (scale in [min, 1], ratio 3/4-4/3). ImageNet-style image files: "
         "default 0.08; in-memory datasets: None = the padded crop, a value = a random resized crop back to the "
         "image size after data.image_size's resize (needs data.crop_padding=0)", None)
+    feature_cache: Optional[bool] = _help(
+        "train a frozen backbone's classifier on cached features (each training image through the backbone once, "
+        "evaluation transform, no augmentation): None = automatic (when nothing but the classifier trains, the "
+        "method trains on plain batches, no batch mixing, one process) | true (refuse otherwise) | false", None)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
     mixing_prob: float = _help("probability that a batch is mixed", 1.0)
@@ -142,6 +146,24 @@ class ModelConfig:
     decoupled: str = _help(
         "none | crt (freeze the backbone, re-initialise and retrain the classifier) | lws (freeze backbone "
         "and classifier, learn a per-class scale); both need model.init_from (Kang et al. 2020)", "none")
+    finetune: str = _help(
+        "which parameters train: full | classifier (head only; linear probe) | norm_bias (head + norm affine + "
+        "biases) | last_stage (head + the backbone's last stage) | lora (head + low-rank adapters) | adaptformer "
+        "(head + AdaptFormer adapters on ViT blocks); frozen parts stay in eval mode (docs/own-data.md)", "full")
+    lora_rank: int = _help("rank r of the LoRA adapters (model.finetune=lora)", 8)
+    lora_alpha: Optional[float] = _help("LoRA scaling numerator alpha (output scaled by alpha / rank); None = rank", None)
+    lora_targets: str = _help("layer types LoRA adapts: linear+conv | linear | conv", "linear+conv")
+    adapter_dim: Optional[int] = _help(
+        "AdaptFormer bottleneck width (None = LIFT's rule 2^max(0, int(log2(classes / (2 * blocks)))))", None)
+    adapter_scale: Optional[float] = _help("AdaptFormer output scale s (None = learnable, starting at 1, as LIFT)",
+                                           None)
+    classifier_init: str = _help(
+        "none | class_mean (class j's weights = normalised mean backbone feature of its training images; LIFT's "
+        "choice for non-CLIP backbones) | text (CLIP text embedding of 'a photo of a {class}.'; clip:* models)",
+        "none")
+    random_backbone: bool = _help(
+        "allow model.finetune other than full without pretrained weights (model.pretrained / model.init_from): "
+        "freezing randomly initialised layers is refused unless asked for (tests, ablations)", False)
     channels_last: bool = _help("use channels_last memory format", True)
     compile: str = _help("torch.compile the training model: true | false | auto (only when the run is long "
                          "enough to repay the compile time; engine/runtime/compilation.py)", "auto")

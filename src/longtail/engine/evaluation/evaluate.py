@@ -42,14 +42,20 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     return model, data, config, torch_device
 
 
-def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
-    """Re-evaluate the model of a run directory or checkpoint file (see :func:`load_trained`)."""
-    return evaluate_run(target, split, device)[split]
+def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto", tta: str = "none") -> dict:
+    """Re-evaluate the model of a run directory or checkpoint file (see :func:`load_trained`);
+    ``tta``: test-time augmentation (:class:`longtail.models.tta.TTAModel`: none, flip, five_crop, ten_crop)."""
+    return evaluate_run(target, split, device, tta)[split]
 
 
-def evaluate_run(target: Path, split: str = "test", device: str = "auto") -> dict:
+def evaluate_run(target: Path, split: str = "test", device: str = "auto", tta: str = "none") -> dict:
     """:func:`evaluate_checkpoint` as ``{split: metrics}`` with the class names (:func:`name_classes`)."""
+    from longtail.models.tta import TTA_MODES, TTAModel
+
+    if tta not in TTA_MODES:  # before the data is read
+        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_MODES)}")
     model, data, config, torch_device = load_trained(target, device, with_train_split=split == "train")
+    model = TTAModel(model, tta)
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
     weights, described = spectral_norm_weighting(config, data.class_counts)
@@ -57,4 +63,5 @@ def evaluate_run(target: Path, split: str = "test", device: str = "auto") -> dic
                               config.train.precision, class_weights=weights).compute(spectral_norm=split == "test")
     if split == "test":
         metrics["confusion_spectral_norm_weighting"] = described
+    metrics["tta"] = tta
     return name_classes({split: metrics}, data.classes, data.class_counts)

@@ -133,6 +133,18 @@ class LoadedRun:
             results.append({"prediction": ranked[0][0], "probability": ranked[0][1], "top_k": ranked})
         return results
 
+    def with_tta(self, mode: str) -> "LoadedRun":
+        """This run predicting the mean logits over test-time augmented views (:class:`~longtail.models.tta.TTAModel`)."""
+        from longtail.models.tta import TTAModel
+
+        if mode == "none":
+            return self
+        if self.posthoc is not None and self.posthoc.method != "logit_adjust":
+            raise InferenceError(f"test-time augmentation averages the model's logits; the post-hoc "
+                                 f"{self.posthoc.method} classifier replaces them. Use one or the other")
+        self.model = TTAModel(self.model, mode).eval()
+        return self
+
     def with_posthoc(self, posthoc: Optional[PostHoc]) -> "LoadedRun":
         """This run with a post-hoc classifier applied to every later prediction (None removes it)."""
         from longtail.models.heads import LinearHead, NCMHead, tau_normalized_head
@@ -315,7 +327,13 @@ def export_run(loaded: LoadedRun, fmt: str, output: Path) -> Path:
         raise InferenceError(f"unknown export format {fmt!r}; choose torchscript or onnx")
     size = (loaded.preprocess.channels, *loaded.preprocess.size)
     example = torch.zeros(1, *size, device=loaded.device)
-    model = loaded.model.eval()
+    # LoRA adapters folded into their base layers (same function, the base architecture's plain layers);
+    # on a copy, so the loaded run keeps its adapters. AdaptFormer adapters are ordinary layers and stay.
+    import copy
+
+    from longtail.models.finetune import merge_adapters
+
+    model = merge_adapters(copy.deepcopy(loaded.model)).eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")

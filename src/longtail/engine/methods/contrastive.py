@@ -219,6 +219,7 @@ class Contrastive(Method):
 
     name = "contrastive"
     kind = "loss"
+    uses_image_batches = True  # its own view pairs and projection heads
 
     def claims(self, config: "RunConfig") -> bool:
         return config.loss.name in CONTRASTIVE_METHODS

@@ -32,7 +32,8 @@ from longtail.data.transforms.mixing import build_mixer
 from longtail.data.transforms.preprocess import Preprocessing
 from longtail.data.sampling.samplers import build_sampler
 from longtail.data.seeds import derive_seed
-from longtail.data.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
+from longtail.data.transforms.augment import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, BatchAugment,
+                                             build_file_transforms)
 from longtail.engine.config import ConfigError, RunConfig
 from longtail.engine.methods import plan_for
 
@@ -381,9 +382,13 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                           "(data.resize=imagenet, or large images) crops from the full image. Set "
                           "data.resize=resize to resize once and train in memory, or data.in_memory=false")
     geometry = {"native": "none", "resize": "resize", "imagenet": "resize_center_crop"}[policy]
-    if spec.normalization == "imagenet" and grey:
-        raise ConfigError("data.normalization=imagenet needs colour images; these are grey")
-    if policy == "imagenet" or spec.normalization == "imagenet":
+    if spec.normalization != "dataset" and grey:
+        raise ConfigError(f"data.normalization={spec.normalization} needs colour images; these are grey")
+    if spec.normalization == "clip":
+        mean, std = CLIP_MEAN, CLIP_STD
+        preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
+                                      channels=spec.channels)
+    elif policy == "imagenet" or spec.normalization == "imagenet":
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not grey else _GREY_IMAGENET
         preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
                                       channels=spec.channels)
@@ -491,11 +496,11 @@ def _in_memory(config, sets: _Sets, sampler, batch, device, context, preprocessi
             raise ConfigError(f"data.channels=1: '{spec.name}' has {channels}-channel images; data.channels only "
                               f"repeats single-channel images (to 3 for RGB backbones)")
         mean, std = train_set.mean, train_set.std
-        if spec.normalization == "imagenet":
+        if spec.normalization != "dataset":
             if channels != 3:
-                raise ConfigError(f"data.normalization=imagenet needs RGB images; '{spec.name}' has {channels} "
-                                  f"channel(s)")
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
+                raise ConfigError(f"data.normalization={spec.normalization} needs RGB images; '{spec.name}' has "
+                                  f"{channels} channel(s)")
+            mean, std = (CLIP_MEAN, CLIP_STD) if spec.normalization == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
         preprocessing = Preprocessing(
             size=(spec.image_size, spec.image_size) if spec.image_size else tuple(train_set.images.shape[-2:]),
             mean=mean, std=std, resize="resize" if spec.image_size else "none",
@@ -552,8 +557,9 @@ def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocess
     eval_loaders = {"test": evaluation(sets.test)}
     if sets.val is not None:
         eval_loaders["val"] = evaluation(sets.val)
-    if config.train.eval_train:
-        eval_loaders["train"] = evaluation(sets.train)
+    # Always built (it reads nothing until iterated): the final evaluation uses it only with
+    # train.eval_train, the feature cache and class-mean initialisation read the training set through it.
+    eval_loaders["train"] = evaluation(sets.train)
     return train_loader, eval_loaders, preprocessing
 
 

@@ -39,6 +39,7 @@ from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_load
 from longtail.engine.runtime.compilation import compile_cost_seconds, compile_pays, use_shared_cache
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
 from longtail.models.fold import fold_batchnorm
+from longtail.models.finetune import parameter_counts
 
 
 
@@ -163,6 +164,14 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.model.compile == "true":
             self._compile()
+        trainable, total = parameter_counts(self.model)
+        self.parameters = {"finetune": config.model.finetune, "trainable": trainable, "total": total}
+        self._say(f"parameters: {trainable:,} of {total:,} trainable ({100.0 * trainable / max(total, 1):.2f}%), "
+                  f"model.finetune={config.model.finetune}")
+        # Classifier initialisation, cached features of a frozen backbone (engine/methods/finetuning.py).
+        # A resumed run rebuilds the cache; its checkpoint then replaces any initialised weights.
+        self.train_model, _ = self.method.before_training(self.model, self.train_model, self.data, config,
+                                                          self.device, self.context, self._say)
         self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
                                      head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
@@ -176,6 +185,10 @@ class Trainer:
             self._compile()  # as the interrupted run did from its second epoch on
         self.writer = None
         self.confusions = {}
+
+    def _say(self, message: str) -> None:
+        if self.context.is_main:
+            print(message, flush=True)
 
     # ------------------------------------------------------------------ run directory / state
 
@@ -200,6 +213,7 @@ class Trainer:
             ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             environment = environment_info(self.device, self.context)
             environment["precision"] = self.precision.to_dict()
+            environment["parameters"] = self.parameters
             ckpt.atomic_write_json(run_dir / "environment.json", environment)
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
@@ -566,7 +580,8 @@ class Trainer:
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
 
     def finish(self) -> dict:
-        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict()}
+        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict(),
+                   "parameters": self.parameters}
         if self.state.best is not None:
             # Report the epoch chosen on the validation split; the checkpoint keeps the last weights.
             unwrap(self.model).load_state_dict(self.best_weights)
