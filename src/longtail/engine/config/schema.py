@@ -126,8 +126,9 @@ class DataConfig:
         "image size after data.image_size's resize (needs data.crop_padding=0)", None)
     feature_cache: Optional[bool] = _help(
         "train a frozen backbone's classifier on cached features (each training image through the backbone once, "
-        "evaluation transform, no augmentation): None = automatic (when nothing but the classifier trains, the "
-        "method trains on plain batches, no batch mixing, one process) | true (refuse otherwise) | false", None)
+        "evaluation transform, no augmentation): None = automatic (with a light model.finetune mode, when nothing but "
+        "the classifier trains, the method trains on plain batches, no batch mixing, one process; never for cRT / "
+        "LWS, which keep augmented batches) | true (refuse otherwise) | false", None)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
     mixing_prob: float = _help("probability that a batch is mixed", 1.0)

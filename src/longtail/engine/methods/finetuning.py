@@ -160,7 +160,10 @@ class FineTuning(Method):
             init_head_from_text(model, [str(name) for name in data.classes])
             say("classifier initialised from CLIP text embeddings of 'a photo of a {class}.'")
         cache = config.data.feature_cache
-        if cache is False:
+        if cache is False or (cache is None and spec.finetune == "full"):
+            # Automatic caching is for the light fine-tuning modes only: a frozen backbone from
+            # model.decoupled (cRT / LWS) keeps its published protocol, augmented image batches,
+            # unless data.feature_cache=true asks for the cache.
             return train_model, data.train_loader
         reason = self._cache_refusal(config)
         if reason is None and context.world_size > 1:
