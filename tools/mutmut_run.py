@@ -42,7 +42,7 @@ TESTS = {
     "losses": ["test_losses.py", "test_losses_pinned.py", "test_ccar.py", "test_contrastive.py",
                "test_engine_options.py"],
     "regularizers": ["test_car.py", "test_bounds.py", "test_regularizer_edges.py"],
-    "metrics": ["test_metrics.py", "test_metrics_edges.py", "test_bounds.py"],
+    "metrics": ["test_metrics.py", "test_metrics_edges.py", "test_bounds.py", "test_metrics_outputs.py"],
     "data": ["test_samplers.py", "test_mixing.py", "test_loader.py", "test_transforms.py", "test_data_cifar.py",
              "test_data_idx.py", "test_data_listfile.py", "test_data_longtail.py", "test_data_builtin.py",
              "test_concutmix_data.py", "test_preprocess.py", "test_image_files.py", "test_device_decode.py",
@@ -143,6 +143,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="parallel mutants (default 1: shared machine)")
     parser.add_argument("--sample", type=int, help="run a fixed-seed sample of this many mutants per package")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
+    parser.add_argument("--names", type=Path, help="run only the mutants named in this file (one a line), e.g. "
+                                                   "an earlier run's survivors after tests were added")
     parser.add_argument("--summary-only", action="store_true", help="summarise an earlier run in --workdir")
     parser.add_argument("--output", type=Path, help="write the per-package summaries as JSON")
     args = parser.parse_args(argv)
@@ -155,7 +157,9 @@ def main(argv=None) -> int:
             target = prepare(package, args.workdir)
             start = time.monotonic()
             chosen = []
-            if args.sample:
+            if args.names:
+                chosen = [n.strip() for n in args.names.read_text().splitlines() if n.strip().startswith("longtail.")]
+            elif args.sample:
                 generate_only(target)
                 names = mutant_names(target)
                 chosen = sorted(random.Random(args.seed).sample(names, min(args.sample, len(names))))
