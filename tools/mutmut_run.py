@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # (test_resume.py, test_torchrun*.py, test_gpu_suite.py) are left out; a mutant only they would catch
 # counts as a survivor, so the scores are lower bounds. test_engine_options.py (which also reaches the
 # losses through training runs) is mapped to the engine only: with it every loss mutant would train.
-# mutmut runs each mutant in a fork of the test process; tests that start subprocesses (the CLI,
-# the two-process gloo tests) do not see the mutant, so what only they catch also counts as a survivor.
+# mutmut runs against a mutant only the tests it saw reach the mutated function in its own process:
+# a function reached only in subprocesses (the two-process gloo tests, CLI subprocesses) is not
+# tested by those, so what only they would catch also counts as a survivor.
 TESTS = {
     "losses": ["test_losses.py", "test_losses_pinned.py", "test_ccar.py", "test_contrastive.py"],
     "regularizers": ["test_car.py", "test_bounds.py", "test_regularizer_edges.py"],
