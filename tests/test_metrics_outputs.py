@@ -104,3 +104,21 @@ def test_explicit_class_weights_are_used_for_the_spectral_norm():
     expected = np.linalg.svd(hard * weights[None, :], compute_uv=False).max()
     assert metrics.compute()["confusion_spectral_norm"] == pytest.approx(expected, rel=1e-9)
     assert not math.isclose(expected, np.linalg.svd(hard, compute_uv=False).max())
+
+
+def test_long_tail_metrics_defaults_and_refusals():
+    preds = torch.arange(4)
+    metrics = LongTailMetrics(4, [101, 100, 20, 19])  # default thresholds 100 / 20
+    metrics.update(torch.nn.functional.one_hot(preds, 4).float(), preds)
+    out = metrics.compute()
+    assert (out["num_many_classes"], out["num_medium_classes"], out["num_few_classes"]) == (1, 2, 1)
+    LongTailMetrics(1, [5])  # one class and one ECE bin are valid
+    LongTailMetrics(3, [5, 3, 1], ece_bins=1)
+    with pytest.raises(ValueError, match=r"^ece_bins must be >= 1, got 0$"):
+        LongTailMetrics(3, [5, 3, 1], ece_bins=0)
+    with pytest.raises(ValueError, match=r"^class_weights has 2 entries, expected 3$"):
+        LongTailMetrics(3, [5, 3, 1], class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"valid: frequency, count, none or a list of K weights"):
+        LongTailMetrics(3, [5, 3, 1], class_weights="balanced")
+    with pytest.raises(ValueError, match="train_counts"):
+        LongTailMetrics(2, [-1, 3])
