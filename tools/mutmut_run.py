@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # a function reached only in subprocesses (the two-process gloo tests, CLI subprocesses) is not
 # tested by those, so what only they would catch also counts as a survivor.
 TESTS = {
-    "losses": ["test_losses.py", "test_losses_pinned.py", "test_ccar.py", "test_contrastive.py"],
+    "losses": ["test_losses.py", "test_losses_pinned.py", "test_ccar.py", "test_contrastive.py", "test_loss_options.py"],
     "regularizers": ["test_car.py", "test_bounds.py", "test_regularizer_edges.py"],
     "metrics": ["test_metrics.py", "test_metrics_edges.py", "test_bounds.py", "test_metrics_outputs.py"],
     "data": ["test_samplers.py", "test_mixing.py", "test_loader.py", "test_transforms.py", "test_data_cifar.py",
