@@ -69,3 +69,43 @@ def test_refusals_name_what_is_wrong():
     BalancedContrastiveLoss(1)  # one class: only prototypes and same-class views, still defined
     with pytest.raises(ValueError, match="num_classes must be >= 1"):
         BalancedContrastiveLoss(0)
+
+
+def test_documented_defaults_of_the_public_functions_and_classes():
+    from longtail.losses import BalancedContrastiveLoss, LDAMLoss, LogitAdjustedLoss, WeightedCrossEntropy
+    from longtail.losses.ccar import ccar_weight, class_frequencies
+    from longtail.losses.schedules import DeferredReweighting
+    from longtail.losses import CrossEntropy
+    from longtail.models.heads import CosineHead
+
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    torch.testing.assert_close(class_frequencies(COUNTS), counts / counts.sum())  # "raw" by default
+    p, f = torch.tensor([0.2, 0.9], dtype=torch.float64), torch.tensor([0.1, 0.3], dtype=torch.float64)
+    import math
+
+    expected = torch.tensor([(math.e - 0.1) ** (0.75 - 0.2), (math.e - (1 - 0.3)) ** (0.75 - 0.9)], dtype=torch.float64)
+    torch.testing.assert_close(ccar_weight(p, f), expected)  # omega 0.75 by default
+    assert BalancedContrastiveLoss(3).temperature == 0.1
+    assert WeightedCrossEntropy(COUNTS).reduction == "mean"
+    assert LDAMLoss(COUNTS, head=CosineHead(8, 4, scale=16.0)).logit_scale == 16.0  # the head's scale
+    # buffers derived from the class counts are not saved in checkpoints (rebuilt from the config)
+    assert "logit_offset" not in LogitAdjustedLoss(COUNTS).state_dict()
+    assert "deferred_weights" not in DeferredReweighting(CrossEntropy(COUNTS), COUNTS).state_dict()
+
+
+def test_ldam_refuses_logits_outside_its_range_and_other_messages():
+    from longtail.losses import CCAR, LDAMLoss
+    from longtail.losses.base import SoftmaxLoss
+
+    raw = LDAMLoss(COUNTS, scale=30.0, logits_prescaled=False)
+    with pytest.raises(ValueError, match=r"LDAM expects raw cosines in \[-1, 1\] but got \|logit\| = 1.5"):
+        raw(torch.tensor([[1.5, 0.0, 0.0, 0.0]]), torch.tensor([0]))
+    raw(torch.tensor([[0.99, 0.0, 0.0, 0.0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="class_weights must be non-negative"):
+        LDAMLoss(COUNTS, scale=30.0).set_class_weights(torch.tensor([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"^labels must have shape \(2,\), got \(3,\)$"):
+        from longtail.losses import balanced_contrastive_loss
+        balanced_contrastive_loss(torch.zeros(2, 2, 4), torch.tensor([0, 1, 0]), torch.zeros(3, 4))
+    with pytest.raises((TypeError, ValueError), match="CrossEntropyLoss has none"):
+        CCAR(COUNTS, base=torch.nn.CrossEntropyLoss())
+    assert issubclass(LDAMLoss, SoftmaxLoss)
