@@ -67,3 +67,21 @@ def test_car_gradient_scale_flag_is_inert_in_a_single_process():
         grads.append(logits.grad)
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_car_defaults_and_boundary_options():
+    from longtail.regularizers import CAR, confusion_surrogate, top_singular_pair
+
+    generator = torch.Generator().manual_seed(1)
+    logits, labels = torch.randn(10, 4, generator=generator), torch.randint(0, 4, (10,), generator=generator)
+    torch.testing.assert_close(confusion_surrogate(logits, labels), confusion_surrogate(logits, labels, tau=1.0))
+    assert not torch.allclose(confusion_surrogate(logits, labels), confusion_surrogate(logits, labels, tau=2.0))
+    CAR([5, 3, 2, 1], alpha=0.0)  # alpha 0 (CAR off) and a single cold-start iteration are valid
+    CAR([5, 3, 2, 1], cold_start_iters=1)
+    with pytest.raises(ValueError, match="gamma"):
+        CAR([5, 3, 2, 1], gamma=float("inf"))
+    with pytest.raises(ValueError, match="soft_eps"):
+        CAR([5, 3, 2, 1], soft_eps=0.0)
+    sigma, left, right = top_singular_pair(torch.zeros(3, 3))
+    assert float(sigma) == 0.0
+    torch.testing.assert_close(right.double().norm(), torch.tensor(1.0, dtype=torch.float64))
