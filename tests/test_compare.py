@@ -13,7 +13,7 @@ from longtail.cli import main
 
 def test_compare_grid_tables_and_resume(tiny_idx_root, tmp_path, capsys):
     output = tmp_path / "cmp"
-    arguments = ["compare", "--methods", "ce,bs,ccar_bs", "--seeds", "0,1", "--reference", "ce",
+    arguments = ["compare", "--methods", "ce,bs,ccar_bs", "--seeds", "0,1", "--reference", "ce", "--jobs", "1",
                  "--output", str(output), *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1),
                  "train.eval_train=false"]
     assert main(arguments) == 0
@@ -157,7 +157,7 @@ def test_every_argument_is_checked_before_the_first_cell(tiny_idx_root, tmp_path
 
 def test_the_grid_stops_at_the_first_failing_cell(tiny_idx_root, tmp_path, capsys):
     output = tmp_path / "cmp"
-    code = main(["compare", "--methods", "ce,bs:optim.lr=1e12,ccar_bs", "--output", str(output),
+    code = main(["compare", "--methods", "ce,bs:optim.lr=1e12,ccar_bs", "--jobs", "1", "--output", str(output),
                  *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"])
     assert code == 1
     captured = capsys.readouterr()
@@ -170,7 +170,7 @@ def test_the_grid_stops_at_the_first_failing_cell(tiny_idx_root, tmp_path, capsy
 
 def test_one_seed_prints_a_table_without_spread_and_a_plain_verdict(tiny_idx_root, tmp_path, capsys):
     output = tmp_path / "cmp"
-    assert main(["compare", "--methods", "ce,la,bs", "--reference", "ce", "--output", str(output),
+    assert main(["compare", "--methods", "ce,la,bs", "--reference", "ce", "--jobs", "1", "--output", str(output),
                  *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"]) == 0
     out = capsys.readouterr().out
     assert "| method | Overall |" in out and "±" not in out and "wins" not in out and "1/1" not in out
@@ -241,6 +241,20 @@ def test_sigterm_is_passed_on_to_running_cells(tiny_idx_root, tmp_path):
         assert not (output / "cells" / name / "metrics.json").exists()
 
 
+def test_jobs_default_is_one_process_per_core_one_per_device_and_never_more_than_the_cells(monkeypatch):
+    import torch
+
+    from longtail.engine import compare
+
+    monkeypatch.setattr(compare, "usable_cores", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compare.default_jobs([], cells=20) == 8
+    assert compare.default_jobs([], cells=3) == 3
+    assert compare.default_jobs(["cuda:0", "cuda:1"], cells=20) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert compare.default_jobs([], cells=20) == 1  # cells on one GPU would only compete for it
+
+
 def test_bare_train_is_the_quick_start_comparing_the_recommended_method_with_ce(tiny_idx_root, tmp_path, capsys,
                                                                                  monkeypatch):
     """README command 1 ends in `longtail train`: it must end with CE and a long-tail method side by side
@@ -263,3 +277,118 @@ def test_bare_train_is_the_quick_start_comparing_the_recommended_method_with_ce(
                for m in ("ce", "ccar_bs")]
     assert [c["loss"]["name"] for c in configs] == ["ce", "ccar_bs"]
     assert all(c["optim"]["epochs"] == 1 and c["model"]["options"] == {"width": 16} for c in configs)
+
+
+def _lock_is_free(path: Path) -> bool:
+    import fcntl
+    import os
+
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(descriptor)
+
+
+def test_a_killed_compare_ends_its_cells_and_nobody_trains_a_cell_twice(tiny_idx_root, tmp_path, capsys):
+    """While `compare --jobs 2` trains, a second compare on the same output is refused (each cell is
+    locked); after a SIGKILL of the first, its cells notice their compare is gone, save a checkpoint
+    and exit, which frees the locks (each cell process holds its own cell's lock)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--methods", "ce,bs", "--jobs", "2", "--output", str(output),
+                 *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=200)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "longtail", *arguments], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    names = ("ce-seed0", "bs-seed0")
+    histories = [output / "cells" / name / "history.jsonl" for name in names]
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(h.is_file() for h in histories):  # both cells are training
+            time.sleep(0.2)
+        assert all(h.is_file() for h in histories)
+        second = subprocess.run([sys.executable, "-m", "longtail", *arguments], capture_output=True, text=True,
+                                env=env, timeout=120)  # refused before any work: the cells are locked
+        assert second.returncode == 2, second.stderr
+        error = second.stderr
+        assert "is being trained by another process right now" in error and "ce-seed0" in error
+        assert process.poll() is None  # the first compare trains on, untouched
+        locks = [output / "cells" / f"{name}.lock" for name in names]
+        assert not any(_lock_is_free(lock) for lock in locks)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        deadline = time.time() + 60
+        while time.time() < deadline and not all(_lock_is_free(lock) for lock in locks):
+            time.sleep(0.2)
+        assert all(_lock_is_free(lock) for lock in locks), "the cells of the killed compare kept training"
+        for name in names:
+            log = (output / "cells" / f"{name}.log").read_text()
+            assert "has ended: stopping this cell" in log and "received signal 15" in log
+            assert (output / "cells" / name / "checkpoints" / "last.pt").is_file()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_a_second_resume_of_a_run_in_training_is_refused(tiny_idx_root, tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from longtail.engine.rundir import checkpoint as ckpt
+
+    output = tmp_path / "runs"
+    assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=1), "train.run_name=r"]) == 0
+    run = output / "r"
+    state = ckpt.load_checkpoint(run / "checkpoints" / "last.pt")
+    state["config"]["optim"]["epochs"] = 200  # unfinished now: --resume trains on
+    ckpt.save_checkpoint(run / "checkpoints" / "last.pt", state)
+    (run / "metrics.json").unlink()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    first = subprocess.Popen([sys.executable, "-m", "longtail", "train", "--resume", str(run)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 60
+        lock = run / ".lock"
+        while time.time() < deadline and not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            time.sleep(0.1)
+        second = subprocess.run([sys.executable, "-m", "longtail", "train", "--resume", str(run)],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2, second.stderr
+        error = second.stderr
+        assert f"the run {run} is being trained by another process right now" in error
+        assert f"taken by process {first.pid}" in error
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=60)  # stopped (saving a checkpoint if it was already in its training loop)
+        assert _lock_is_free(lock)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+
+def test_a_corrupt_or_python_tagged_cell_config_is_refused_never_run(tiny_idx_root, tmp_path, capsys):
+    output = tmp_path / "cmp"
+    arguments = ["compare", "--methods", "ce", "--output", str(output),
+                 *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1), "train.eval_train=false"]
+    assert main(arguments) == 0
+    config = output / "cells" / "ce-seed0" / "config.yaml"
+    marker = tmp_path / "code-ran"
+    for content in (f"train: !!python/object/apply:os.system ['touch {marker}']\n".encode(),
+                    b"\xff\xfe not utf-8", b"train: [1\n", b"train: 5\n", b"when: 2024-01-01\n", b"- a list\n"):
+        config.write_bytes(content)
+        capsys.readouterr()
+        assert main(arguments) == 2, content
+        error = capsys.readouterr().err
+        assert "ce-seed0 (its config.yaml" in error and "cannot be reused" in error, (content, error)
+        assert not marker.exists()

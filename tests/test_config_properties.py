@@ -90,6 +90,37 @@ def test_any_yaml_file_gives_a_config_or_a_config_error(tmp_path_factory, mappin
     _refused_or_valid(lambda: build_config(config_file=str(path)))
 
 
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(["data", "model", "optim", "train", "loss", "regularizer"]),
+                          st.sampled_from(KNOWN_KEYS), st.floats(0.001, 1)), min_size=1, max_size=4),
+       st.integers(0, 10), st.booleans())
+def test_a_key_given_twice_in_a_yaml_file_is_refused_naming_it(tmp_path_factory, entries, which, nested):
+    """Sections (or keys inside one section) written twice: PyYAML would keep the last silently."""
+    sections = {}
+    for section, key, value in entries:  # each section and key once, as a valid file has them
+        sections.setdefault(section, {})[key.split(".")[1]] = value
+    section, key, _ = entries[which % len(entries)]
+    key = key.split(".")[1]
+    if nested:  # the same key twice inside one section
+        sections[section] = {**sections[section], key: sections[section][key]}
+        extra, repeated = {section: [f"  {key}: 2"]}, key
+    else:  # the same section twice
+        extra, repeated = {}, section
+    lines = []
+    for name, keys in sections.items():
+        lines += [f"{name}:", *(f"  {k}: {v}" for k, v in keys.items()), *extra.get(name, [])]
+    if not nested:
+        lines += [f"{section}:", f"  {key}: 1"]
+    path = tmp_path_factory.mktemp("cfg") / "twice.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        build_config(config_file=str(path))
+    except ConfigError as error:
+        assert f"the key {repeated!r} is given twice" in str(error)
+    else:
+        raise AssertionError(f"a repeated key was accepted:\n{path.read_text()}")
+
+
 valid_overrides = st.fixed_dictionaries({
     "optim.lr": st.floats(1e-6, 10),
     "optim.weight_decay": st.floats(0, 1e-2),

@@ -194,10 +194,62 @@ def test_training_data_from_a_generated_folder_is_built_or_refused_with_every_ba
         except BadImagesError as error:
             assert policy == "error" and bad and sorted(path for path, _ in error.problems) == bad
         except ConfigError as error:
-            assert policy == "skip" and not class_has_good and "no images of class" in str(error)
+            if "a classifier needs at least 2" in str(error):  # one class folder: 100 % would mean nothing
+                assert len(classes) == 1
+            else:
+                assert policy == "skip" and not class_has_good and "no images of class" in str(error)
         else:
-            assert not bad or policy == "skip"
+            assert len(classes) >= 2 and (not bad or policy == "skip")
             assert sorted(entry["path"] for entry in data.split_info.get("skipped_images", [])) == bad
             assert sum(data.class_counts) == sum(kind == "good" for kind in kinds.values())
     finally:
         shutil.rmtree(folder)
+
+
+# Class folder layouts: test/ with folders train/ lacks, names that are not UTF-8, one class.
+FOLDER_NAMES = st.lists(st.sampled_from([b"cat", b"dog", b"caf\xe9", b"\xff\xfe", "ünï".encode(), b"a b"]),
+                        min_size=1, max_size=4, unique=True)
+
+
+@FILES
+@given(FOLDER_NAMES, FOLDER_NAMES)
+def test_class_folder_layouts_are_built_or_refused_naming_the_folders(train_names, test_names):
+    import os
+
+    folder = scratch()
+    try:
+        for split, names in (("train", train_names), ("test", test_names)):
+            for name in names:
+                os.makedirs(os.fsencode(folder / split) + b"/" + name)
+                (Path(os.fsdecode(os.fsencode(folder / split) + b"/" + name)) / "0.png").write_bytes(png_bytes(0))
+        config, _ = build_config(None, None, ["data.name=imagefolder", f"data.root={folder}", "data.workers=0"])
+        undecodable = [n for n in train_names if not _utf8(n)]
+        extra = sorted(os.fsdecode(n) for n in set(test_names) - set(train_names))
+        missing = set(train_names) - set(test_names)
+        try:
+            data = build_data(config, __import__("torch").device("cpu"), DistributedContext())
+        except (ValueError, FileNotFoundError) as error:
+            message = str(error)
+            if undecodable:  # checked in the order the splits are read
+                assert "not valid UTF-8" in message and repr(undecodable[0]) in message
+            elif extra:
+                assert f"does not: {extra}" in message and "left out of every metric" in message
+            elif missing:
+                assert "not found under" in message
+            elif len(train_names) < 2:
+                assert "a classifier needs at least 2" in message
+            else:
+                raise
+        else:
+            assert not undecodable and len(train_names) >= 2 and not extra and not missing
+            assert sorted(data.classes) == sorted(os.fsdecode(n) for n in train_names)
+    finally:
+        shutil.rmtree(folder)
+
+
+def _utf8(name: bytes) -> bool:
+    try:
+        name.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False

@@ -90,7 +90,7 @@ def test_every_shipped_recipe_resolves_to_buildable_components():
     counts = [500, 200, 50, 10, 5]
     for recipe in recipes:
         config, _ = build_config(recipe)
-        assert config.model.name in available_models() or config.model.name.startswith("timm:"), recipe
+        assert config.model.name in available_models() or config.model.name.startswith(("timm:", "clip:")), recipe
         build_loss_fn(config, counts, torch.device("cpu"))
         if config.regularizer.name == "car":
             CAR(counts, **config.regularizer.options)

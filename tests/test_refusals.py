@@ -251,7 +251,66 @@ def test_file_fingerprint_names_added_removed_and_changed_files(tmp_path):
     message = str(error.value)
     assert "the run R was made with other data" in message
     assert "1 file(s) added: d.png" in message and "1 file(s) removed: b.png" in message
-    assert "1 file(s) changed (label, size or modification time): a.png" in message
+    assert "1 file(s) changed (label, size, content or modification time): a.png" in message
+
+
+def _same_size_pixel_edit(path: Path) -> None:
+    """Change one byte of ``path`` keeping its size and modification time (as a careful tool would)."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("mode, caught", [("content", True), ("auto", True), ("stat", False)])
+def test_content_fingerprint_catches_an_edit_that_keeps_size_and_mtime(tmp_path, mode, caught):
+    from longtail.engine.rundir.fingerprint import DataChangedError, check_same_data, data_fingerprint
+
+    class Files:
+        def __init__(self, paths):
+            self.paths, self.labels = paths, [0] * len(paths)
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in "ab":
+        (folder / f"{name}.png").write_bytes(bytes(range(200)))
+    files = Files(sorted(str(p) for p in folder.iterdir()))
+    before = data_fingerprint({"train": files}, {}, root=str(folder), mode=mode)
+    assert before["splits"]["train"]["mode"] == ("stat" if mode == "stat" else "content")  # auto: small, hashed
+    _same_size_pixel_edit(folder / "a.png")
+    after = data_fingerprint({"train": files}, {}, root=str(folder), mode=mode)
+    if caught:
+        with pytest.raises(DataChangedError, match=r"1 file\(s\) changed .*: a.png"):
+            check_same_data(before, after, "the run R")
+    else:  # what stat mode cannot see, and why content is the default for small data
+        assert check_same_data(before, after, "the run R") is None
+    # A record made in the other mode is compared on what both hold (path, label, size): no false alarm.
+    other = data_fingerprint({"train": files}, {}, root=str(folder), mode="stat" if mode != "stat" else "content")
+    assert check_same_data(after, other, "the run R") is None
+
+
+def test_a_pixel_edit_of_an_image_folder_is_refused_by_eval(tmp_path, capsys):
+    from conftest import image_run_overrides, write_image_folder
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    paths = write_image_folder(root, [6, 4], split="train")
+    write_image_folder(root, [3, 3], split="test", seed=1)
+    edited = paths[0]
+    Image.open(edited).save(edited, compress_level=0)  # stored PNG: a pixel edit keeps the file size
+    output = tmp_path / "runs"
+    assert main(["train", *image_run_overrides(root, output), "train.eval_train=false"]) == 0
+    run = only_run_dir(output)
+    stat, image = edited.stat(), Image.open(edited).convert("RGB")
+    image.putpixel((0, 0), tuple(255 - v for v in image.getpixel((0, 0))))
+    image.save(edited, compress_level=0)
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert edited.stat().st_size == stat.st_size
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert f"1 file(s) changed (label, size, content or modification time): {edited.relative_to(root)}" \
+        in capsys.readouterr().err
 
 
 def test_resume_of_a_finished_run_does_not_rewrite_metrics(tiny_idx_root, tmp_path, capsys):
@@ -308,6 +367,37 @@ def test_diverged_batch_norm_statistics_never_become_last_pt(tiny_idx_root, tmp_
     assert f"the last good checkpoint {run / 'checkpoints' / 'last.pt'} (after epoch 1) is intact" in error
     state = ckpt.load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and not (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("method", [[], ["train.precision=bf16"], ["--method", "car"],
+                                    ["--method", "concutmix", "loss.topk=3", "train.eval_train=false"]],
+                         ids=["fp32", "bf16", "car", "concutmix"])
+def test_finite_weights_with_non_finite_logits_never_become_last_pt(tiny_idx_root, tmp_path, capsys, monkeypatch,
+                                                                    method):
+    """Finite weights and statistics whose logits are not (as `optim.lr=1e6` can leave a model): the
+    epoch-end checkpoint is refused on the model's output, and the one kept gives finite logits."""
+    from longtail.engine.training import trainer as trainer_module
+
+    real_train_epoch = trainer_module.Trainer.train_epoch
+
+    def train_epoch(self, stop):
+        record = real_train_epoch(self, stop)
+        if self.state.epoch == 1:  # during the second epoch
+            # A finite running mean of -3e38: the training loss (batch statistics) is unaffected,
+            # evaluation's (x - mean) / std overflows.
+            bn = next(m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+            bn.running_mean.fill_(-3e38)
+        return record
+
+    monkeypatch.setattr(trainer_module.Trainer, "train_epoch", train_epoch)
+    output = tmp_path / "runs"
+    assert main(["train", *method, *tiny_run_overrides(tiny_idx_root, output, epochs=3)]) == 1
+    error = capsys.readouterr().err
+    run = only_run_dir(output)
+    assert "the model diverged (after epoch 2): its weights are finite but its logits are not" in error
+    assert f"the last good checkpoint {run / 'checkpoints' / 'last.pt'} (after epoch 1) is intact" in error
+    assert ckpt.load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+    assert main(["eval", str(run), "--device", "cpu"]) == 0  # the checkpoint kept is usable
 
 
 def test_non_finite_parameters_are_caught_at_the_next_step(tiny_idx_root, tmp_path, capsys, monkeypatch):

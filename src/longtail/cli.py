@@ -1,18 +1,21 @@
 """The `longtail` command: train, evaluate, compare, and list what is available.
 
 Exit codes: 0 success; 1 a failure during work (non-finite loss, I/O); 2 a usage / configuration
-/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved).
+/ data problem found before any work started; 128+N interrupted by signal N (checkpoint saved);
+141 stdout was closed by its reader (`| head -1`), stopped quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE (13), what a shell reports for `cmd | head -1`
 
 
 class UsageError(Exception):
@@ -26,6 +29,13 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", help="method preset applied on top of the recipe (see `longtail recipes`)")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="dotted overrides, e.g. optim.lr=0.05 loss.name=ccar_bs regularizer.name=car")
+
+
+def _add_encoded_prior_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoded-prior", default=None, metavar="train|uniform|FILE",
+                        help="the class prior the model's logits encode, for prior adaptation (default: from the "
+                             "run's loss and sampler, e.g. training frequencies for ce, uniform for bs / la; "
+                             "needed for losses where it is not known)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="score another folder laid out like the run's training data (same dataset type "
                                "and class names), e.g. a new image folder DIR/test/<class>/*")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    evaluate.add_argument("--tta", default="none", help=TTA_HELP)
+    evaluate.add_argument("--test-priors", action="store_true",
+                          help="score the run under shifted test priors (SADE's forward-rho / uniform / backward-rho "
+                               "subsets of the split), without adaptation, with the oracle prior and with the "
+                               "EM-estimated prior; writes RUN_DIR/test_priors.json and plots/test_priors.png "
+                               "(docs/priors.md)")
+    evaluate.add_argument("--rhos", default=None, metavar="R1,R2,...",
+                          help="test imbalance ratios of --test-priors, each > 1 (default: 50,25,10,5,2)")
+    evaluate.add_argument("--draws", type=int, default=None,
+                          help="seeded draws per test prior of --test-priors (default 5; draw d uses seed + d)")
+    evaluate.add_argument("--seed", type=int, default=None, help="seed of the first draw of --test-priors (default 0)")
+    _add_encoded_prior_argument(evaluate)
 
     predict = commands.add_parser(
         "predict", help="predict the classes of image files with a trained run (no training data needed)",
@@ -71,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--skip-unreadable", action="store_true",
                          help="skip images that cannot be decoded or preprocessed (listed on stderr) instead of failing "
                               "(exit 2, nothing written)")
+    predict.add_argument("--adapt-prior", default=None, metavar="em|uniform|FILE",
+                         help="shift the logits to a deployment class prior (docs/priors.md): em (estimated from the "
+                              "images being predicted, Saerens et al. 2002), uniform, or a class-frequency FILE "
+                              "(JSON {class name: frequency}, or one number per line in class order)")
+    _add_encoded_prior_argument(predict)
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--tta", default="none", help=TTA_HELP)
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
     export = commands.add_parser(
@@ -113,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--imbalance-factors", default=None, help="comma-separated imbalance factors (optional)")
     compare.add_argument("--reference", default=None, help="method the deltas are measured against (default: first)")
     compare.add_argument("--output", default=None, help="comparison directory (default: runs/compare-<recipe>)")
-    compare.add_argument("--jobs", type=int, default=1, help="cells to run at the same time (processes)")
+    compare.add_argument("--jobs", type=int, default=None,
+                         help="cells to run at the same time (processes; default: one single-thread process per CPU "
+                              "core, one per --devices entry, 1 on a CUDA machine; BENCHMARKS.md)")
     compare.add_argument("--devices", default=None,
                          help="comma-separated devices to spread cells over, e.g. cuda:0,cuda:1")
     compare.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
@@ -131,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        try:
+            return _run(argv)
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+    except BrokenPipeError:
+        # The reader of stdout went away (`longtail ... | head -1`): stop quietly, as Unix tools do on
+        # SIGPIPE, and point stdout at /dev/null so the interpreter's last flush does not fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass  # stdout is not a file descriptor (redirected in Python): nothing will flush to the pipe
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Optional[list[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -140,9 +187,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                "export": cmd_export, "recipes": cmd_recipes,
                "compare": cmd_compare,
                "data": cmd_data, "losses": cmd_losses, "models": cmd_models}[args.command]
+    from longtail.engine.errors import ConfigError
+
     try:
         code = handler(args) or 0
-    except UsageError as error:
+    except (UsageError, ConfigError) as error:  # ConfigError: e.g. --device bogus, wherever it is read
         print(f"longtail {args.command}: error: {error}", file=sys.stderr)
         code = EXIT_USAGE
     if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -166,6 +215,7 @@ def _resolve_config(args):
 
 def cmd_train(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError, OutputWriteError
+    from longtail.engine.rundir.lock import RunLockedError
     from longtail.engine.config import ConfigError, dump_yaml
     from longtail.engine.training.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
                                          finished_results)
@@ -173,6 +223,9 @@ def cmd_train(args) -> int:
 
     if not (args.resume or args.recipe or args.config or args.overrides or args.method or args.print_config):
         return quick_start()
+    from longtail.engine.compare import stop_with_compare
+
+    stop_with_compare()  # a compare cell: stops (saving a checkpoint) if its compare is killed
     if args.resume:
         if args.recipe or args.config or args.overrides or args.method:
             raise UsageError("--resume continues a run with its saved config; give no recipe, config or overrides")
@@ -197,7 +250,7 @@ def cmd_train(args) -> int:
         print(f"# recipe: {label}\n" + dump_yaml(config), end="", flush=True)
     try:
         trainer = Trainer(config, label, Path(args.resume) if args.resume else None)
-    except (ValueError, FileNotFoundError, CheckpointError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError, RunLockedError) as error:
         # building data / model / loss failed: bad config or data, nothing was trained
         raise UsageError(str(error)) from None
     except OutputWriteError as error:
@@ -233,6 +286,8 @@ def cmd_train(args) -> int:
 # is the method to start with (docs/own-data.md), chosen from RESULTS.md: the best worst-class
 # accuracy (53.7 % against 0.1 % for CE, mean of 3 seeds) with overall accuracy within 1.1 points
 # of the best (LDAM-DRW).
+TTA_HELP = ("test-time augmentation, off by default: flip (image + mirror) | five_crop (corners + centre of the "
+            "image enlarged by 24/224, LIFT's) | ten_crop (five_crop of image and mirror); logits averaged")
 QUICK_START_METHODS = "ce,ccar_bs"
 QUICK_START_OVERRIDES = ["optim.epochs=6", "model.options={width: 16}"]
 
@@ -257,17 +312,34 @@ def quick_start() -> int:
     return cmd_compare(args)
 
 
+def _tta(args) -> str:
+    from longtail.models.tta import TTA_MODES
+
+    if args.tta not in TTA_MODES:
+        raise UsageError(f"--tta {args.tta!r} is not valid; choose one of: {', '.join(TTA_MODES)}")
+    return args.tta
+
+
 def cmd_eval(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError
     from longtail.engine.evaluation.evaluate import evaluate_run
     from longtail.engine.training.scoring import NonFiniteOutputError, name_classes
     from longtail.report.tables import per_class_table, results_table
 
+    if args.test_priors:
+        if _tta(args) != "none":
+            raise UsageError("--tta is not combined with --test-priors (which scores the model's own logits); "
+                             "run them separately")
+        return _eval_test_priors(args)
+    given = [f"--{name.replace('_', '-')}" for name in ("rhos", "draws", "seed", "encoded_prior")
+             if getattr(args, name) is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply with --test-priors")
     if args.data_root is not None:
         from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root, load_run
 
         try:
-            loaded = load_run(args.target, args.device)
+            loaded = load_run(args.target, args.device).with_tta(_tta(args))
             results, notes = evaluate_data_root(loaded, args.data_root, args.split)
         except InferenceError as error:
             raise UsageError(str(error)) from None
@@ -277,7 +349,7 @@ def cmd_eval(args) -> int:
         print(per_class_table(results))
         return 0
     try:
-        results = evaluate_run(Path(args.target), args.split, args.device)
+        results = evaluate_run(Path(args.target), args.split, args.device, _tta(args))
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     except NonFiniteOutputError as error:
@@ -288,13 +360,78 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _check_output_file(output: Path, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be written: an existing directory, or a
+    place where nothing can be created (a file as parent, a read-only mount, /proc, /sys)."""
+    from longtail.engine.rundir.runinfo import unwritable_reason
+
+    if output.is_dir():
+        raise UsageError(f"{option} {output} is a directory; give a file path in it, e.g. {output / 'model'}")
+    reason = unwritable_reason(output.parent)
+    if reason:
+        raise UsageError(f"{option} {output}: {reason}; choose another path")
+
+
+def _shown(path: str) -> str:
+    """A file name for text output: bytes that are not UTF-8 (kept by Python as surrogates) as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _eval_test_priors(args) -> int:
+    """`longtail eval RUN --test-priors`: table, RUN/test_priors.json, RUN/plots/test_priors.png."""
+    from longtail.engine.rundir.checkpoint import (CheckpointError, OutputWriteError, atomic_write_bytes,
+                                                   atomic_write_json)
+    from longtail.engine.evaluation.priors import DEFAULT_DRAWS, PriorError, evaluate_shifted_priors
+    from longtail.engine.training.scoring import NonFiniteOutputError
+    from longtail.metrics.priors import TEST_PRIOR_RHOS, shifted_prior_names
+    from longtail.report.plots import shifted_prior_plot
+    from longtail.report.tables import shifted_prior_table
+
+    if args.data_root is not None:
+        raise UsageError("--test-priors scores the run's own split; it does not take --data-root")
+    try:
+        rhos = list(TEST_PRIOR_RHOS) if args.rhos is None else [float(r) for r in args.rhos.split(",")]
+        shifted_prior_names(rhos)
+    except ValueError as error:
+        raise UsageError(f"--rhos must be comma-separated numbers > 1 like 50,10,2 ({error})") from None
+    draws = DEFAULT_DRAWS if args.draws is None else args.draws
+    seed = 0 if args.seed is None else args.seed
+    if draws < 1:
+        raise UsageError(f"--draws must be at least 1, got {draws}")
+    target = Path(args.target)
+    if not target.exists():
+        raise UsageError(f"{target} does not exist (give a run directory or its checkpoint file)")
+    run_dir = target if target.is_dir() else (target.parent.parent if target.parent.name == "checkpoints"
+                                              else target.parent)
+    try:
+        report = evaluate_shifted_priors(target, args.split, args.device, rhos, draws, seed, args.encoded_prior)
+    except (CheckpointError, PriorError, ValueError, FileNotFoundError) as error:
+        raise UsageError(str(error)) from None
+    except NonFiniteOutputError as error:
+        print(f"longtail eval: error: {error}", file=sys.stderr)
+        return 1
+    output = run_dir / "test_priors.json"
+    plot = run_dir / "plots" / "test_priors.png"
+    try:
+        atomic_write_json(output, report)
+        atomic_write_bytes(plot, shifted_prior_plot(report))
+    except OutputWriteError as error:
+        print(f"longtail eval: error: {error}", file=sys.stderr)
+        return 1
+    print(f"encoded prior of the logits: {report['encoded_prior_source']}")
+    print(f"{report['note']}; {report['draws']} draw(s) per prior, n_max = {report['n_max']}")
+    print(shifted_prior_table(report))
+    print(f"written: {output}, {plot}")
+    return 0
+
+
 def _write_predictions(predictions: list, output: Optional[str], header: dict) -> None:
     from longtail.engine.rundir.checkpoint import atomic_write_json, atomic_write_text
 
     if output is None:
         from longtail.report.tables import markdown_table
 
-        rows = [[p["path"], p["prediction"], f"{p['probability']:.4f}",
+        rows = [[_shown(p["path"]), p["prediction"], f"{p['probability']:.4f}",
                  ", ".join(f"{name} {prob:.3f}" for name, prob in p["top_k"][1:])] for p in predictions]
         print(markdown_table(["path", "prediction", "probability", "next"], rows))
         return
@@ -313,26 +450,35 @@ def _write_predictions(predictions: list, output: Optional[str], header: dict) -
     writer.writerow(["path", "prediction", "probability"]
                     + [column for i in range(1, k + 1) for column in (f"class_{i}", f"probability_{i}")])
     for p in predictions:
-        writer.writerow([p["path"], p["prediction"], f"{p['probability']:.6f}"]
+        writer.writerow([_shown(p["path"]), p["prediction"], f"{p['probability']:.6f}"]
                         + [cell for name, prob in p["top_k"] for cell in (name, f"{prob:.6f}")])
     atomic_write_text(Path(output), buffer.getvalue())
 
 
 def cmd_predict(args) -> int:
     from longtail.engine.evaluation.inference import InferenceError, find_images, load_run, predict_files
+    from longtail.engine.evaluation.priors import PriorError, prior_adaptation
 
     if args.output is not None and not args.output.endswith((".csv", ".json")):
         raise UsageError(f"--output must end in .csv or .json, got {args.output!r}")
     if args.top_k < 1 or args.batch_size < 1:
         raise UsageError("--top-k and --batch-size must be at least 1")
+    if args.output is not None:
+        _check_output_file(Path(args.output), "--output")
     try:
         files = find_images(args.paths)
         if not files:
             raise InferenceError(f"no image files ({', '.join(sorted({'.jpg', '.png', '.jpeg'}))}, ...) under "
                                  f"{', '.join(args.paths)}")
-        loaded = load_run(args.run, args.device, posthoc=args.posthoc)
-        predictions, unreadable = predict_files(loaded, files, args.top_k, args.batch_size)
-    except InferenceError as error:
+        tta = _tta(args)
+        loaded = load_run(args.run, args.device, posthoc=args.posthoc).with_tta(tta)
+        adaptation = None
+        if args.adapt_prior is not None:
+            adaptation = prior_adaptation(loaded, args.adapt_prior, args.encoded_prior)
+        elif args.encoded_prior is not None:
+            raise InferenceError("--encoded-prior only matters with --adapt-prior")
+        predictions, unreadable = predict_files(loaded, files, args.top_k, args.batch_size, adjust=adaptation)
+    except (InferenceError, PriorError) as error:
         raise UsageError(str(error)) from None
     if unreadable:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in unreadable[:50])
@@ -345,13 +491,40 @@ def cmd_predict(args) -> int:
               "posthoc": None if loaded.posthoc is None else {"method": loaded.posthoc.method,
                                                               "tau": loaded.posthoc.tau,
                                                               "source": loaded.posthoc.source},
+              "adapt_prior": None if adaptation is None else adaptation.summary(),
               "skipped_unreadable": [path for path, _ in unreadable]}
-    _write_predictions(predictions, args.output, header)
+    try:
+        _write_predictions(predictions, args.output, header)
+    except OSError as error:  # a check above passed, the write did not (the disk filled, ...)
+        print(f"longtail predict: error: cannot write {args.output}: {error.strerror or error}", file=sys.stderr)
+        return 1
     adjusted = "" if loaded.posthoc is None else f", post-hoc {loaded.posthoc.describe()}"
+    adjusted += "" if tta == "none" else f", test-time augmentation {tta}"
+    if adaptation is not None:
+        _print_adaptation(adaptation, len(predictions), sys.stderr if args.output is None else sys.stdout)
     where = f" -> {args.output}" if args.output else ""
     print(f"{len(predictions)} image(s) predicted with {loaded.run_dir} ({loaded.weights}{adjusted}){where}",
           file=sys.stderr if args.output is None else sys.stdout)
     return 0
+
+
+def _print_adaptation(adaptation, images: int, stream) -> None:
+    def listing(prior):
+        return ", ".join(f"{name} {value:.4f}" for name, value in list(prior.items())[:20]) + (
+            " ..." if len(prior) > 20 else "")
+
+    summary = adaptation.summary()
+    print(f"prior adaptation ({summary['mode']}): logits + log pi_target - log pi_encoded", file=stream)
+    print(f"  encoded prior: {summary['encoded_prior_source']}: {listing(summary['encoded_prior'])}", file=stream)
+    if summary["target_prior"] is None:  # no usable image: EM had nothing to estimate from
+        print("  target prior: none (no image was predicted)", file=stream)
+        return
+    how = ""
+    if "em" in summary:
+        em = summary["em"]
+        how = (f" (EM over the {images} predicted images, {em['iterations']} steps"
+               f"{'' if em['converged'] else ', NOT converged'})")
+    print(f"  target prior{how}: {listing(summary['target_prior'])}", file=stream)
 
 
 def cmd_export(args) -> int:
@@ -359,11 +532,15 @@ def cmd_export(args) -> int:
 
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     output = Path(args.output) if args.output else Path(args.run) / "export" / f"model{suffix}"
+    _check_output_file(output, "--output")
     try:
         loaded = load_run(args.run, "cpu")
         written = export_run(loaded, args.format, output)
     except InferenceError as error:
         raise UsageError(str(error)) from None
+    except (OSError, RuntimeError) as error:  # the checks passed, the write did not (torch raises RuntimeError)
+        print(f"longtail export: error: cannot write {output}: {' '.join(str(error).split())[:300]}", file=sys.stderr)
+        return 1
     print(f"exported {loaded.run_dir} ({loaded.weights}) as {args.format}: {written}\n"
           f"metadata (classes, preprocessing, input shape): {written}.json")
     return 0
@@ -383,6 +560,9 @@ def cmd_posthoc(args) -> int:
             taus = [float(t) for t in args.taus.split(",")]
         except ValueError:
             raise UsageError(f"--taus must be comma-separated numbers like 0,0.5,1, got {args.taus!r}") from None
+        bad = [text for text, tau in zip(args.taus.split(","), taus) if not math.isfinite(tau)]
+        if bad:  # nan / inf / 1e400 would give non-finite logits, which would be blamed on the model
+            raise UsageError(f"--taus must be finite numbers like 0,0.5,1; {', '.join(bad)} is not")
     run_dir = Path(args.target)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a run directory (runs/<run>, holding checkpoints/last.pt)")
@@ -437,10 +617,11 @@ def cmd_recipes(args) -> int:
 def cmd_compare(args) -> int:
     from longtail.engine.compare import CellFailed, run_comparison
     from longtail.engine.config import ConfigError
+    from longtail.engine.rundir.lock import RunLockedError
 
     try:
         output = run_comparison(args)
-    except ConfigError as error:
+    except (ConfigError, RunLockedError) as error:
         raise UsageError(str(error)) from None
     except CellFailed as failure:
         print(f"longtail compare: error: {failure}", file=sys.stderr)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from longtail.engine.rundir import lock as run_lock
 from longtail.engine.rundir.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
 from longtail.engine.config import ConfigError, RunConfig, build_config, dump_yaml
 from longtail.report.tables import SUMMARY_COLUMNS, format_percent, markdown_table
@@ -155,7 +156,8 @@ class CellFailed(RuntimeError):
 
 
 # Settings that say where / how fast a cell runs, not what it computes: left out of its identity.
-_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device")}
+_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device"),
+             "model": ("compile",)}  # compiled and eager agree to rounding (tests/test_compile.py)
 
 
 def _identity(config_dict: dict) -> dict:
@@ -192,13 +194,27 @@ def _changed_settings(old: dict, new: dict, limit: int = 6) -> str:
     return ", ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+class _UnreadableConfig(Exception):
+    """A cell's config.yaml that is not a config a run wrote (corrupt, edited, python-tagged)."""
+
+
 def _recorded_config(run_dir: Path) -> Optional[dict]:
+    import yaml
+
     from longtail.engine.config import load_yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    return load_yaml(path.read_text(encoding="utf-8"))
+    try:
+        recorded = load_yaml(path.read_text(encoding="utf-8"))  # safe: a python tag is refused, never run
+        config_hash(recorded)  # a mapping of sections JSON can hold, as every run writes it
+    except (yaml.YAMLError, UnicodeDecodeError, OSError, TypeError, ValueError, AttributeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise _UnreadableConfig(f"its config.yaml cannot be read as a run's config: {first}") from None
+    if not isinstance(recorded, dict):
+        raise _UnreadableConfig("its config.yaml is not a mapping of config sections")
+    return recorded
 
 
 def _check_existing_cells(cells: list[Cell], output: Path) -> None:
@@ -211,7 +227,11 @@ def _check_existing_cells(cells: list[Cell], output: Path) -> None:
         run_dir = output / "cells" / cell.name
         if _cell_state(run_dir) == "new":
             continue
-        recorded = _recorded_config(run_dir)
+        try:
+            recorded = _recorded_config(run_dir)
+        except _UnreadableConfig as error:
+            stale.append(f"{cell.name} ({error})")
+            continue
         if recorded is None or config_hash(recorded) != config_hash(cell.config.to_dict()):
             change = "no config.yaml" if recorded is None else _changed_settings(recorded, cell.config.to_dict())
             stale.append(f"{cell.name} ({change})")
@@ -260,7 +280,7 @@ def _validate_arguments(args, cells: list[Cell], output: Path) -> str:
     reference = args.reference or methods[0]
     if reference not in methods:
         raise ConfigError(f"--reference {reference} is not among the compared methods: {', '.join(methods)}")
-    if getattr(args, "jobs", 1) < 1:
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     for device in _split_list(getattr(args, "devices", None), str):
         from longtail.engine.runtime.distributed import select_device
@@ -318,8 +338,48 @@ def _run_in_process(cell: Cell, run_dir: Path, log: Path) -> None:
             raise
 
 
+# Set in a cell subprocess's environment: the pid of the compare that started it (see stop_with_compare).
+COMPARE_PID_ENV = "LONGTAIL_COMPARE_PID"
+
+
+def stop_with_compare() -> None:
+    """In a cell subprocess (``longtail train`` started by compare): when the compare that started it
+    is gone, however it ended (SIGKILL included), send this process SIGTERM, so the cell saves a
+    checkpoint and exits instead of training on unowned. A thread polls the parent pid twice a second."""
+    parent = os.environ.get(COMPARE_PID_ENV)
+    if not parent:
+        return
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(0.5)
+        print(f"longtail compare (process {parent}) has ended: stopping this cell (it saves a checkpoint)",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-compare", daemon=True).start()
+
+
+def _lock_cells(cells: list[Cell], output: Path) -> dict:
+    """Lock every cell (OUTPUT/cells/<cell>.lock) before anything runs: a cell another compare, or a
+    cell process left by a killed one, is still training refuses this comparison (RunLockedError)."""
+    locks = {}
+    try:
+        for cell in cells:
+            locks[cell.name] = run_lock.acquire(output / "cells" / f"{cell.name}.lock",
+                                                f"the cell {output / 'cells' / cell.name}")
+    except BaseException:
+        for descriptor in locks.values():
+            run_lock.release(descriptor)
+        raise
+    return locks
+
+
 def _run_subprocess(cell: Cell, run_dir: Path, log: Path, device: Optional[str], threads: int,
-                    children: _Children) -> None:
+                    children: _Children, lock: Optional[int] = None) -> None:
     if _cell_state(run_dir) == "resume":
         command = [sys.executable, "-m", "longtail", "train", "--resume", str(run_dir)]
     else:
@@ -334,8 +394,11 @@ def _run_subprocess(cell: Cell, run_dir: Path, log: Path, device: Optional[str],
         with children.lock:
             if children.signal_number is not None:
                 raise CellFailed(f"cell {cell.name} not started: interrupted", 128 + children.signal_number)
+            # The cell's lock goes with it: held while it trains, even if this compare is killed.
             process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                                       pass_fds=() if lock is None else (lock,),
+                                       env={**os.environ, "OMP_NUM_THREADS": str(threads),
+                                            COMPARE_PID_ENV: str(os.getpid())})
             children.running.add(process)
         try:
             code = process.wait()
@@ -364,13 +427,24 @@ def _remove_old_outputs(output: Path) -> None:
 
 
 def run_comparison(args) -> Path:
-    import time
-
     cells, output = plan_cells(args)
     reference = _validate_arguments(args, cells, output)
     _attach_fingerprints(cells)
     _check_existing_cells(cells, output)
-    output.mkdir(parents=True, exist_ok=True)
+    (output / "cells").mkdir(parents=True, exist_ok=True)
+    locks = _lock_cells(cells, output)
+    try:
+        _run_cells(args, cells, output, reference, locks)
+    finally:
+        for descriptor in locks.values():
+            run_lock.release(descriptor)
+    write_comparison(output, cells, reference)
+    return output
+
+
+def _run_cells(args, cells: list[Cell], output: Path, reference: str, locks: dict) -> None:
+    import time
+
     atomic_write_json(output / "plan.json", {
         "command": sys.argv, "paired": args.paired, "reference": reference,
         "cells": [{"name": c.name, "method": c.method, "seed": c.seed, "imbalance_factor": c.imbalance_factor,
@@ -384,7 +458,7 @@ def run_comparison(args) -> Path:
         _remove_old_outputs(output)
     print(f"{len(cells)} cells, {len(cells) - len(pending)} already finished, {len(pending)} to run", flush=True)
     devices = _split_list(args.devices, str)
-    jobs = args.jobs
+    jobs = args.jobs if args.jobs is not None else default_jobs(devices, len(pending))
     pending.sort(key=_stage)  # stable: stage-1 cells first, in grid order
     total = len(pending)
     if jobs == 1 and not devices:
@@ -402,16 +476,37 @@ def run_comparison(args) -> Path:
                                  f"The grid stopped there; its log: {log}") from None
             print(_done_line(index, total, cell, run_dir, time.perf_counter() - started), flush=True)
     else:
-        _run_parallel(pending, output, devices, jobs)
-    write_comparison(output, cells, reference)
-    return output
+        _run_parallel(pending, output, devices, jobs, locks)
 
 
-def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -> None:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_jobs(devices: list, cells: int) -> int:
+    """``--jobs`` when not given. On a CPU: one single-thread process per core (at most one per cell).
+    Measured on 2 cores (BENCHMARKS.md, issue 20): 2 cells x 1 thread give ~1.5x the images/s of
+    1 cell x 2 threads on an idle machine and ~7x under load, because a convolution-bound step
+    scales poorly over OpenMP threads that wait on each other. With ``--devices``: one cell per
+    device. On a CUDA machine without ``--devices``: 1 (the cells would share one GPU)."""
+    if devices:
+        return max(1, min(len(devices), cells))
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(usable_cores(), cells))
+
+
+def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int, locks: dict) -> None:
     import signal
     import time
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     children = _Children()
     previous = {signum: signal.signal(signum, children.forward) for signum in (signal.SIGINT, signal.SIGTERM)}
     total, finished = len(pending), 0
@@ -422,7 +517,8 @@ def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int) -
                 started = time.perf_counter()
                 futures = {pool.submit(_run_subprocess, cell, output / "cells" / cell.name,
                                        output / "cells" / f"{cell.name}.log",
-                                       devices[i % len(devices)] if devices else None, threads, children): cell
+                                       devices[i % len(devices)] if devices else None, threads, children,
+                                       locks.get(cell.name)): cell
                            for i, cell in enumerate(wave)}
                 try:
                     for future in concurrent.futures.as_completed(futures):

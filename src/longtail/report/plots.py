@@ -125,3 +125,40 @@ def write_comparison_plots(output: Path, rows: list, class_counts) -> None:
         figure.tight_layout()
         figure.savefig(Path(output) / f"overall_vs_worst{suffix}.png", dpi=120)
         plt.close(figure)
+
+
+def shifted_prior_plot(report: dict) -> bytes:
+    """PNG of ``longtail eval --test-priors``: accuracy against the test prior (SADE's order, forward
+    on the left), without adaptation (exact expectation, and the draws' mean ± std), with the oracle
+    prior, and with the EM-estimated prior. Returned as bytes, for the caller's atomic write."""
+    import io
+
+    plt = _pyplot()
+    sets = report["sets"]
+    names = [entry["name"] for entry in sets]
+    positions = list(range(len(sets)))
+
+    def percent(values):
+        return [None if v is None else 100 * v for v in values]
+
+    figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(sets)), 4.5))
+    axis.plot(positions, percent([e["none"]["expected"]["accuracy"] for e in sets]), marker="o",
+              label="no adaptation (exact expectation)")
+    for column, label, marker in (("none", "no adaptation (draws)", "."), ("oracle", "oracle prior (draws)", "s"),
+                                  ("em", "EM-estimated prior (draws)", "^")):
+        spreads = [e[column]["drawn"]["accuracy"] for e in sets]
+        axis.errorbar(positions, percent([s["mean"] for s in spreads]),
+                      yerr=[100 * (s["std"] or 0.0) for s in spreads], marker=marker, capsize=3,
+                      linestyle="--" if column == "none" else "-", label=label)
+    axis.plot(positions, percent([e["none"]["expected"]["worst_class_accuracy"] for e in sets]), color="grey",
+              linestyle=":", label="worst class, no adaptation")
+    axis.set_xticks(positions)
+    axis.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    axis.set_ylabel(f"{report.get('split', 'test')} accuracy (%)")
+    axis.set_title(f"accuracy vs test prior ({report['draws']} draws per prior)", fontsize=10)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    return buffer.getvalue()

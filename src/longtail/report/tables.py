@@ -78,3 +78,30 @@ def per_class_table(results: dict, max_classes: int = MAX_TABLE_CLASSES) -> str:
              + [cell for s in splits for cell in (format_percent(r[f"{s}_accuracy"]), r[f"{s}_images"])]
              for r in rows]
     return markdown_table(header, table)
+
+
+def _mean_std(spread: dict) -> str:
+    if spread["mean"] is None:
+        return "-"
+    return format_percent(spread["mean"]) + ("" if spread["std"] is None else f" ± {100 * spread['std']:.2f}")
+
+
+def shifted_prior_table(report: dict) -> str:
+    """``longtail eval --test-priors``: one row per test prior (SADE's order). "exp." is the exact
+    expectation sum_c pi_c acc_c, "drawn" the mean ± sample std over the draws; Many / Medium /
+    Few / Worst are the expectations without adaptation; oracle / EM shift the logits to the
+    true / EM-estimated prior (EM: drawn only; TV = its total-variation distance to the truth)."""
+    header = ["test prior", "images", "exp.", "drawn", "Many", "Medium", "Few", "Worst",
+              "oracle exp.", "oracle drawn", "EM drawn", "EM prior TV"]
+    rows = []
+    for entry in report["sets"]:
+        none, oracle, em = entry["none"], entry["oracle"], entry["em"]
+        expected = none["expected"]
+        rows.append([entry["name"], entry["images"], format_percent(expected["accuracy"]),
+                     _mean_std(none["drawn"]["accuracy"]),
+                     *(format_percent(expected[k]) for k in ("many_accuracy", "medium_accuracy", "few_accuracy",
+                                                              "worst_class_accuracy")),
+                     format_percent(oracle["expected"]["accuracy"]), _mean_std(oracle["drawn"]["accuracy"]),
+                     _mean_std(em["drawn"]["accuracy"]),
+                     f"{em['total_variation_to_true_prior']['mean']:.3f}"])
+    return markdown_table(header, rows)

@@ -15,6 +15,14 @@ from typing import Any, Callable, Sequence
 from longtail.data.datasets.listfile import IMAGE_EXTENSIONS, FileImageDataset, pil_loader
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class ImageFolderDataset(FileImageDataset):
     """Images in ``root/<class>/...`` (recursing into sub-folders of each class folder).
 
@@ -45,6 +53,14 @@ class ImageFolderDataset(FileImageDataset):
                 raise FileNotFoundError(f"class folders {absent} not found under {root} (found: {found[:20]})")
         if not classes:
             raise ValueError(f"{root} has no class sub-folders; expected root/<class name>/<image files>")
+        # A class name is written to results, tables and plots as text: bytes that are not UTF-8 (which
+        # Python keeps as lone surrogates) cannot be, so such a folder is refused before any training.
+        undecodable = [c for c in classes if not _is_utf8(c)]
+        if undecodable:
+            shown = [os.fsencode(c) for c in undecodable[:5]]
+            raise ValueError(f"class folder name(s) {shown} under {root} are not valid UTF-8 (a class name is "
+                             f"written to results, tables and plots as text); rename them, e.g. with "
+                             f"`convmv -f latin1 -t utf8 --notest`")
         suffixes = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         paths: list[str] = []
         labels: list[int] = []

@@ -10,6 +10,7 @@ missing data raises ``FileNotFoundError`` saying what to download and which opti
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,15 @@ def _build_imagefolder(
         # Evaluation splits take the training class list, so label j means the same class even if
         # some class folder is missing from val/test.
         classes = ImageFolderDataset(root / "train", **options).classes
+        # A class folder training does not have would silently leave every metric: refuse it.
+        unknown = sorted(e.name for e in os.scandir(folder)
+                         if e.is_dir() and not e.name.startswith(".") and e.name not in classes)
+        if unknown:
+            raise ValueError(
+                f"imagefolder: {folder} has class folders that {root / 'train'} does not: {unknown[:20]}"
+                f"{' ...' if len(unknown) > 20 else ''}. The model cannot predict them, so their images would be "
+                f"left out of every metric; add them (with images) to {root / 'train'} or move them out of {folder}."
+            )
     dataset = ImageFolderDataset(folder, transform=transform, classes=classes, name=f"{root.name}-{split}", **options)
     if imbalance_factor is None or split not in ("train", "all"):
         return dataset

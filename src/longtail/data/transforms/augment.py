@@ -38,6 +38,8 @@ __all__ = [
     "CIFAR_MEAN",
     "CIFAR_STD",
     "IMAGENET_MEAN",
+    "CLIP_MEAN",
+    "CLIP_STD",
     "IMAGENET_STD",
     "apply_cutout",
     "FileAugment",
@@ -55,6 +57,9 @@ __all__ = [
 # Statistics used by the reference code bases (ImageNet: torchvision; CIFAR: LDAM-DRW / BS).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# OpenAI CLIP's preprocessing (open_clip.OPENAI_DATASET_MEAN / STD), for CLIP image towers.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 

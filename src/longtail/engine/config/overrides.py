@@ -42,6 +42,8 @@ def _check_value(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML reads `true` as a boolean; a choice like model.compile=true means the word
+            return "true" if value else "false"
     elif annotation is list or origin is list:
         if isinstance(value, (list, tuple)) and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in value

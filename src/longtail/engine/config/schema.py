@@ -29,7 +29,25 @@ class _Loader(yaml.SafeLoader):
     PyYAML follows YAML 1.1, whose float pattern needs a dot (``5.0e-4``), so ``5e-4`` would be
     the string "5e-4" and ``optim.weight_decay: 5e-4`` a type error. YAML 1.2 (and every user) reads
     it as a number; this resolver does too, in files and ``key=value`` overrides alike.
+
+    A key given twice in one mapping is refused (PyYAML keeps the last silently: a second ``optim:``
+    section would drop the first one's settings without a word).
     """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue  # complex keys: the base class refuses them where they cannot be used
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"the key {key!r} is given twice (first on line {seen[key].line + 1}); PyYAML would keep "
+                        f"only the last one. Merge the two into one", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -67,7 +85,8 @@ class DataConfig:
     sampler: str = _help("instance | sqrt | class_balanced | progressive | power", "instance")
     sampler_q: Optional[float] = _help("exponent q of the power sampler", None)
     batch_size: int = _help("global batch size (split evenly over processes)", 128)
-    eval_batch_size: int = _help("batch size for evaluation", 512)
+    eval_batch_size: int = _help(
+        "batch size for evaluation (128: fastest per image for 32 px images on a CPU, BENCHMARKS.md)", 128)
     crop_padding: int = _help("random-crop padding in pixels (0 = no crop)", 4)
     flip: bool = _help("random horizontal flip", True)
     cutout: int = _help("Cutout square side in pixels (0 = off)", 0)
@@ -85,6 +104,11 @@ class DataConfig:
     bad_images: str = _help(
         "unreadable image files: error (list them all and stop) | skip (train without them; recorded in "
         "class_counts.json)", "error")
+    fingerprint: str = _help(
+        "how image files enter the run's data fingerprint (checked by --resume, eval, init_from, compare): "
+        "content (sha256 of every file: catches any edit) | stat (size + modification time: a second per 100k "
+        "files) | auto (content when the files total at most 2 GiB, else stat); in-memory arrays: always content",
+        "auto")
     test_fraction: Optional[float] = _help(
         "single-folder image layouts root/<class>/*: fraction of each class held out as the test split "
         "(seeded by split_seed; None = 0.2)", None)
@@ -95,11 +119,15 @@ class DataConfig:
     workers: int = _help("DataLoader workers (image files read per image)", 2)
     normalization: str = _help(
         "dataset (in-memory: the dataset's own mean / std; image files: the pipeline's choice) | imagenet "
-        "(ImageNet's mean / std, for ImageNet-pretrained weights)", "dataset")
+        "(ImageNet's mean / std, for ImageNet-pretrained weights) | clip (OpenAI CLIP's mean / std, for CLIP towers)", "dataset")
     crop_scale_min: Optional[float] = _help(
         "RandomResizedCrop area scale lower bound (scale in [min, 1], ratio 3/4-4/3). ImageNet-style image files: "
         "default 0.08; in-memory datasets: None = the padded crop, a value = a random resized crop back to the "
         "image size after data.image_size's resize (needs data.crop_padding=0)", None)
+    feature_cache: Optional[bool] = _help(
+        "train a frozen backbone's classifier on cached features (each training image through the backbone once, "
+        "evaluation transform, no augmentation): None = automatic (when nothing but the classifier trains, the "
+        "method trains on plain batches, no batch mixing, one process) | true (refuse otherwise) | false", None)
     mixing: str = _help("batch mixing: none | mixup | cutmix", "none")
     mixing_alpha: float = _help("Beta(alpha, alpha) parameter of mixup / CutMix", 1.0)
     mixing_prob: float = _help("probability that a batch is mixed", 1.0)
@@ -118,8 +146,27 @@ class ModelConfig:
     decoupled: str = _help(
         "none | crt (freeze the backbone, re-initialise and retrain the classifier) | lws (freeze backbone "
         "and classifier, learn a per-class scale); both need model.init_from (Kang et al. 2020)", "none")
+    finetune: str = _help(
+        "which parameters train: full | classifier (head only; linear probe) | norm_bias (head + norm affine + "
+        "biases) | last_stage (head + the backbone's last stage) | lora (head + low-rank adapters) | adaptformer "
+        "(head + AdaptFormer adapters on ViT blocks); frozen parts stay in eval mode (docs/own-data.md)", "full")
+    lora_rank: int = _help("rank r of the LoRA adapters (model.finetune=lora)", 8)
+    lora_alpha: Optional[float] = _help("LoRA scaling numerator alpha (output scaled by alpha / rank); None = rank", None)
+    lora_targets: str = _help("layer types LoRA adapts: linear+conv | linear | conv", "linear+conv")
+    adapter_dim: Optional[int] = _help(
+        "AdaptFormer bottleneck width (None = LIFT's rule 2^max(0, int(log2(classes / (2 * blocks)))))", None)
+    adapter_scale: Optional[float] = _help("AdaptFormer output scale s (None = learnable, starting at 1, as LIFT)",
+                                           None)
+    classifier_init: str = _help(
+        "none | class_mean (class j's weights = normalised mean backbone feature of its training images; LIFT's "
+        "choice for non-CLIP backbones) | text (CLIP text embedding of 'a photo of a {class}.'; clip:* models)",
+        "none")
+    random_backbone: bool = _help(
+        "allow model.finetune other than full without pretrained weights (model.pretrained / model.init_from): "
+        "freezing randomly initialised layers is refused unless asked for (tests, ablations)", False)
     channels_last: bool = _help("use channels_last memory format", True)
-    compile: bool = _help("torch.compile the model", False)
+    compile: str = _help("torch.compile the training model: true | false | auto (only when the run is long "
+                         "enough to repay the compile time; engine/runtime/compilation.py)", "auto")
     options: dict = _help("model-specific keyword options, e.g. {width: 16} for small_cnn", None, dict)
 
 

@@ -15,8 +15,8 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     ``check_data``: refuse (DataChangedError) when the data is not the data the run recorded."""
     import sys
 
-    from longtail.engine.rundir.checkpoint import (CheckpointError, class_counts_hash, load_run_checkpoint, reported_weights,
-                                            run_checkpoint)
+    from longtail.engine.rundir.checkpoint import (CheckpointError, class_counts_hash, load_model_weights,
+                                                  load_run_checkpoint, reported_weights, run_checkpoint)
     from longtail.engine.rundir.fingerprint import check_same_data, read_recorded
     from longtail.engine.training.components import build_model
     from longtail.engine.config import config_from_dict
@@ -37,19 +37,25 @@ def load_trained(target: Path, device: str = "auto", with_train_split: bool = Fa
     if class_counts_hash(data.class_counts) != state["class_counts_hash"]:
         raise CheckpointError(f"{path}: the dataset now gives different class counts than the run was trained on")
     model = build_model(config, len(data.class_counts), data.in_channels, torch_device)
-    model.load_state_dict(reported_weights(state))
+    load_model_weights(model, reported_weights(state), path)
     model.eval()
     return model, data, config, torch_device
 
 
-def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto") -> dict:
-    """Re-evaluate the model of a run directory or checkpoint file (see :func:`load_trained`)."""
-    return evaluate_run(target, split, device)[split]
+def evaluate_checkpoint(target: Path, split: str = "test", device: str = "auto", tta: str = "none") -> dict:
+    """Re-evaluate the model of a run directory or checkpoint file (see :func:`load_trained`);
+    ``tta``: test-time augmentation (:class:`longtail.models.tta.TTAModel`: none, flip, five_crop, ten_crop)."""
+    return evaluate_run(target, split, device, tta)[split]
 
 
-def evaluate_run(target: Path, split: str = "test", device: str = "auto") -> dict:
+def evaluate_run(target: Path, split: str = "test", device: str = "auto", tta: str = "none") -> dict:
     """:func:`evaluate_checkpoint` as ``{split: metrics}`` with the class names (:func:`name_classes`)."""
+    from longtail.models.tta import TTA_MODES, TTAModel
+
+    if tta not in TTA_MODES:  # before the data is read
+        raise ValueError(f"unknown test-time augmentation {tta!r}; valid: {', '.join(TTA_MODES)}")
     model, data, config, torch_device = load_trained(target, device, with_train_split=split == "train")
+    model = TTAModel(model, tta)
     if split not in data.eval_loaders:
         raise ValueError(f"split '{split}' is not available for this run; available: {', '.join(data.eval_loaders)}")
     weights, described = spectral_norm_weighting(config, data.class_counts)
@@ -57,4 +63,5 @@ def evaluate_run(target: Path, split: str = "test", device: str = "auto") -> dic
                               config.train.precision, class_weights=weights).compute(spectral_norm=split == "test")
     if split == "test":
         metrics["confusion_spectral_norm_weighting"] = described
+    metrics["tta"] = tta
     return name_classes({split: metrics}, data.classes, data.class_counts)

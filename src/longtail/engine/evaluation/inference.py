@@ -10,6 +10,7 @@ training data is never read, so it may be gone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -90,8 +91,20 @@ class LoadedRun:
 
     @torch.no_grad()
     def classify(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K), float32 on the CPU, of an already preprocessed batch (N, C, H, W)."""
-        return self._classify(batch.to(self.device)).float().cpu()
+        """Logits (N, K), float32 on the CPU, of an already preprocessed batch (N, C, H, W). Raises
+        InferenceError, naming the cause, rather than return NaN / inf (they would become NaN
+        probabilities)."""
+        batch = batch.to(self.device)
+        logits = self._classify(batch).float().cpu()
+        bad = int((~torch.isfinite(logits).all(dim=1)).sum())
+        if bad:
+            model_bad = self.posthoc is None or not bool(torch.isfinite(self.model(batch).float()).all())
+            cause = ("the model's weights give NaN / inf logits: they diverged in training (see its history.jsonl); "
+                     "retrain with a lower optim.lr" if model_bad else
+                     f"the model's logits are finite but the post-hoc {self.posthoc.describe()} from "
+                     f"{self.posthoc.source} makes them NaN / inf; choose it again with `longtail posthoc`")
+            raise InferenceError(f"{bad} of {len(logits)} image(s) get non-finite logits from {self.run_dir}: {cause}")
+        return logits
 
     def _classify(self, batch: torch.Tensor) -> torch.Tensor:
         if self.posthoc is None:
@@ -119,6 +132,18 @@ class LoadedRun:
             ranked = [(self.classes[j], p) for j, p in zip(row_indices, row_values)]
             results.append({"prediction": ranked[0][0], "probability": ranked[0][1], "top_k": ranked})
         return results
+
+    def with_tta(self, mode: str) -> "LoadedRun":
+        """This run predicting the mean logits over test-time augmented views (:class:`~longtail.models.tta.TTAModel`)."""
+        from longtail.models.tta import TTAModel
+
+        if mode == "none":
+            return self
+        if self.posthoc is not None and self.posthoc.method != "logit_adjust":
+            raise InferenceError(f"test-time augmentation averages the model's logits; the post-hoc "
+                                 f"{self.posthoc.method} classifier replaces them. Use one or the other")
+        self.model = TTAModel(self.model, mode).eval()
+        return self
 
     def with_posthoc(self, posthoc: Optional[PostHoc]) -> "LoadedRun":
         """This run with a post-hoc classifier applied to every later prediction (None removes it)."""
@@ -153,7 +178,8 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     batch), ``.classes`` (class names in label order) and ``.predict(images)``. ``posthoc``: a
     method name (reads RUN/posthoc_<method>.json) or the path of such a file.
     """
-    from longtail.engine.rundir.checkpoint import CheckpointError, load_run_checkpoint, reported_weights, run_checkpoint
+    from longtail.engine.rundir.checkpoint import (CheckpointError, load_model_weights, load_run_checkpoint,
+                                                  reported_weights, run_checkpoint)
     from longtail.engine.training.components import build_model
     from longtail.engine.config import ConfigError, config_from_dict
     from longtail.engine.runtime.distributed import select_device
@@ -164,14 +190,14 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
     try:
         state = load_run_checkpoint(run_checkpoint(run_dir))  # refuses a torch file that is not a run's
         config = config_from_dict(state["config"])
+        classes = list(state["classes"])
+        # The checkpoint holds every weight: the pretrained file of a fine-tuned run is not needed (or read).
+        config.model.pretrained = None
+        torch_device = select_device(device)
+        model = build_model(config, len(classes), int(state["in_channels"]), torch_device)
+        load_model_weights(model, reported_weights(state), run_checkpoint(run_dir))
     except (CheckpointError, ConfigError) as error:
         raise InferenceError(str(error)) from None
-    classes = list(state["classes"])
-    # The checkpoint holds every weight: the pretrained file of a fine-tuned run is not needed (or read).
-    config.model.pretrained = None
-    torch_device = select_device(device)
-    model = build_model(config, len(classes), int(state["in_channels"]), torch_device)
-    model.load_state_dict(reported_weights(state))
     model.eval()
     loaded = LoadedRun(model, load_preprocessing(run_dir), classes, list(state["class_counts"]), torch_device,
                        run_dir, config, _weights_description(state))
@@ -200,8 +226,9 @@ def read_posthoc(run_dir: Path, file_or_method: str, class_counts_hash: Optional
     if class_counts_hash is not None and result.get("class_counts_hash") not in (None, class_counts_hash):
         raise InferenceError(f"{path} was made for a run trained on different data than {run_dir}")
     if method != "ncm":
-        if not isinstance(tau, (int, float)):
-            raise InferenceError(f"{path}: {method} needs a numeric tau, found {tau!r}")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+            raise InferenceError(f"{path}: {method} needs a finite numeric tau, found {tau!r}; choose it again "
+                                 f"with `longtail posthoc {run_dir} --method {method}`")
         return PostHoc(method, float(tau), str(path))
     means_path = path.with_suffix(".pt")
     if not means_path.is_file():
@@ -211,6 +238,9 @@ def read_posthoc(run_dir: Path, file_or_method: str, class_counts_hash: Optional
         means = load_checkpoint(means_path)["class_means"]
     except (CheckpointError, KeyError, TypeError) as error:
         raise InferenceError(f"{means_path}: {error}") from None
+    if not isinstance(means, torch.Tensor) or not bool(torch.isfinite(means).all()):
+        raise InferenceError(f"{means_path}: the class means are not a finite tensor; run `longtail posthoc "
+                             f"{run_dir} --method ncm` again")
     return PostHoc("ncm", None, str(path), means.float())
 
 
@@ -249,13 +279,13 @@ def read_image(path: Path):
         return image.copy()
 
 
-def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batch_size: int = 64):
-    """(predictions, unusable): one dict per usable file (``path`` added), and a list of
-    ``(path, reason)`` for the files that could not be decoded or preprocessed (e.g. a size the
-    model does not take: a native-size run refuses to resize behind the user's back)."""
-    predictions, unreadable = [], []
+def file_logits(loaded: LoadedRun, files: Sequence[Path], batch_size: int = 64):
+    """(paths, logits, unusable): the usable files, their logits (N, K) float32 on the CPU, and a
+    list of ``(path, reason)`` for the files that could not be decoded or preprocessed (e.g. a size
+    the model does not take: a native-size run refuses to resize behind the user's back)."""
+    paths, outputs, unreadable = [], [], []
     for start in range(0, len(files), batch_size):
-        inputs, names = [], []
+        inputs = []
         for path in files[start:start + batch_size]:
             try:
                 image = read_image(path)
@@ -264,14 +294,25 @@ def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batc
                 continue
             try:  # one at a time, so a wrong size is reported with its file
                 inputs.append(loaded.preprocess(image))
-                names.append(path)
+                paths.append(path)
             except ValueError as error:
                 unreadable.append((str(path), str(error)))
         if inputs:
-            probabilities = loaded.classify(torch.stack(inputs)).softmax(dim=1)
-            for path, result in zip(names, loaded.rank(probabilities, top_k)):
-                predictions.append({"path": str(path), **result})
-    return predictions, unreadable
+            outputs.append(loaded.classify(torch.stack(inputs)))
+    logits = torch.cat(outputs) if outputs else torch.zeros(0, len(loaded.classes))
+    return paths, logits, unreadable
+
+
+def predict_files(loaded: LoadedRun, files: Sequence[Path], top_k: int = 5, batch_size: int = 64, adjust=None):
+    """(predictions, unusable): one dict per usable file (``path`` added), and the ``(path, reason)``
+    of the files :func:`file_logits` could not use. ``adjust``: a function of the logits of all
+    usable files together (N, K) -> (N, K), applied before the softmax (prior adaptation: EM needs
+    every image's output at once)."""
+    paths, logits, unreadable = file_logits(loaded, files, batch_size)
+    if adjust is not None and len(paths):
+        logits = adjust(logits)
+    ranked = loaded.rank(logits.softmax(dim=1), top_k) if len(paths) else []
+    return [{"path": str(path), **result} for path, result in zip(paths, ranked)], unreadable
 
 
 # --------------------------------------------------------------------------- export
@@ -286,7 +327,13 @@ def export_run(loaded: LoadedRun, fmt: str, output: Path) -> Path:
         raise InferenceError(f"unknown export format {fmt!r}; choose torchscript or onnx")
     size = (loaded.preprocess.channels, *loaded.preprocess.size)
     example = torch.zeros(1, *size, device=loaded.device)
-    model = loaded.model.eval()
+    # LoRA adapters folded into their base layers (same function, the base architecture's plain layers);
+    # on a copy, so the loaded run keeps its adapters. AdaptFormer adapters are ordinary layers and stay.
+    import copy
+
+    from longtail.models.finetune import merge_adapters
+
+    model = merge_adapters(copy.deepcopy(loaded.model)).eval()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     temporary = output.with_name(f".{output.name}.tmp")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from longtail.engine.errors import ConfigError
 from longtail.engine.methods.base import Method, StepContext, check_options
+from longtail.engine.methods.finetuning import FineTuning
 from longtail.engine.methods.standard import StandardLoss
 
 if TYPE_CHECKING:
@@ -42,30 +43,46 @@ def all_loss_names() -> list[str]:
 
 @dataclass(frozen=True)
 class MethodPlan:
-    """A run's two methods: ``loss`` (chosen by loss.name) and ``stage`` (by model.decoupled)."""
+    """A run's methods: ``loss`` (chosen by loss.name), ``stage`` (by model.decoupled) and ``model``
+    (light fine-tuning of the backbone: model.finetune / classifier_init, data.feature_cache)."""
 
     loss: Method
     stage: Method
+    model: Method = None
+
+    def _all(self) -> tuple:
+        return tuple(m for m in (self.model, self.loss, self.stage) if m is not None)
 
     def check(self, config: "RunConfig") -> None:
         if config.loss.name not in all_loss_names():
             raise ConfigError(f"unknown loss '{config.loss.name}'; valid: {', '.join(all_loss_names())}")
-        self.loss.check(config)
-        self.stage.check(config)
+        for method in self._all():
+            method.check(config)
 
     def wrap_model(self, model, config: "RunConfig"):
-        return self.stage.wrap_model(self.loss.wrap_model(model, config), config)
+        # Fine-tuning first: it freezes the library model; the loss / stage methods' extra heads train.
+        for method in self._all():
+            model = method.wrap_model(model, config)
+        return model
 
     def start_epoch(self, model, objective, epoch: int) -> None:
-        self.loss.start_epoch(model, objective, epoch)
-        self.stage.start_epoch(model, objective, epoch)
+        for method in self._all():
+            method.start_epoch(model, objective, epoch)
+
+    def before_training(self, model, train_model, data, config: "RunConfig", device, context, say) -> tuple:
+        loader = data.train_loader
+        for method in self._all():
+            train_model, loader = method.before_training(model, train_model, data, config, device, context, say)
+            data.train_loader = loader
+        return train_model, loader
 
 
 def plan_for(config: "RunConfig") -> MethodPlan:
     methods = available_methods()
     loss = next((m for m in methods if m.kind == "loss" and m.claims(config)), None)
     stage = next((m for m in methods if m.kind == "stage" and m.claims(config)), None)
-    return MethodPlan(loss or _STANDARD, stage or _ONE_STAGE)
+    loss, stage = loss or _STANDARD, stage or _ONE_STAGE
+    return MethodPlan(loss, stage, FineTuning(others_use_images=loss.uses_image_batches or stage.uses_image_batches))
 
 
 _STANDARD = StandardLoss()

@@ -53,6 +53,9 @@ class Method:
     # that run's classifier is loaded too.
     requires_init_from = False
     init_loads_head = True
+    # The method's training step needs image batches (its own views or heads): cached backbone
+    # features (data.feature_cache) cannot stand in for them.
+    uses_image_batches = False
 
     def claims(self, config: "RunConfig") -> bool:
         return self.kind == "stage" and config.model.decoupled == self.name
@@ -74,6 +77,12 @@ class Method:
                   head: Optional[nn.Module]) -> Optional[nn.Module]:
         """The loss module (its state_dict goes into checkpoints); None: not this method's concern."""
         return None
+
+    def before_training(self, model: nn.Module, train_model: nn.Module, data, config: "RunConfig",
+                        device: torch.device, context, say: Callable) -> tuple:
+        """A fresh run, after the model is built and before the optimizer: data-dependent
+        initialisation, or another (model to train, training loader) pair; ``say`` prints on the main process."""
+        return train_model, data.train_loader
 
     # ---------------------------------------------------------------- data
     def sampler(self, config: "RunConfig", labels: torch.Tensor, num_classes: int, world_size: int, rank: int):

@@ -166,9 +166,11 @@ class ConCutMixObjective(nn.Module):
         with autocast():
             logits, projection, prototypes = model(images, heads=True, num_classify=size)
         logits, projection, prototypes = logits.float(), projection.float(), prototypes.float()
-        check_finite({"logits": logits.detach().sum(), "projection": projection.detach().sum()})
-
+        # The rectified label is checked in the same read: finite but huge projections (a diverging
+        # model) give 0 / 0 in it, which the classification loss would refuse with a ValueError.
         targets = self.mixer.targets(mixed, epoch, projection[:size], prototypes)
+        check_finite({"logits": logits.detach().sum(), "projection": projection.detach().sum(),
+                      "rectified_targets": targets.detach().sum()})
         if mixed.mixed and self.mixer.rectifies(epoch):
             moved = (targets - mixed.area_targets).abs().sum().double() / 2
             self.moved_label_mass = self.moved_label_mass.to(targets.device) + moved
@@ -217,6 +219,7 @@ class Contrastive(Method):
 
     name = "contrastive"
     kind = "loss"
+    uses_image_batches = True  # its own view pairs and projection heads
 
     def claims(self, config: "RunConfig") -> bool:
         return config.loss.name in CONTRASTIVE_METHODS

@@ -37,6 +37,18 @@ def reported_weights(state: dict) -> dict:
     return state.get("best_model") or state["model"]
 
 
+def load_model_weights(model: torch.nn.Module, weights, path) -> None:
+    """Load a checkpoint's weights into the model its config builds; CheckpointError, not a
+    traceback, when they do not fit (wrong shapes, missing or extra tensors: an edited checkpoint)."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError, ValueError) as error:
+        detail = " ".join(str(error).split())
+        raise CheckpointError(f"{path}: its weights do not fit the model its own config builds "
+                              f"({detail[:300]}{' ...' if len(detail) > 300 else ''}); the checkpoint was "
+                              f"altered or comes from another model") from None
+
+
 class OutputWriteError(OSError):
     """Writing an output file failed (disk full, permissions...); the previous file is left as it was."""
 

@@ -8,7 +8,9 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -30,6 +32,26 @@ def check_output_dir(output_dir) -> None:
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"train.output_dir={output_dir}: {probe} is not writable by this user; choose another "
                           f"train.output_dir")
+    reason = unwritable_reason(path)
+    if reason:
+        raise ConfigError(f"train.output_dir={output_dir}: {reason}; choose another train.output_dir")
+
+
+def unwritable_reason(folder) -> Optional[str]:
+    """Why nothing can be created in ``folder`` (existing or to be created), or None. Tested by really
+    creating and removing a temporary directory in its nearest existing ancestor: ``os.access`` says
+    yes to root on /proc, /sys and read-only mounts, where every write then fails."""
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a directory"
+    try:
+        with tempfile.TemporaryDirectory(dir=probe, prefix=".longtail-write-test-"):
+            pass
+    except OSError as error:
+        return f"nothing can be created in {probe} ({error.strerror or error})"
+    return None
 
 
 def create_run_dir(config, label: str) -> Path:

@@ -45,6 +45,9 @@ def select_device(preference: str, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     from longtail.engine.errors import ConfigError  # a usage error: the CLI exits 2 before any work
 
+    kind, _, index = preference.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise ConfigError(f"device {preference!r} is not valid; use auto, cpu, cuda or cuda:N (N = 0, 1, ...)")
     if preference.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={preference} but no CUDA device is available here; use train.device=cpu "
                           f"(or auto)")

@@ -32,7 +32,8 @@ from longtail.data.transforms.mixing import build_mixer
 from longtail.data.transforms.preprocess import Preprocessing
 from longtail.data.sampling.samplers import build_sampler
 from longtail.data.seeds import derive_seed
-from longtail.data.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, BatchAugment, build_file_transforms
+from longtail.data.transforms.augment import (CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, BatchAugment,
+                                             build_file_transforms)
 from longtail.engine.config import ConfigError, RunConfig
 from longtail.engine.methods import plan_for
 
@@ -172,7 +173,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     spec = config.data
     _check_data_options(config)
     sets = _build_sets(config, context)
-    fingerprint = _fingerprint(sets, spec.root)  # before files are decoded: file rows keep their paths
+    fingerprint = _fingerprint(sets, spec.root, spec.fingerprint)  # before files are decoded: file rows keep their paths
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
@@ -187,6 +188,10 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     in_memory = isinstance(train_set, InMemoryImages)
     labels = torch.as_tensor(train_set.labels)
     num_classes = len(train_set.classes)
+    if num_classes < 2:  # one class: every prediction right, 100 % accuracy that means nothing
+        raise ConfigError(f"dataset '{spec.name}' has {num_classes} class{'' if num_classes == 1 else 'es'} "
+                          f"({', '.join(map(str, train_set.classes))}); a classifier needs at least 2. An image "
+                          f"folder needs one sub-folder per class: root/<class>/<images> (or root/train/<class>/...)")
     class_counts = torch.bincount(labels, minlength=num_classes)
     empty = (class_counts == 0).nonzero().flatten()
     if empty.numel():
@@ -203,6 +208,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     build_loaders = _in_memory if in_memory else _from_files
     train_loader, eval_loaders, preprocessing = build_loaders(config, sets, sampler, batch, device, context,
                                                               preprocessing)
+    _check_augment_fits(spec, preprocessing.size)
     train_loader = method.train_loader(config, train_loader, sets.train, sampler, batch, device, context.rank,
                                        class_counts.tolist(), preprocessing)
     if config.train.select_on != "final" and "val" not in eval_loaders:
@@ -214,20 +220,32 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                       preprocessing=preprocessing, fingerprint=fingerprint)
 
 
+def _check_augment_fits(spec, size) -> None:
+    """Refuse a crop padding or Cutout square as large as the model input: every training image
+    (or most of them) would come out blank, and the run would train at chance without a word."""
+    side = min(size)
+    for key in ("crop_padding", "cutout"):
+        value = getattr(spec, key)
+        if value >= side:
+            raise ConfigError(f"data.{key}={value} is at or above the image side ({size[0]}x{size[1]} px model "
+                              f"input): training images would come out blank. Use less than {side} (e.g. "
+                              f"{max(1, side // 8)}), or 0 for none")
+
+
 def data_fingerprint_of(config: RunConfig) -> dict:
     """The fingerprint build_data would give, without decoding images or building loaders (compare
     checks every cell's data with it before the first cell trains)."""
     from longtail.engine.runtime.distributed import DistributedContext
 
     _check_data_options(config)
-    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root)
+    return _fingerprint(_build_sets(config, DistributedContext()), config.data.root, config.data.fingerprint)
 
 
-def _fingerprint(sets, root) -> dict:
+def _fingerprint(sets, root, mode: str = "auto") -> dict:
     """The data fingerprint (engine.fingerprint) of the train / val / test sets as split."""
     from longtail.engine.rundir.fingerprint import data_fingerprint
 
-    return data_fingerprint(_named_sets(sets), sets.split_info, root=root)
+    return data_fingerprint(_named_sets(sets), sets.split_info, root=root, mode=mode)
 
 
 # ----------------------------------------------------------------------------- datasets and splits
@@ -364,9 +382,13 @@ def _prepare_files(config: RunConfig, sets: _Sets, context) -> tuple[_Sets, Prep
                           "(data.resize=imagenet, or large images) crops from the full image. Set "
                           "data.resize=resize to resize once and train in memory, or data.in_memory=false")
     geometry = {"native": "none", "resize": "resize", "imagenet": "resize_center_crop"}[policy]
-    if spec.normalization == "imagenet" and grey:
-        raise ConfigError("data.normalization=imagenet needs colour images; these are grey")
-    if policy == "imagenet" or spec.normalization == "imagenet":
+    if spec.normalization != "dataset" and grey:
+        raise ConfigError(f"data.normalization={spec.normalization} needs colour images; these are grey")
+    if spec.normalization == "clip":
+        mean, std = CLIP_MEAN, CLIP_STD
+        preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
+                                      channels=spec.channels)
+    elif policy == "imagenet" or spec.normalization == "imagenet":
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if not grey else _GREY_IMAGENET
         preprocessing = Preprocessing(size=size, mean=mean, std=std, resize=geometry, color=color,
                                       channels=spec.channels)
@@ -474,11 +496,11 @@ def _in_memory(config, sets: _Sets, sampler, batch, device, context, preprocessi
             raise ConfigError(f"data.channels=1: '{spec.name}' has {channels}-channel images; data.channels only "
                               f"repeats single-channel images (to 3 for RGB backbones)")
         mean, std = train_set.mean, train_set.std
-        if spec.normalization == "imagenet":
+        if spec.normalization != "dataset":
             if channels != 3:
-                raise ConfigError(f"data.normalization=imagenet needs RGB images; '{spec.name}' has {channels} "
-                                  f"channel(s)")
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
+                raise ConfigError(f"data.normalization={spec.normalization} needs RGB images; '{spec.name}' has "
+                                  f"{channels} channel(s)")
+            mean, std = (CLIP_MEAN, CLIP_STD) if spec.normalization == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
         preprocessing = Preprocessing(
             size=(spec.image_size, spec.image_size) if spec.image_size else tuple(train_set.images.shape[-2:]),
             mean=mean, std=std, resize="resize" if spec.image_size else "none",
@@ -535,8 +557,9 @@ def _from_files(config, sets: _Sets, sampler, batch, device, context, preprocess
     eval_loaders = {"test": evaluation(sets.test)}
     if sets.val is not None:
         eval_loaders["val"] = evaluation(sets.val)
-    if config.train.eval_train:
-        eval_loaders["train"] = evaluation(sets.train)
+    # Always built (it reads nothing until iterated): the final evaluation uses it only with
+    # train.eval_train, the feature cache and class-mean initialisation read the training set through it.
+    eval_loaders["train"] = evaluation(sets.train)
     return train_loader, eval_loaders, preprocessing
 
 

@@ -32,11 +32,18 @@ from longtail.engine.config import ConfigError, RunConfig, config_from_dict, dat
 from longtail.engine.training.data_setup import DataBundle, build_data
 from longtail.engine.runtime.distributed import broadcast_object, init_distributed, shutdown
 from longtail.engine.rundir import fingerprint as data_fp
+from longtail.engine.rundir import lock as run_lock
 from longtail.engine.rundir.runinfo import check_output_dir, create_run_dir, environment_info
 from longtail.engine.training.schedules import learning_rate
 from longtail.engine.training.scoring import NonFiniteOutputError, evaluate_loader, name_classes, spectral_norm_weighting
+from longtail.engine.runtime.compilation import compile_cost_seconds, compile_pays, use_shared_cache
 from longtail.engine.runtime.precision import autocast_context, resolve_precision
+from longtail.models.fold import fold_batchnorm
+from longtail.models.finetune import parameter_counts
 
+
+
+PROBE_IMAGES = 32  # evaluation images whose logits must be finite before a checkpoint is written
 
 
 class NonFiniteLossError(RuntimeError):
@@ -58,6 +65,9 @@ class TrainState:
     # Running sums of the epoch in progress ({"seen", "seconds", term: sum of value * batch size}),
     # kept in a mid-epoch checkpoint so the resumed epoch's history line covers the whole epoch.
     epoch_sums: dict = field(default_factory=dict)
+    # model.compile=auto: the decision taken after the first epoch (None: not taken yet), kept in the
+    # checkpoint so that a resumed run computes exactly what the uninterrupted one did.
+    compiled: Optional[bool] = None
 
 
 class _StopFlag:
@@ -103,6 +113,14 @@ class Trainer:
     """Builds every component from a config and runs training + final evaluation."""
 
     def __init__(self, config: RunConfig, label: str, resume_dir: Optional[Path] = None):
+        self._lock: Optional[int] = None  # the run directory's lock (engine.rundir.lock), held until close()
+        try:
+            self._build(config, label, resume_dir)
+        except BaseException:
+            run_lock.release(self._lock)  # a trainer that failed to start holds nothing
+            raise
+
+    def _build(self, config: RunConfig, label: str, resume_dir: Optional[Path]) -> None:
         self.config = config
         self.label = label
         self.method = plan_for(config)
@@ -114,12 +132,18 @@ class Trainer:
             check_output_dir(config.train.output_dir)  # before any data is read
         self.last_saved: Optional[str] = None  # where the last checkpoint written or loaded stands
         self.context, self.device = init_distributed(config.train.device)
+        if resume_dir is not None and self.context.is_main:  # before any work: a second --resume is refused
+            self._lock = run_lock.acquire(Path(resume_dir) / run_lock.LOCK_NAME, f"the run {resume_dir}")
         # train.precision=auto resolved once for this device; the run directory records the choice.
         self.precision = resolve_precision(config.train.precision, self.device)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # Deterministic mode also fills every new tensor with NaN (a guard against reading
+            # uninitialised memory): 12 % of a CPU step (BENCHMARKS.md, issue 20). The engine never
+            # reads memory it did not write, and the exact-resume tests show equal results without it.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         seed_everything(config.train.seed)  # every rank builds the same initial model
         self.data: DataBundle = build_data(config, self.device, self.context)
         self.class_counts = self.data.class_counts
@@ -138,8 +162,16 @@ class Trainer:
         if self.context.enabled:
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.model.compile:
-            self.train_model = torch.compile(self.train_model)
+        if config.model.compile == "true":
+            self._compile()
+        trainable, total = parameter_counts(self.model)
+        self.parameters = {"finetune": config.model.finetune, "trainable": trainable, "total": total}
+        self._say(f"parameters: {trainable:,} of {total:,} trainable ({100.0 * trainable / max(total, 1):.2f}%), "
+                  f"model.finetune={config.model.finetune}")
+        # Classifier initialisation, cached features of a frozen backbone (engine/methods/finetuning.py).
+        # A resumed run rebuilds the cache; its checkpoint then replaces any initialised weights.
+        self.train_model, _ = self.method.before_training(self.model, self.train_model, self.data, config,
+                                                          self.device, self.context, self._say)
         self.loss_fn = build_loss_fn(config, self.class_counts, self.device, rank=self.context.rank,
                                      head=self.model.head)
         self.regularizer = build_regularizer(config, self.class_counts, self.device)
@@ -147,9 +179,16 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.chosen == "fp16")
         self.state = TrainState()
         self.best_weights: Optional[dict] = None  # model weights of self.state.best (CPU copies)
+        self._probe: Optional[torch.Tensor] = None  # the fixed evaluation batch of _output_finite
         self.run_dir = self._prepare_run_dir(resume_dir)  # a resumed run loads state and best_weights
+        if config.model.compile == "auto" and self.state.compiled:
+            self._compile()  # as the interrupted run did from its second epoch on
         self.writer = None
         self.confusions = {}
+
+    def _say(self, message: str) -> None:
+        if self.context.is_main:
+            print(message, flush=True)
 
     # ------------------------------------------------------------------ run directory / state
 
@@ -161,6 +200,7 @@ class Trainer:
         run_dir = None
         if self.context.is_main:
             run_dir = create_run_dir(self.config, self.label)
+            self._lock = run_lock.acquire(run_dir / run_lock.LOCK_NAME, f"the run {run_dir}")
             ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(self.config))
             ckpt.atomic_write_json(run_dir / "class_counts.json", {
                 "classes": self.data.classes,
@@ -173,6 +213,7 @@ class Trainer:
             ckpt.atomic_write_json(run_dir / "preprocessing.json", self.data.preprocessing.to_dict())
             environment = environment_info(self.device, self.context)
             environment["precision"] = self.precision.to_dict()
+            environment["parameters"] = self.parameters
             ckpt.atomic_write_json(run_dir / "environment.json", environment)
         return Path(broadcast_object(str(run_dir) if run_dir else None, self.context))
 
@@ -191,6 +232,7 @@ class Trainer:
             "global_step": self.state.global_step,
             "history": self.state.history,
             "epoch_sums": self.state.epoch_sums,
+            "compiled": self.state.compiled,
             "model": unwrap(self.model).state_dict(),
             "best": self.state.best,
             "best_model": self.best_weights,
@@ -223,10 +265,44 @@ class Trainer:
             return "no checkpoint had been written yet, so there is nothing to resume"
         return f"the last good checkpoint {path} ({self.last_saved}) is intact and was not overwritten"
 
+    def _probe_batch(self) -> torch.Tensor:
+        """A fixed small batch of evaluation images (the first of the val, else train, else test loader),
+        read once. Reading it never touches the training RNG (a resumed run replays bit for bit)."""
+        if self._probe is None:
+            split = next(s for s in ("val", "train", "test") if s in self.data.eval_loaders)
+            with torch.random.fork_rng(devices=[]):
+                images, _ = next(iter(self.data.eval_loaders[split]))
+            self._probe = images[:PROBE_IMAGES]
+        return self._probe
+
+    def _output_finite(self) -> bool:
+        """Whether the model, as evaluation and inference run it (eval mode: batch-norm running
+        statistics; the run's precision), gives finite logits on the probe batch. Finite weights are not
+        enough: weights of 1e14 can be finite while their logits overflow. Collective under DDP."""
+        model = unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast_context(self.device, self.precision.chosen):
+                logits = model(self._probe_batch())
+        finally:
+            model.train(was_training)
+        bad = (~torch.isfinite(logits.float())).any().float()
+        if self.context.enabled:
+            dist.all_reduce(bad)
+        return bad.item() == 0
+
     def _check_model_finite(self) -> None:
         model = unwrap(self.model)
+        output_finite = self._output_finite()  # first: a collective, every rank must reach it
         bad = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()]
                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if not bad and not output_finite:
+            raise NonFiniteLossError(
+                f"the model diverged ({self._position()}): its weights are finite but its logits are not "
+                f"(NaN / inf on a fixed batch of evaluation images, in eval mode at {self.precision.chosen}), so "
+                f"it is unusable. Training stopped; {self._intact()}. Lower optim.lr, enable "
+                f"optim.clip_grad_norm, or use train.precision=fp32.")
         if bad:
             raise NonFiniteLossError(
                 f"the model diverged ({self._position()}): non-finite values in "
@@ -244,7 +320,14 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"{path} was trained on different class counts than this config's dataset "
                 f"(hash {state.get('class_counts_hash')} vs {expected}); it cannot be resumed here")
-        unwrap(self.model).load_state_dict(state["model"])
+        position = (state.get("epoch"), state.get("batch"), state.get("global_step"))
+        if not all(isinstance(n, int) and n >= 0 for n in position) or position[0] > self.config.optim.epochs \
+                or position[1] > self.data.steps_per_epoch:  # == : stopped after an epoch's last batch
+            raise ckpt.CheckpointError(
+                f"{path} stands at epoch {position[0]}, batch {position[1]} (global step {position[2]}), which this "
+                f"run does not have ({self.config.optim.epochs} epochs of {self.data.steps_per_epoch} batches); the "
+                f"checkpoint was altered or belongs to another run")
+        ckpt.load_model_weights(unwrap(self.model), state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.loss_fn.load_state_dict(state["loss"])
@@ -254,11 +337,35 @@ class Trainer:
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.state = TrainState(state["epoch"], state["batch"], state["global_step"], list(state["history"]),
-                                state.get("best"), dict(state.get("epoch_sums") or {}))
+                                state.get("best"), dict(state.get("epoch_sums") or {}), state.get("compiled"))
         self.best_weights = state.get("best_model")
         self.last_saved = self._position()
 
     # ------------------------------------------------------------------ training
+
+    def _compile(self) -> None:
+        use_shared_cache()  # one warm cache for every cell of a compare and every resume
+        self.train_model = torch.compile(self.train_model)
+
+    def _decide_compile(self, record: dict) -> None:
+        """model.compile=auto, after the first epoch trained in this run: compile when the remaining
+        steps at the measured step time save more than the (conservatively assumed) compile cost.
+        Rank 0 decides and every rank follows, so all processes run the same code."""
+        if self.config.model.compile != "auto" or self.state.compiled is not None:
+            return
+        steps = self.data.steps_per_epoch
+        total = self.config.optim.iterations or self.config.optim.epochs * steps
+        remaining = max(0, total - self.state.global_step)
+        seconds_per_step = record["seconds"] / max(1, self.state.batch or steps)
+        decision = compile_pays(remaining, seconds_per_step, compile_cost_seconds(self.model))
+        if self.context.enabled:
+            decision = broadcast_object(decision, self.context)
+        self.state.compiled = bool(decision)
+        if self.state.compiled:
+            if self.context.is_main:
+                print(f"model.compile=auto: compiling ({remaining} steps left at {seconds_per_step * 1000:.0f} ms "
+                      f"repay the compile time)", flush=True)
+            self._compile()
 
     def _derive_epochs_from_iterations(self) -> None:
         """optim.iterations: the run lasts ceil(iterations / batches per epoch) epochs, the last cut short.
@@ -409,6 +516,7 @@ class Trainer:
             with _StopFlag() as stop:
                 while self.state.epoch < epochs:
                     record = self.train_epoch(stop)
+                    self._decide_compile(record)
                     epoch = self.state.epoch
                     eval_every = self.config.train.eval_every
                     if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
@@ -436,13 +544,27 @@ class Trainer:
         """``spectral_norm``: also the weighted hard-confusion spectral norm, a full SVD (about
         95 s on a CPU at K = 8142), so only the final test evaluation asks for it."""
         weights, described = spectral_norm_weighting(self.config, self.class_counts)
-        metrics = evaluate_loader(self.model, self.data.eval_loaders[split], self.class_counts, self.device,
-                                  self.precision.chosen, class_weights=weights)
+        try:
+            metrics = evaluate_loader(self._evaluation_model(), self.data.eval_loaders[split], self.class_counts,
+                                      self.device, self.precision.chosen, class_weights=weights)
+        except NonFiniteOutputError as error:
+            raise NonFiniteLossError(f"evaluation of the {split} split ({self._position()}): {error}. Training "
+                                     f"stopped, no metrics were written; {self._intact()}") from None
         self.confusions[split] = metrics.confusion.cpu().numpy()
         results = metrics.compute(spectral_norm=spectral_norm)
         if spectral_norm:
             results["confusion_spectral_norm_weighting"] = described
         return results
+
+    def _evaluation_model(self) -> nn.Module:
+        """The model to score: a throw-away copy with batch norm folded into the convolutions (the same
+        function, 1.24x faster per test pass on a CPU, BENCHMARKS.md), or the model itself when it has
+        no batch norm. The copy lives only for this evaluation: checkpoints save ``self.model``."""
+        model = unwrap(self.model)
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return model
+        folded, _ = fold_batchnorm(model)
+        return folded
 
     def _keep_if_best(self, epoch: int, validation: dict) -> None:
         """Remember this epoch's weights if its validation metric beats every earlier epoch (the first
@@ -458,7 +580,8 @@ class Trainer:
         return {k: v for k, v in result.items() if not isinstance(v, (list, dict))}
 
     def finish(self) -> dict:
-        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict()}
+        results = {"label": self.label, "epochs": self.config.optim.epochs, "precision": self.precision.to_dict(),
+                   "parameters": self.parameters}
         if self.state.best is not None:
             # Report the epoch chosen on the validation split; the checkpoint keeps the last weights.
             unwrap(self.model).load_state_dict(self.best_weights)
@@ -466,11 +589,7 @@ class Trainer:
         for split in self.data.eval_loaders:
             if split == "train" and not self.config.train.eval_train:
                 continue
-            try:
-                results[split] = self.evaluate(split, spectral_norm=split == "test")
-            except NonFiniteOutputError as error:
-                raise NonFiniteLossError(f"final evaluation of the {split} split: {error}. No metrics were "
-                                         f"written; {self._intact()}") from None
+            results[split] = self.evaluate(split, spectral_norm=split == "test")
         if "train" in results:
             from longtail.metrics import worst_class_ratio
 
@@ -514,7 +633,11 @@ class Trainer:
 
     def close(self) -> None:
         # Inside a `finally`, sys.exc_info() tells whether this rank is leaving because of an error.
-        shutdown(self.context, synchronize=sys.exc_info()[0] is None)
+        try:
+            shutdown(self.context, synchronize=sys.exc_info()[0] is None)
+        finally:
+            run_lock.release(self._lock)
+            self._lock = None
 
 
 def train(config: RunConfig, label: str, resume_dir: Optional[Path] = None) -> tuple[Path, dict]:
