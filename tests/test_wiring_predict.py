@@ -21,7 +21,7 @@ from conftest import tiny_run_overrides
 from longtail.cli import main
 from longtail.data.datasets.idx import FASHION_MNIST_CLASSES
 
-CHANCE, MARGIN = 0.1, 0.2  # 10 classes; measured 0.415 for this run (6 epochs, lr 0.05)
+CHANCE, MARGIN = 0.1, 0.2  # 10 classes; measured 0.41-0.415 for this run (6 epochs, lr 0.05)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def fashion_run(tiny_idx_root, tmp_path_factory):
     base = tmp_path_factory.mktemp("fashion-run")
     overrides = [o for o in tiny_run_overrides(tiny_idx_root, base / "runs", epochs=6)
                  if not o.startswith(("data.name", "optim.lr"))]
-    assert main(["train", "data.name=fashion-mnist-lt", "optim.lr=0.05", *overrides, "train.run_name=r"]) == 0
+    # fp32: predict computes in fp32, so the trainer's evaluation must too for an image-for-image match
+    assert main(["train", "data.name=fashion-mnist-lt", "optim.lr=0.05", "train.precision=fp32", *overrides,
+                 "train.run_name=r"]) == 0
     run = base / "runs" / "r"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= CHANCE + MARGIN, metrics["test"]["accuracy"]  # it learnt something
