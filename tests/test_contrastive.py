@@ -84,3 +84,28 @@ def test_bad_shapes_are_refused():
         loss(torch.zeros(2, 2, 4), torch.tensor([0, 3]), torch.zeros(3, 4))
     with pytest.raises(ValueError, match="B, V, D"):
         loss(torch.zeros(2, 4), torch.tensor([0, 1]), torch.zeros(3, 4))
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.07])
+def test_float64_inputs_give_a_float64_loss_equal_to_the_float64_reference(temperature):
+    """The library's convention (as CCAR and CAR): float64 in, float64 out. A float32 computation
+    would agree with the float64 reference only to ~1e-7, not 1e-12."""
+    raw, raw_prototypes, labels = random_inputs([0, 1, 1, 2, 0, 1, 2, 2], 3, dim=7, seed=5)
+    raw_ref, raw_prototypes_ref = raw.clone().requires_grad_(), raw_prototypes.clone().requires_grad_()
+    expected = reference_loss(F.normalize(raw_ref, dim=-1), labels, F.normalize(raw_prototypes_ref, dim=-1), temperature)
+    expected.backward()
+    raw_64, prototypes_64 = raw.clone().requires_grad_(), raw_prototypes.clone().requires_grad_()
+    loss = BalancedContrastiveLoss(3, temperature)(F.normalize(raw_64, dim=-1), labels, F.normalize(prototypes_64, dim=-1))
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    assert raw_64.grad.dtype == torch.float64
+    torch.testing.assert_close(raw_64.grad, raw_ref.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(prototypes_64.grad, raw_prototypes_ref.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_half_precision_inputs_are_scored_in_float32():
+    raw, raw_prototypes, labels = random_inputs([0, 1, 1, 0], 2, seed=2)
+    features, prototypes = F.normalize(raw, dim=-1), F.normalize(raw_prototypes, dim=-1)
+    loss = BalancedContrastiveLoss(2)(features.bfloat16(), labels, prototypes.bfloat16())
+    assert loss.dtype == torch.float32

@@ -28,6 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .base import compute_dtype
+
 __all__ = ["BalancedContrastiveLoss", "balanced_contrastive_loss", "gather_keys", "global_keys"]
 
 
@@ -44,10 +46,13 @@ def balanced_contrastive_loss(features: torch.Tensor, labels: torch.Tensor, prot
         raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
     if batch and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}")
+    # float32 for half-precision and float32 inputs, float64 when either input is float64 (the
+    # library's convention, as in CCAR and CAR): a float64 caller gets a float64 loss.
+    dtype = torch.promote_types(compute_dtype(features), compute_dtype(prototypes))
     # Anchors in view-major order, as in the BCL code (torch.cat(torch.unbind(features, 1))).
-    anchors = features.transpose(0, 1).reshape(batch * views, dim).float()
+    anchors = features.transpose(0, 1).reshape(batch * views, dim).to(dtype)
     anchor_labels = labels.repeat(views)
-    keys = torch.cat([anchors, prototypes.float()], dim=0)
+    keys = torch.cat([anchors, prototypes.to(dtype)], dim=0)
     key_labels = torch.cat([anchor_labels, torch.arange(num_classes, device=labels.device)])
     num_anchors = anchors.shape[0]
 
@@ -76,7 +81,8 @@ class BalancedContrastiveLoss(nn.Module):
         temperature: T (0.1 on CIFAR, 0.07 on ImageNet-LT / iNat in the released scripts).
 
     ``features`` (B, V, D) L2-normalised views (V = 2 in ConCutMix), ``labels`` (B,),
-    ``prototypes`` (K, D) L2-normalised. Returns the mean over the B * V anchors (float32).
+    ``prototypes`` (K, D) L2-normalised. Returns the mean over the B * V anchors, in float32
+    (float64 when the features or prototypes are float64; half-precision inputs are scored in float32).
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.1) -> None:
