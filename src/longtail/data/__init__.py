@@ -3,7 +3,8 @@
 Datasets half (this file's exports): long-tailed splits with the LDAM-DRW generator
 (``longtail_counts``, ``make_longtail`` -> ``LongTailSplit``), in-memory image sets
 (``InMemoryImages``: CIFAR, MNIST-type, the embedded ``fashion-mnist-lt``), file datasets
-(``ListFileDataset`` for ImageNet-LT / Places-LT / iNaturalist lists, ``ImageFolderDataset``),
+(``ListFileDataset`` for ImageNet-LT / Places-LT / iNaturalist lists, ``ImageFolderDataset`` with
+display names from ``classes.tsv``), validation hold-outs that keep groups whole (``hold_out_groups``),
 ``analyze`` for any labelled set, and the registry ``available_datasets`` / ``build_dataset``.
 
 Batch half: DDP-correct samplers (``build_sampler``), the in-memory batched pipeline
@@ -14,6 +15,8 @@ Batch half: DDP-correct samplers (``build_sampler``), the in-memory batched pipe
 
 from .analyze import DatasetReport, analyze, gini_coefficient
 from .builtin import BuiltinDataError, load_builtin
+from .classnames import ClassNamesError, read_class_names
+from .groups import GroupError, GroupHoldout, groups_from_file, groups_from_pattern, hold_out_groups
 from .cifar import SafeUnpickler, UnsafePickleError, load_cifar, safe_load_pickle
 from .idx import IdxFormatError, read_idx, read_idx_pair
 from .imagefolder import ImageFolderDataset
@@ -47,6 +50,13 @@ __all__ = [
     "cutmix_box",
     "paste_box",
     "BuiltinDataError",
+    "ClassNamesError",
+    "GroupError",
+    "GroupHoldout",
+    "groups_from_file",
+    "groups_from_pattern",
+    "hold_out_groups",
+    "read_class_names",
     "DatasetReport",
     "FileImageDataset",
     "IdxFormatError",
