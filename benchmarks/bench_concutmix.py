@@ -7,7 +7,7 @@
    logit-adjusted soft CE + BalSCL with the rectified label (the most expensive epoch phase).
 2. View generation for one ConCutMix batch (classification view + two contrastive views of B
    backgrounds + the classification view of B foregrounds):
-   * batched: ``longtail.data.views.BatchViews`` on uint8 tensors (kornia per-sample parameters,
+   * batched: ``longtail.data.transforms.views.BatchViews`` on uint8 tensors (kornia per-sample parameters,
      CIFAR AutoAugment from torchvision v2 per image), on the training device;
    * per-sample, two variants, in the main process (what one DataLoader worker does per batch):
      "PIL": the released code's style, ``torchvision.transforms`` (v1) on PIL images, ToTensor +
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longtail.data.pair_loader import PairBatch
-from longtail.data.views import BatchViews, file_view_transforms
-from longtail.engine.concutmix import ConCutMixObjective, ConCutMixSettings
+from longtail.data.loading.pair_loader import PairBatch
+from longtail.data.transforms.views import BatchViews, file_view_transforms
+from longtail.engine.methods.contrastive import ConCutMixObjective, ConCutMixSettings
 from longtail.losses import BalancedSoftmaxLoss
 from longtail.models import BCLModel, create_model
 

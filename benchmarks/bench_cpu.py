@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longtail.engine.precision import autocast_context, resolve_precision
+from longtail.engine.runtime.precision import autocast_context, resolve_precision
 from longtail.models import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

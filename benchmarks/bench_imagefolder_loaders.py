@@ -3,8 +3,8 @@ through the in-memory loader vs the per-file loader (2 workers), same augmentati
 import sys, time, torch
 torch.set_num_threads(1)
 from longtail.engine.config import build_config
-from longtail.engine.data_setup import build_data
-from longtail.engine.distributed import DistributedContext
+from longtail.engine.training.data_setup import build_data
+from longtail.engine.runtime.distributed import DistributedContext
 
 def loader(in_memory):
     config, _ = build_config(None, None, ["data.name=imagefolder", "data.root=/tmp/cifar5/cifar10-5class-jpeg",

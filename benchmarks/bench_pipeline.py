@@ -3,7 +3,7 @@
 Both produce the standard CIFAR training batch (random crop 32 with padding 4 + horizontal flip
 + normalise, batch 128) from CIFAR-shaped uint8 data (random pixels: content does not matter):
 
-* in-memory: ``longtail.data.loader.InMemoryLoader`` with an instance sampler and
+* in-memory: ``longtail.data.loading.loader.InMemoryLoader`` with an instance sampler and
   ``augment=True``: the dataset is one uint8 tensor, each batch is a gather + a few tensor ops.
 * classic: ``torchvision.transforms`` ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``,
   ``ToTensor``, ``Normalize`` applied per PIL image in a ``DataLoader`` with 2 worker processes
@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from longtail.data.loader import InMemoryLoader
-from longtail.data.samplers import build_sampler
+from longtail.data.loading.loader import InMemoryLoader
+from longtail.data.sampling.samplers import build_sampler
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)

@@ -10,7 +10,7 @@ and ``DIR/gpu_suite.md`` (the BENCHMARKS.md rows), and prints the rows last. Sec
    CIFAR-shaped images resident on the device, images/s (median of 3 epochs after a warm-up).
 2. ``files``: one epoch of a JPEG image folder (ImageNet-like 375x500 photos, RandomResizedCrop
    224 + flip + normalise, batch 128) through the CPU path (PIL decoding and per-image transforms
-   in DataLoader workers) and through GPU decoding (``longtail.data.device_decode``: nvJPEG,
+   in DataLoader workers) and through GPU decoding (``longtail.data.loading.device_decode``: nvJPEG,
    transforms on the device), images/s.
 3. ``car``: CAR forward + backward at K = 8142, batch 128, power iteration vs the exact-SVD path
    (``exact_below`` above K: a full ``torch.linalg.svd`` per step), and plain cross-entropy.
@@ -64,7 +64,7 @@ class Suite:
 
     # -- bookkeeping --------------------------------------------------------------------------
     def environment(self) -> dict:
-        from longtail.engine.precision import resolve_precision
+        from longtail.engine.runtime.precision import resolve_precision
 
         info = {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
                 "quick": self.quick, "command": sys.argv,
@@ -111,8 +111,8 @@ class Suite:
 
     # -- 1. in-memory pipeline ---------------------------------------------------------------
     def pipeline(self) -> None:
-        from longtail.data.loader import InMemoryLoader
-        from longtail.data.samplers import build_sampler
+        from longtail.data.loading.loader import InMemoryLoader
+        from longtail.data.sampling.samplers import build_sampler
 
         count = 2_000 if self.quick else 50_000
         epochs = 1 if self.quick else 3
@@ -140,11 +140,11 @@ class Suite:
 
     # -- 2. file dataset: CPU vs GPU JPEG decoding ----------------------------------------------
     def files(self) -> None:
-        from longtail.data.device_decode import DeviceDecodedLoader
-        from longtail.data.imagefolder import ImageFolderDataset
-        from longtail.data.loader import FileLoader
-        from longtail.data.preprocess import Preprocessing
-        from longtail.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_file_transforms
+        from longtail.data.loading.device_decode import DeviceDecodedLoader
+        from longtail.data.datasets.imagefolder import ImageFolderDataset
+        from longtail.data.loading.loader import FileLoader
+        from longtail.data.transforms.preprocess import Preprocessing
+        from longtail.data.transforms.augment import IMAGENET_MEAN, IMAGENET_STD, build_file_transforms
 
         count, (height, width), size = (32, (60, 80), 32) if self.quick else (4_096, (375, 500), 224)
         workers = 0 if self.quick else min(8, os.cpu_count() or 1)
@@ -260,7 +260,7 @@ class Suite:
 
     def train(self, root: Path, output: Path, name: str, epochs: int, compile_model: bool, mode) -> dict:
         from longtail.engine.config import build_config
-        from longtail.engine.trainer import Trainer
+        from longtail.engine.training.trainer import Trainer
 
         overrides = [f"data.root={root}", f"optim.epochs={epochs}", "train.eval_every=0", "train.eval_train=false",
                      "train.progress=false", f"train.output_dir={output}",

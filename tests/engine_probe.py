@@ -14,7 +14,7 @@ from torch import nn
 
 from conftest import tiny_run_overrides
 from longtail.engine.config import build_config
-from longtail.engine.trainer import Trainer, _StopFlag
+from longtail.engine.training.trainer import Trainer, _StopFlag
 
 # Everything that would make two runs differ for reasons other than the option under test is off:
 # no augmentation, no warm-up, a constant lr.
@@ -42,7 +42,7 @@ class TinyNet(nn.Module):
 
 def tiny_model(monkeypatch):
     """Make the Trainer build a TinyNet instead of the configured model (seeded like the real one)."""
-    import longtail.engine.trainer as trainer_module
+    import longtail.engine.training.trainer as trainer_module
 
     def build(config, num_classes, in_channels, device):
         return TinyNet(num_classes, in_channels).to(device)

@@ -15,8 +15,8 @@ import torch.multiprocessing as mp
 
 from conftest import write_image_folder, free_port
 from longtail.engine.config import build_config
-from longtail.engine.data_setup import build_data
-from longtail.engine.distributed import DistributedContext, exit_worker
+from longtail.engine.training.data_setup import build_data
+from longtail.engine.runtime.distributed import DistributedContext, exit_worker
 
 WORLD_SIZE = 2
 EPOCH = 1

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from longtail.engine.distributed import exit_worker
+from longtail.engine.runtime.distributed import exit_worker
 from longtail.regularizers import CAR
 
 WORLD_SIZE = 2

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longtail.cli import main
-from longtail.engine import checkpoint as ckpt
+from longtail.engine.rundir import checkpoint as ckpt
 
 
 class RunsACommand:

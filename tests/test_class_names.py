@@ -1,4 +1,4 @@
-"""classes.tsv: display names for image-folder classes (data/classnames.py), on every layout,
+"""classes.tsv: display names for image-folder classes (data/datasets/classnames.py), on every layout,
 with every malformed file refused by file and line; and the real GTSRB classes.tsv."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from conftest import GTSRB_ZIP, gtsrb_train_listing
 
 from longtail.data import ImageFolderDataset, build_dataset, make_longtail
-from longtail.data.classnames import ClassNamesError, display_names, read_class_names
+from longtail.data.datasets.classnames import ClassNamesError, display_names, read_class_names
 
 
 FOLDERS = {"00-speed-limit-20": "Speed limit 20", "01-stop": "Stop and give way", "02-yield": "Yield"}

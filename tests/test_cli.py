@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.rundir.checkpoint import load_checkpoint
 
 
 def only_run_dir(output: Path) -> Path:

@@ -77,7 +77,7 @@ def test_method_specs_carry_their_own_overrides(tiny_idx_root, tmp_path):
 
 
 def test_stage2_methods_start_from_their_stage1_cell(tiny_idx_root, tmp_path, capsys):
-    from longtail.engine.checkpoint import load_checkpoint
+    from longtail.engine.rundir.checkpoint import load_checkpoint
 
     output = tmp_path / "cmp"
     # crt before ce in the list: the stage-1 cells still run first; lws names its source explicitly.

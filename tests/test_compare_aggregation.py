@@ -139,7 +139,7 @@ def test_a_checkpointed_cell_is_resumed_not_restarted(tiny_idx_root, tmp_path, m
     metrics; the next `compare` resumes it (its first epoch's record, timing included, survives)
     and ends with the metrics of an uninterrupted comparison."""
     from longtail.cli import main
-    from longtail.engine.trainer import Trainer
+    from longtail.engine.training.trainer import Trainer
 
     tiny_model(monkeypatch)
 

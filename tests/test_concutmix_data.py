@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from longtail.data.concutmix import ConCutMix, PairSampler, rectified_targets
+from longtail.data.sampling.pair_sampler import PairSampler
+from longtail.data.transforms.concutmix import ConCutMix, rectified_targets
 
 LABELS = torch.tensor([0] * 40 + [1] * 12 + [2] * 5 + [3] * 2 + [4] * 1)
 
@@ -89,7 +90,7 @@ def test_mixer_probability_exact_area_label_and_reproducibility():
 def test_batched_autoaugment_applies_torchvisions_ops_per_image_plan():
     from torchvision.transforms import v2
 
-    from longtail.data.views import batched_autoaugment
+    from longtail.data.transforms.views import batched_autoaugment
 
     images = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     out, plan = batched_autoaugment(images, torch.Generator().manual_seed(1))
@@ -107,7 +108,7 @@ def test_batched_autoaugment_applies_torchvisions_ops_per_image_plan():
 
 
 def test_batch_views_are_seeded_per_call_and_random_per_sample():
-    from longtail.data.views import BatchViews
+    from longtail.data.transforms.views import BatchViews
 
     views = BatchViews("cifar", [0.5] * 3, [0.25] * 3)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -124,7 +125,7 @@ def test_batched_hue_rotation_matches_torchvision_per_image():
     torchvision's per-image adjust_hue, including grey pixels and ties between channels."""
     from torchvision.transforms.v2 import functional as TF
 
-    from longtail.data.views import adjust_hue_batched
+    from longtail.data.transforms.views import adjust_hue_batched
 
     generator = torch.Generator().manual_seed(3)
     images = torch.rand(12, 3, 16, 16, generator=generator)
@@ -143,7 +144,7 @@ def test_batched_colour_jitter_matches_torchvision_per_image(channels):
     contrast / saturation / hue with the same factors, in several step orders."""
     from torchvision.transforms.v2 import functional as TF
 
-    from longtail.data.views import color_jitter_batched
+    from longtail.data.transforms.views import color_jitter_batched
 
     generator = torch.Generator().manual_seed(4)
     images = torch.rand(8, channels, 12, 12, generator=generator)
@@ -163,7 +164,7 @@ def test_batched_colour_jitter_matches_torchvision_per_image(channels):
 
 
 def test_random_colour_jitter_draws_per_sample_and_skips_with_probability():
-    from longtail.data.views import _RandomColorJitter
+    from longtail.data.transforms.views import _RandomColorJitter
 
     images = torch.rand(400, 3, 4, 4, generator=torch.Generator().manual_seed(8))
     torch.manual_seed(0)
@@ -180,7 +181,7 @@ def test_batched_gaussian_blur_matches_a_reflect_padded_convolution(size):
     and against kornia's gaussian_blur2d where kornia accepts the size."""
     from kornia.filters import gaussian_blur2d
 
-    from longtail.data.views import gaussian_blur_batched
+    from longtail.data.transforms.views import gaussian_blur_batched
 
     generator = torch.Generator().manual_seed(5)
     images = torch.rand(4, 3, *size, generator=generator, dtype=torch.float64)

@@ -17,9 +17,9 @@ from conftest import free_port
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from longtail.data.pair_loader import PairBatch
-from longtail.engine.concutmix import ConCutMixObjective, ConCutMixSettings
-from longtail.engine.distributed import exit_worker
+from longtail.data.loading.pair_loader import PairBatch
+from longtail.engine.methods.contrastive import ConCutMixObjective, ConCutMixSettings
+from longtail.engine.runtime.distributed import exit_worker
 from longtail.models import BCLModel, create_model
 from longtail.regularizers import CAR
 

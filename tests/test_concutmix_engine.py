@@ -14,9 +14,9 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import CHECKPOINT_NAME
-from longtail.data.pair_loader import PairBatch
-from longtail.engine.concutmix import ConCutMixObjective, ConCutMixSettings
+from longtail.engine.rundir.checkpoint import CHECKPOINT_NAME
+from longtail.data.loading.pair_loader import PairBatch
+from longtail.engine.methods.contrastive import ConCutMixObjective, ConCutMixSettings
 from longtail.engine.config import ConfigError, build_config
 from longtail.models import BCLModel, create_model
 from longtail.regularizers import CAR
@@ -185,7 +185,7 @@ def test_concutmix_on_a_folder_of_real_colour_jpegs(tmp_path, in_memory):
 
 
 def test_every_concutmix_recipe_resolves_to_the_released_values():
-    from longtail.engine.concutmix import settings_from_config
+    from longtail.engine.methods.contrastive import settings_from_config
     from longtail.engine.config import available_recipes
 
     names = [r for r in available_recipes() if r.rpartition("/")[2] in ("bcl", "bcl_cutmix", "concutmix", "car_concutmix")]

@@ -21,7 +21,7 @@ from longtail.data import (
     make_longtail,
     read_idx_pair,
 )
-from longtail.data import builtin
+from longtail.data.datasets import builtin
 
 SHARED = Path(os.environ.get("LONGTAIL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 FASHION = SHARED / "fashion-mnist"
@@ -117,7 +117,7 @@ def test_registry_names_splits_and_options():
 
 
 def test_missing_idx_root_says_what_to_download(tmp_path, monkeypatch):
-    from longtail.data import registry
+    from longtail.data.datasets import registry
 
     monkeypatch.setitem(registry._IDX["fashion-mnist"], "default_roots", (str(tmp_path / "nowhere"),))
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):

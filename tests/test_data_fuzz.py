@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from longtail.data import ImageFolderDataset, ListFileDataset, ListFileError, read_list_file
-from longtail.data.imagefiles import BadImagesError, scan_images
+from longtail.data.datasets.imagefiles import BadImagesError, scan_images
 from longtail.engine.config import ConfigError, build_config
-from longtail.engine.data_setup import build_data
-from longtail.engine.distributed import DistributedContext
+from longtail.engine.training.data_setup import build_data
+from longtail.engine.runtime.distributed import DistributedContext
 
 NUM_CLASSES = 5
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Grouped validation hold-out (data/groups.py): no group on both sides, the documented counts
+"""Grouped validation hold-out (data/splits/groups.py): no group on both sides, the documented counts
 (at least N per class, whole groups in one seeded order), clear refusals, and real GTSRB tracks."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import GTSRB_ZIP, gtsrb_train_listing
 
-from longtail.data.groups import GroupError, groups_from_file, groups_from_pattern, hold_out_groups
+from longtail.data.splits.groups import GroupError, groups_from_file, groups_from_pattern, hold_out_groups
 
 
 def synthetic(seed: int = 0, num_classes: int = 5):

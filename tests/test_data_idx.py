@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from longtail.data import IdxFormatError, build_dataset, make_longtail, read_idx, read_idx_pair
-from longtail.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD
+from longtail.data.datasets.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD, MNIST_MEAN, MNIST_STD
 
 from conftest import idx_bytes, write_pair
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import GTSRB_ZIP, gtsrb_train_listing
 
 from longtail.data import make_longtail
-from longtail.data.imbalance import frequency_rank
+from longtail.data.splits.imbalance import frequency_rank
 
 
 def reference_frequency_split(labels: np.ndarray, imbalance_factor: float, n_max: float, seed: int):

@@ -9,8 +9,8 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.evaluate import evaluate_checkpoint
+from longtail.engine.rundir.checkpoint import load_checkpoint
+from longtail.engine.evaluation.evaluate import evaluate_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_crt_starts_from_a_fresh_seeded_classifier_not_stage_1s(tiny_idx_root, t
     """cRT's classifier before stage-2 training is what a new run with the same seed initialises,
     and differs from the trained stage-1 classifier; the backbone is stage 1's."""
     from longtail.engine.config import build_config
-    from longtail.engine.trainer import Trainer
+    from longtail.engine.training.trainer import Trainer
 
     common = [*tiny_run_overrides(tiny_idx_root, tmp_path, epochs=2), "train.eval_train=false", "train.seed=5"]
     config, label = build_config(None, None, [*common, f"model.init_from={stage1}"], "crt")

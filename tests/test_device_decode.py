@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from longtail.data.device_decode import DeviceDecodedLoader, RawFiles, decode_files, is_jpeg
-from longtail.data.imagefolder import ImageFolderDataset
-from longtail.data.listfile import pil_loader
-from longtail.data.transforms import build_file_transforms
+from longtail.data.loading.device_decode import DeviceDecodedLoader, RawFiles, decode_files, is_jpeg
+from longtail.data.datasets.imagefolder import ImageFolderDataset
+from longtail.data.datasets.listfile import pil_loader
+from longtail.data.transforms.augment import build_file_transforms
 
 SIZES = [(37, 50), (64, 48), (40, 40), (23, 81), (48, 64), (50, 37)]
 
@@ -60,7 +60,7 @@ def test_cpu_decoding_gives_pils_pixels(image_root):
 
 def _loaders(dataset, transform, seed=3, **options):
     """(FileLoader, DeviceDecodedLoader on the CPU) over the same dataset, transform and keys."""
-    from longtail.data.loader import FileLoader
+    from longtail.data.loading.loader import FileLoader
 
     copy = dataset.subset(range(len(dataset)))
     copy.transform = transform
@@ -86,7 +86,7 @@ IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 @pytest.mark.parametrize("resize, size", [("resize_center_crop", (24, 24)), ("resize", (20, 28))])
 def test_evaluation_batches_are_the_file_pipelines(image_root, resize, size):
-    from longtail.data.preprocess import Preprocessing
+    from longtail.data.transforms.preprocess import Preprocessing
 
     preprocessing = Preprocessing(size=size, resize=resize, **IMAGENET)
     _assert_same_batches(*_loaders(ImageFolderDataset(image_root), preprocessing))
@@ -98,7 +98,7 @@ def test_evaluation_batches_are_the_file_pipelines(image_root, resize, size):
     dict(resize="resize", crop_padding=0, flip=False, autoaugment=True),
 ])
 def test_training_batches_are_the_file_pipelines_with_the_same_draws(image_root, options):
-    from longtail.data.preprocess import Preprocessing
+    from longtail.data.transforms.preprocess import Preprocessing
 
     options = dict(options)
     preprocessing = Preprocessing(size=(24, 24), resize=options.pop("resize"), **IMAGENET)
@@ -114,10 +114,10 @@ def test_training_batches_are_the_file_pipelines_with_the_same_draws(image_root,
 
 def test_the_engine_decodes_on_the_device_when_training_on_a_gpu(image_root, tmp_path):
     """build_data with a CUDA device (no CUDA needed: file loaders touch the device only when iterated)."""
-    from longtail.data.loader import FileLoader
+    from longtail.data.loading.loader import FileLoader
     from longtail.engine.config import build_config
-    from longtail.engine.data_setup import build_data
-    from longtail.engine.distributed import DistributedContext
+    from longtail.engine.training.data_setup import build_data
+    from longtail.engine.runtime.distributed import DistributedContext
 
     overrides = ["data.name=imagefolder", f"data.root={image_root}", "data.imbalance_factor=null",
                  "data.in_memory=false", "data.image_size=24", "data.workers=0", "train.eval_train=false",

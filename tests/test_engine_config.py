@@ -8,8 +8,8 @@ import yaml
 
 from longtail.engine.config import (ConfigError, available_protocols, available_recipes, build_config,
                                     config_from_dict, load_methods, parse_override)
-from longtail.engine.components import build_loss_fn
-from longtail.engine.schedules import learning_rate
+from longtail.engine.training.components import build_loss_fn
+from longtail.engine.training.schedules import learning_rate
 from longtail.models import available_models
 from longtail.regularizers import CAR
 

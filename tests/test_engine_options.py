@@ -414,7 +414,7 @@ def test_rgb_arrays_train_at_their_native_size_and_channels(tmp_path):
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}, protocol=2))
     from engine_probe import QUIET
     from longtail.engine.config import build_config
-    from longtail.engine.trainer import Trainer
+    from longtail.engine.training.trainer import Trainer
 
     config, label = build_config(None, None, [
         "data.name=cifar10", f"data.root={tmp_path / 'cifar'}", "data.batch_size=25", "optim.epochs=1",

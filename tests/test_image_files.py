@@ -12,8 +12,8 @@ from conftest import image_run_overrides, write_image_folder
 from longtail.cli import main
 from longtail.data import FileLoader, InMemoryLoader, Preprocessing
 from longtail.engine.config import ConfigError, build_config
-from longtail.engine.data_setup import build_data
-from longtail.engine.distributed import DistributedContext
+from longtail.engine.training.data_setup import build_data
+from longtail.engine.runtime.distributed import DistributedContext
 
 
 def data_for(root: Path, *overrides: str):
@@ -174,7 +174,7 @@ def test_bad_files_are_all_reported_before_training_or_skipped_and_recorded(tmp_
 
 
 def test_full_decode_check_finds_corruption_the_header_scan_cannot(tmp_path):
-    from longtail.data.imagefiles import scan_images
+    from longtail.data.datasets.imagefiles import scan_images
 
     write_image_folder(tmp_path, [1], size=(32, 32), fmt="PNG")
     path = next((tmp_path / "c0").iterdir())

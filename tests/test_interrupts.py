@@ -16,8 +16,8 @@ import torch
 from conftest import tiny_run_overrides
 from engine_probe import QUIET, tiny_model
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.trainer import Trainer
+from longtail.engine.rundir.checkpoint import load_checkpoint
+from longtail.engine.training.trainer import Trainer
 
 EPOCHS = 3  # 161 images, batches of 16 (the 1 left over is dropped): 10 steps per epoch
 

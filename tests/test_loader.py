@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longtail.data.images import InMemoryImages
-from longtail.data.loader import InMemoryLoader
-from longtail.data.samplers import build_sampler
-from longtail.data.transforms import BatchAugment
+from longtail.data.datasets.images import InMemoryImages
+from longtail.data.loading.loader import InMemoryLoader
+from longtail.data.sampling.samplers import build_sampler
+from longtail.data.transforms.augment import BatchAugment
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.3)

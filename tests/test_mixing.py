@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from longtail.data.mixing import (
+from longtail.data.transforms.mixing import (
     Box,
     CutMix,
     Mixup,

@@ -11,8 +11,8 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
-from longtail.engine.evaluate import evaluate_checkpoint, load_trained
+from longtail.engine.rundir.checkpoint import load_checkpoint
+from longtail.engine.evaluation.evaluate import evaluate_checkpoint, load_trained
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def constructed_run(trained, tmp_path, features, weight, bias):
     """A copy of the trained run whose classifier is ``weight`` / ``bias`` (float64 numpy)."""
     import shutil
 
-    from longtail.engine.checkpoint import save_checkpoint
+    from longtail.engine.rundir.checkpoint import save_checkpoint
 
     run = tmp_path / "constructed"
     shutil.copytree(trained, run)

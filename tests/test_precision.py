@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from longtail.cli import main
-from longtail.engine import precision as P
+from longtail.engine.runtime import precision as P
 
 from conftest import tiny_run_overrides
 
@@ -104,7 +104,7 @@ def test_bf16_run_keeps_losses_car_and_metrics_in_float32(monkeypatch, tiny_idx_
 
     monkeypatch.setattr(metrics_module.LongTailMetrics, "update", update)
     forward_dtypes = set()
-    from longtail.engine import components
+    from longtail.engine.training import components
 
     original_build = components.build_model
 
@@ -113,7 +113,7 @@ def test_bf16_run_keeps_losses_car_and_metrics_in_float32(monkeypatch, tiny_idx_
         model.register_forward_hook(lambda module, inputs, output: forward_dtypes.add(output.dtype))
         return model
 
-    import longtail.engine.trainer as trainer
+    import longtail.engine.training.trainer as trainer
 
     monkeypatch.setattr(trainer, "build_model", build_model)
     output = tmp_path / "runs"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from longtail.data import InMemoryLoader, Preprocessing
-from longtail.data.preprocess import to_uint8_image
+from longtail.data.transforms.preprocess import to_uint8_image
 
 
 def rgb_image(height=30, width=40, seed=0):

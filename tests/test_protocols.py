@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from longtail.engine.config import ConfigError, build_config, load_recipe
-from longtail.engine.schedules import learning_rate
+from longtail.engine.training.schedules import learning_rate
 
 from conftest import tiny_run_overrides
 
@@ -83,7 +83,7 @@ def test_balanced_softmax_recipe_reproduces_the_protocol_per_iteration(protocol)
 
 
 def test_iteration_based_training_runs_exactly_that_many_batches(tiny_idx_root, tmp_path):
-    from longtail.engine.trainer import train
+    from longtail.engine.training.trainer import train
 
     overrides = tiny_run_overrides(tiny_idx_root, tmp_path) + [
         "optim.iterations=13", "optim.warmup_iterations=4", "optim.warmup_start_lr=0.01", "optim.schedule=cosine",
@@ -93,7 +93,7 @@ def test_iteration_based_training_runs_exactly_that_many_batches(tiny_idx_root, 
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     steps = -(-sum(json.loads((run_dir / "class_counts.json").read_text())["train_counts"]) // 16)
     assert results["epochs"] == math.ceil(13 / steps) == len(history)
-    from longtail.engine.checkpoint import load_checkpoint, run_checkpoint
+    from longtail.engine.rundir.checkpoint import load_checkpoint, run_checkpoint
 
     assert load_checkpoint(run_checkpoint(run_dir))["global_step"] == 13
 
@@ -112,8 +112,8 @@ def test_iteration_options_refuse_contradictions(overrides, message):
 def test_in_memory_loader_applies_autoaugment_when_the_config_asks(tiny_idx_root):
     import torch
 
-    from longtail.engine.data_setup import build_data
-    from longtail.engine.distributed import DistributedContext
+    from longtail.engine.training.data_setup import build_data
+    from longtail.engine.runtime.distributed import DistributedContext
 
     def first_batch(autoaugment):
         config, _ = build_config(overrides=tiny_run_overrides(tiny_idx_root, "unused") + [
@@ -168,7 +168,7 @@ def test_ccar_around_drw_receives_the_epoch_through_set_epoch():
 
 def test_engine_steps_a_drw_loss_nested_in_ccar(tiny_idx_root, tmp_path):
     from longtail import losses as L
-    from longtail.engine.trainer import Trainer
+    from longtail.engine.training.trainer import Trainer
 
     config, label = build_config(overrides=tiny_run_overrides(tiny_idx_root, tmp_path, epochs=2) + [
         "loss.name=ccar_ce", "train.eval_train=false"])
@@ -234,7 +234,7 @@ def test_ldam_is_bound_to_its_cosine_head():
 def test_engine_makes_ldam_scale_the_head_scale():
     import torch
 
-    from longtail.engine.components import build_loss_fn
+    from longtail.engine.training.components import build_loss_fn
 
     config, _ = build_config("fashion-mnist-lt/ldam_drw", overrides=["model.head_scale=16"])
     assert build_loss_fn(config, COUNTS, torch.device("cpu")).loss.logit_scale == 16.0
@@ -252,8 +252,8 @@ def test_reported_test_spectral_norm_uses_the_runs_car_weighting(tiny_idx_root, 
     import numpy as np
     import torch
 
-    from longtail.engine.evaluate import load_trained
-    from longtail.engine.trainer import train
+    from longtail.engine.evaluation.evaluate import load_trained
+    from longtail.engine.training.trainer import train
 
     config, label = build_config(overrides=tiny_run_overrides(tiny_idx_root, tmp_path, epochs=1) + [
         "regularizer.name=car", "regularizer.weighting=count", "regularizer.l0=3", "train.eval_train=false"])
@@ -306,7 +306,7 @@ def test_inat_val_list_is_never_a_validation_split(tmp_path):
     from PIL import Image
 
     from longtail.data import dataset_test_splits
-    from longtail.engine.data_setup import _own_validation_set
+    from longtail.engine.training.data_setup import _own_validation_set
 
     (tmp_path / "img").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
@@ -334,8 +334,8 @@ def _write_folder(root, counts, size=8, seed=0):
 def test_file_datasets_carve_a_seeded_per_class_validation_split_from_training(tmp_path):
     import torch
 
-    from longtail.engine.data_setup import build_data
-    from longtail.engine.distributed import DistributedContext
+    from longtail.engine.training.data_setup import build_data
+    from longtail.engine.runtime.distributed import DistributedContext
 
     _write_folder(tmp_path / "data", [6, 4, 3])
 
@@ -366,7 +366,7 @@ def test_random_resized_crop_matches_torchvision_resized_crop():
     import torch
     from torchvision.transforms.v2 import functional as TF
 
-    from longtail.data.transforms import RESIZED_CROP_COLUMNS, random_resized_crop, sample_uniforms, uniforms_to_resized_crop
+    from longtail.data.transforms.augment import RESIZED_CROP_COLUMNS, random_resized_crop, sample_uniforms, uniforms_to_resized_crop
 
     images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     whole = torch.tensor([[0.0, 0.0, 40.0, 40.0]] * 6)
@@ -396,8 +396,8 @@ def test_vit_fine_tune_recipes_follow_the_authors_code():
 def test_imagenet_normalization_and_resized_crop_reach_the_in_memory_loader(tiny_idx_root):
     import torch
 
-    from longtail.engine.data_setup import build_data
-    from longtail.engine.distributed import DistributedContext
+    from longtail.engine.training.data_setup import build_data
+    from longtail.engine.runtime.distributed import DistributedContext
 
     base = tiny_run_overrides(tiny_idx_root, "unused") + ["data.channels=3"]
     with pytest.raises(ConfigError, match="RGB"):

@@ -108,7 +108,7 @@ def test_component_defaults_are_the_referenced_ones(name, row, named):
     pins the component the preset builds: its defaults included, which no `value` cell shows."""
     import torch
 
-    from longtail.engine.components import build_loss_fn, build_regularizer
+    from longtail.engine.training.components import build_loss_fn, build_regularizer
     from longtail.engine.config import build_config
 
     config, _ = build_config(None, None, [], name)

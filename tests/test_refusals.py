@@ -15,7 +15,7 @@ import yaml
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine import checkpoint as ckpt
+from longtail.engine.rundir import checkpoint as ckpt
 from longtail.engine.config import ConfigError, build_config
 
 
@@ -77,7 +77,8 @@ def test_out_of_range_values_are_refused_naming_key_value_and_range(override, ex
 def test_every_numeric_key_has_a_checked_range():
     import dataclasses
 
-    from longtail.engine.config import _LIST_RANGES, _RANGES, TYPED_SECTIONS, RunConfig
+    from longtail.engine.config import TYPED_SECTIONS, RunConfig
+    from longtail.engine.config.validate import _LIST_RANGES, _RANGES
 
     for section in TYPED_SECTIONS:
         for field in dataclasses.fields(getattr(RunConfig(), section)):
@@ -228,7 +229,7 @@ def test_data_fingerprint_is_recorded_and_checked_by_eval_resume_and_init_from(t
 
 
 def test_file_fingerprint_names_added_removed_and_changed_files(tmp_path):
-    from longtail.engine.fingerprint import DataChangedError, check_same_data, data_fingerprint
+    from longtail.engine.rundir.fingerprint import DataChangedError, check_same_data, data_fingerprint
 
     class Files:
         def __init__(self, paths):
@@ -287,7 +288,7 @@ def test_a_torch_file_that_is_not_a_run_checkpoint_is_refused(tiny_idx_root, tmp
 def test_diverged_batch_norm_statistics_never_become_last_pt(tiny_idx_root, tmp_path, capsys, monkeypatch):
     """The training loss (batch statistics) stays finite while a running variance overflows: the
     epoch-end checkpoint is refused, the previous one is intact and the message says which it is."""
-    from longtail.engine import trainer as trainer_module
+    from longtail.engine.training import trainer as trainer_module
 
     real_train_epoch = trainer_module.Trainer.train_epoch
 
@@ -310,7 +311,7 @@ def test_diverged_batch_norm_statistics_never_become_last_pt(tiny_idx_root, tmp_
 
 
 def test_non_finite_parameters_are_caught_at_the_next_step(tiny_idx_root, tmp_path, capsys, monkeypatch):
-    from longtail.engine import trainer as trainer_module
+    from longtail.engine.training import trainer as trainer_module
 
     real_loss_terms = trainer_module.Trainer._loss_terms
 
@@ -331,9 +332,9 @@ def test_image_folder_fingerprint_lists_files_and_compare_reads_it_without_decod
     import numpy as np
     from PIL import Image
 
-    from longtail.engine.data_setup import build_data, data_fingerprint_of
-    from longtail.engine.distributed import DistributedContext
-    from longtail.engine.fingerprint import differences
+    from longtail.engine.training.data_setup import build_data, data_fingerprint_of
+    from longtail.engine.runtime.distributed import DistributedContext
+    from longtail.engine.rundir.fingerprint import differences
 
     root = tmp_path / "folder"
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.rundir.checkpoint import load_checkpoint
 
 EPOCHS = 30
 # CAR + CCAR (EMA state, power-iteration vectors), mixing (per-batch randomness) and selection on a

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from longtail.data.samplers import (
+from longtail.data.sampling.samplers import (
     ClassPowerSampler,
     ProgressiveSampler,
     available_samplers,

@@ -8,10 +8,10 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.rundir.checkpoint import load_checkpoint
 from longtail.engine.config import build_config
-from longtail.engine.evaluate import evaluate_checkpoint
-from longtail.engine.trainer import Trainer, config_of_run
+from longtail.engine.evaluation.evaluate import evaluate_checkpoint
+from longtail.engine.training.trainer import Trainer, config_of_run
 
 SELECTION = ["data.validation_per_class=2", "train.select_on=balanced_accuracy", "train.eval_train=false"]
 

@@ -18,7 +18,7 @@ import torch
 
 from conftest import tiny_run_overrides
 from longtail.cli import main
-from longtail.engine.checkpoint import load_checkpoint
+from longtail.engine.rundir.checkpoint import load_checkpoint
 from conftest import free_port
 from test_torchrun import torchrun_executable
 

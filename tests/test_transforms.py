@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from longtail.data.preprocess import Preprocessing
-from longtail.data.transforms import (
+from longtail.data.transforms.preprocess import Preprocessing
+from longtail.data.transforms.augment import (
     BatchAugment,
     apply_cutout,
     build_file_transforms,
@@ -155,8 +155,8 @@ def test_file_train_pipeline_padding_flip_cutout_and_channels():
     assert torch.equal(build_file_transforms(prep, train=True, crop_padding=0, flip=False)(ramp), plain)
 
 def test_sample_uniforms_match_a_plain_python_lowbias32_and_are_uniform():
-    from longtail.data.samplers import derive_seed
-    from longtail.data.transforms import AUGMENT_STREAM, sample_uniforms
+    from longtail.data.sampling.samplers import derive_seed
+    from longtail.data.transforms.augment import AUGMENT_STREAM, sample_uniforms
 
     def mix(x):  # lowbias32 with Python's unbounded integers
         x ^= x >> 16

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from longtail.data import builtin  # noqa: E402
-from longtail.data.imbalance import index_hash  # noqa: E402
+from longtail.data.splits.imbalance import index_hash  # noqa: E402
 
 DEFAULT_SOURCES = [REPO.parent / "shared" / "data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from longtail._version import __version__
 
 _SUBPACKAGES = ("losses", "regularizers", "data", "models", "metrics", "engine", "report", "cli")
 __all__ = [*_SUBPACKAGES, "load_run", "__version__"]
@@ -26,7 +26,7 @@ def __getattr__(name: str):
         globals()[name] = module  # later lookups bypass this function
         return module
     if name == "load_run":
-        from longtail.engine.inference import load_run
+        from longtail.engine.evaluation.inference import load_run
 
         globals()["load_run"] = load_run
         return load_run

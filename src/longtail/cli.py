@@ -146,7 +146,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"longtail {args.command}: error: {error}", file=sys.stderr)
         code = EXIT_USAGE
     if args.command == "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from longtail.engine.distributed import exit_worker
+        from longtail.engine.runtime.distributed import exit_worker
 
         exit_worker(code)  # a torchrun worker: skip interpreter finalization (see exit_worker)
     return code
@@ -165,9 +165,9 @@ def _resolve_config(args):
 
 
 def cmd_train(args) -> int:
-    from longtail.engine.checkpoint import CheckpointError, OutputWriteError
+    from longtail.engine.rundir.checkpoint import CheckpointError, OutputWriteError
     from longtail.engine.config import ConfigError, dump_yaml
-    from longtail.engine.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
+    from longtail.engine.training.trainer import (NonFiniteLossError, Trainer, TrainingInterrupted, config_of_run,
                                          finished_results)
     from longtail.report.tables import per_class_table, results_table
 
@@ -258,12 +258,13 @@ def quick_start() -> int:
 
 
 def cmd_eval(args) -> int:
-    from longtail.engine.checkpoint import CheckpointError
-    from longtail.engine.evaluate import NonFiniteOutputError, evaluate_run, name_classes
+    from longtail.engine.rundir.checkpoint import CheckpointError
+    from longtail.engine.evaluation.evaluate import evaluate_run
+    from longtail.engine.training.scoring import NonFiniteOutputError, name_classes
     from longtail.report.tables import per_class_table, results_table
 
     if args.data_root is not None:
-        from longtail.engine.inference import InferenceError, evaluate_data_root, load_run
+        from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root, load_run
 
         try:
             loaded = load_run(args.target, args.device)
@@ -288,7 +289,7 @@ def cmd_eval(args) -> int:
 
 
 def _write_predictions(predictions: list, output: Optional[str], header: dict) -> None:
-    from longtail.engine.checkpoint import atomic_write_json, atomic_write_text
+    from longtail.engine.rundir.checkpoint import atomic_write_json, atomic_write_text
 
     if output is None:
         from longtail.report.tables import markdown_table
@@ -318,7 +319,7 @@ def _write_predictions(predictions: list, output: Optional[str], header: dict) -
 
 
 def cmd_predict(args) -> int:
-    from longtail.engine.inference import InferenceError, find_images, load_run, predict_files
+    from longtail.engine.evaluation.inference import InferenceError, find_images, load_run, predict_files
 
     if args.output is not None and not args.output.endswith((".csv", ".json")):
         raise UsageError(f"--output must end in .csv or .json, got {args.output!r}")
@@ -354,7 +355,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from longtail.engine.inference import InferenceError, export_run, load_run
+    from longtail.engine.evaluation.inference import InferenceError, export_run, load_run
 
     suffix = ".onnx" if args.format == "onnx" else ".pt"
     output = Path(args.output) if args.output else Path(args.run) / "export" / f"model{suffix}"
@@ -369,9 +370,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_posthoc(args) -> int:
-    from longtail.engine.checkpoint import CheckpointError, atomic_write_json
+    from longtail.engine.rundir.checkpoint import CheckpointError, atomic_write_json
     from longtail.engine.config import SELECTABLE_METRICS
-    from longtail.engine.posthoc import DEFAULT_TAUS, run_posthoc
+    from longtail.engine.evaluation.posthoc import DEFAULT_TAUS, run_posthoc
     from longtail.report.tables import format_percent, results_table
 
     if args.select_on not in SELECTABLE_METRICS:
@@ -398,7 +399,7 @@ def cmd_posthoc(args) -> int:
     output = run_dir / f"posthoc_{args.method}.json"
     class_means = result.pop("class_means", None)
     if class_means is not None:  # NCM: what `longtail predict --posthoc ncm` classifies with
-        from longtail.engine.checkpoint import save_checkpoint
+        from longtail.engine.rundir.checkpoint import save_checkpoint
 
         save_checkpoint(output.with_suffix(".pt"), {"class_means": class_means})
     atomic_write_json(output, result)
@@ -408,7 +409,7 @@ def cmd_posthoc(args) -> int:
 
 def cmd_recipes(args) -> int:
     from longtail.engine.config import (ConfigError, available_protocols, build_config, dump_yaml, load_methods,
-                                        protocol_methods, _read_yaml, RECIPE_DIR)
+                                        protocol_methods, read_yaml, RECIPE_DIR)
 
     if args.show:
         try:
@@ -420,7 +421,7 @@ def cmd_recipes(args) -> int:
     methods = load_methods()
     print("Recipes (use `longtail train --recipe NAME`; NAME is a protocol or protocol/method):\n")
     for protocol in available_protocols():
-        data = _read_yaml(RECIPE_DIR / "protocols" / f"{protocol}.yaml")
+        data = read_yaml(RECIPE_DIR / "protocols" / f"{protocol}.yaml")
         print(f"{protocol}: {data.get('description', '')}")
         paper = data.get("paper", {}) or {}
         for method in protocol_methods(protocol):
@@ -451,7 +452,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from longtail import data
+    import longtail.data as data
 
     if not args.name:
         print("\n".join(data.available_datasets()))
@@ -466,8 +467,8 @@ def cmd_data(args) -> int:
         if split == "all" and options:
             # What `train` would train on: the test split is held out first, then made long-tailed.
             from longtail.engine.config import build_config
-            from longtail.engine.data_setup import _build_sets
-            from longtail.engine.distributed import DistributedContext
+            from longtail.engine.training.data_setup import _build_sets
+            from longtail.engine.runtime.distributed import DistributedContext
 
             config, _ = build_config(None, None, ["data.name=imagefolder", f"data.root={args.root}",
                                                   f"data.imbalance_factor={args.imbalance_factor}"])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from longtail.engine.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
+from longtail.engine.rundir.checkpoint import CHECKPOINT_NAME, atomic_write_json, atomic_write_text
 from longtail.engine.config import ConfigError, RunConfig, build_config, dump_yaml
 from longtail.report.tables import SUMMARY_COLUMNS, format_percent, markdown_table
 
@@ -204,7 +204,7 @@ def _recorded_config(run_dir: Path) -> Optional[dict]:
 def _check_existing_cells(cells: list[Cell], output: Path) -> None:
     """A finished or resumable cell is reused only if it was made with the same resolved settings and
     the same data; otherwise the comparison is refused before anything runs (never silently reused)."""
-    from longtail.engine.fingerprint import differences, read_recorded
+    from longtail.engine.rundir.fingerprint import differences, read_recorded
 
     stale = []
     for cell in cells:
@@ -232,7 +232,7 @@ def _check_existing_cells(cells: list[Cell], output: Path) -> None:
 def _attach_fingerprints(cells: list[Cell]) -> None:
     """Build each distinct data setup once, before any cell trains: missing or bad data is reported
     now, and every cell gets the data fingerprint its reused results must match."""
-    from longtail.engine.data_setup import data_fingerprint_of
+    from longtail.engine.training.data_setup import data_fingerprint_of
 
     built = {}
     for cell in cells:
@@ -263,14 +263,14 @@ def _validate_arguments(args, cells: list[Cell], output: Path) -> str:
     if getattr(args, "jobs", 1) < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     for device in _split_list(getattr(args, "devices", None), str):
-        from longtail.engine.distributed import select_device
+        from longtail.engine.runtime.distributed import select_device
 
         if device != "cpu" and not re.fullmatch(r"cuda(:[0-9]+)?", device):
             raise ConfigError(f"--devices: {device!r} is not a device; use cpu, cuda or cuda:N")
         select_device(device)  # refuses a CUDA device this machine does not have
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file, not a directory")
-    from longtail.engine.runinfo import check_output_dir
+    from longtail.engine.rundir.runinfo import check_output_dir
 
     check_output_dir(output)
     return reference
@@ -301,7 +301,7 @@ def _run_in_process(cell: Cell, run_dir: Path, log: Path) -> None:
     trainer's own handler: it saves a checkpoint and raises TrainingInterrupted (exit 128 + N)."""
     import contextlib
 
-    from longtail.engine.trainer import train
+    from longtail.engine.training.trainer import train
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as stream, contextlib.redirect_stdout(stream), \
@@ -569,20 +569,21 @@ def canonical_loss(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
 
 
 def _canonical_config(config: RunConfig) -> tuple[str, list]:
-    from longtail.regularizers import CAR
+    import inspect
+
+    from longtail.regularizers import REGULARIZERS
 
     identity = _identity(config.to_dict())
     identity["train"].pop("seed", None)
     name, options, reason = canonical_loss(config.loss.name, config.loss.options)
     identity["loss"] = {"name": name, "options": options}
-    if config.regularizer.name == "car":
-        import inspect
-
+    constructor = REGULARIZERS.get(config.regularizer.name)
+    if constructor is not None:  # every option with its default filled in
         full = dict(config.regularizer.options)
-        for key, parameter in inspect.signature(CAR.__init__).parameters.items():
+        for key, parameter in inspect.signature(constructor.__init__).parameters.items():
             if key not in ("self", "class_counts") and parameter.default is not inspect.Parameter.empty:
                 full.setdefault(key, parameter.default)
-        identity["regularizer"] = {"name": "car", "options": full}
+        identity["regularizer"] = {"name": config.regularizer.name, "options": full}
     return json.dumps(identity, sort_keys=True, default=str), [reason] if reason else []
 
 

@@ -58,7 +58,7 @@ MAX_TABLE_CLASSES = 20  # beyond this the per-class table goes to metrics.json o
 
 
 def per_class_table(results: dict, max_classes: int = MAX_TABLE_CLASSES) -> str:
-    """Per class (after :func:`longtail.engine.evaluate.name_classes`): name, training images, and
+    """Per class (after :func:`longtail.engine.evaluation.evaluate.name_classes`): name, training images, and
     accuracy / images of each evaluated split; up to ``max_classes`` classes, else the five worst."""
     rows = results.get("per_class")
     if not rows:
