@@ -86,8 +86,10 @@ def _dataset_kwargs(config: RunConfig) -> dict:
         if spec.imbalance_factor is not None:
             options["imbalance_factor"] = spec.imbalance_factor
         elif shaped and valid["imbalance_factor"] is None:
-            raise ConfigError(f"{' and '.join(shaped)} shape the long-tailed split, and '{spec.name}' is only made "
-                              f"long-tailed when data.imbalance_factor is set (e.g. 100); set it, or unset them")
+            keys = " and ".join(shaped)
+            raise ConfigError(f"{keys} only {'shapes' if len(shaped) == 1 else 'shape'} a long-tailed split, and "
+                              f"'{spec.name}' is made long-tailed only when data.imbalance_factor is set: set "
+                              f"data.imbalance_factor (e.g. 100), or unset {keys}")
         options["profile"] = spec.profile
         options["seed"] = spec.split_seed
         options["class_order"] = spec.class_order
