@@ -197,6 +197,11 @@ class TrainConfig:
         f"maximise ({', '.join(SELECTABLE_METRICS)}); the validation split (data.validation_per_class > 0, "
         "or a file dataset's own val split) is then evaluated after every epoch and the best epoch's weights "
         "are kept. Never the test set", "final")
+    headline_metric: str = _help(
+        "the test metric `longtail compare` ranks, counts paired wins and gives deltas on: accuracy | "
+        "balanced_accuracy (mean per-class recall: the honest headline when the test split is itself "
+        "imbalanced, e.g. GTSRB; it equals accuracy on a balanced test split). Overall accuracy is always shown",
+        "accuracy")
     output_dir: str = _help("where run directories are created", "runs")
     run_name: Optional[str] = _help("run directory name (default: recipe + time)", None)
     progress: bool = _help("show a progress bar", True)

@@ -27,6 +27,7 @@ _CHOICES = {
     "optim.schedule": ("multistep", "cosine", "constant"),
     "optim.warmup_style": ("linear", "stepwise"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.headline_metric": ("accuracy", "balanced_accuracy"),
 }
 
 
