@@ -61,6 +61,9 @@ class DataBundle:
     metric_options: dict = field(default_factory=dict)
     preprocessing: Preprocessing = None  # what every evaluation loader applies (preprocessing.json)
     fingerprint: dict = field(default_factory=dict)  # engine.fingerprint.data_fingerprint of the data used
+    # Image folders: the class folder names in label order (``classes`` are their classes.tsv display
+    # names); None for other datasets. Checkpoints keep both, so `eval --data-root` matches folders.
+    folders: list = None
 
 
 @dataclass
@@ -191,6 +194,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     _check_data_options(config)
     sets = _build_sets(config, context)
     fingerprint = _fingerprint(sets, spec.root)  # before files are decoded: file rows keep their paths
+    folders = getattr(sets.train, "folders", None)  # decoding into memory keeps the display names only
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
@@ -229,7 +233,8 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                           f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
                       preprocessing.channels, sets.split_info, mix=_mixing(config, num_classes),
-                      preprocessing=preprocessing, fingerprint=fingerprint)
+                      preprocessing=preprocessing, fingerprint=fingerprint,
+                      folders=None if folders is None else list(folders))
 
 
 def data_fingerprint_of(config: RunConfig) -> dict:
