@@ -106,3 +106,19 @@ def test_a_bad_headline_is_refused():
     with pytest.raises(ConfigError, match="train.headline_metric='ece' is not valid; choose one of: accuracy, "
                                           "balanced_accuracy"):
         build_config(overrides=["train.headline_metric=ece"])
+
+
+def test_a_key_added_to_the_schema_later_keeps_a_recorded_cell_reusable(comparison):
+    """A cell recorded before a key existed (its config.yaml lacks it) has the identity of the same
+    cell now, with the key at its default; a changed value still changes the identity."""
+    from longtail.engine.compare import _changed_settings, config_hash
+
+    _, _, cells = comparison
+    now = cells[0].config.to_dict()
+    older = json.loads(json.dumps(now))
+    del older["data"]["class_order"], older["data"]["validation_group_scope"]
+    assert config_hash(older) == config_hash(now)
+    changed = json.loads(json.dumps(older))
+    changed["data"]["n_max"] = 7
+    assert config_hash(changed) != config_hash(now)
+    assert _changed_settings(now, changed) == "data.n_max: None -> 7"

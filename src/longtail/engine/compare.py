@@ -159,8 +159,23 @@ class CellFailed(RuntimeError):
 _VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device", "headline_metric")}
 
 
+def _completed(config_dict: dict) -> dict:
+    """``config_dict`` with every key the schema has now, at its default where the dict lacks it: a
+    setting added to the schema later (at its default) leaves an earlier cell's identity unchanged, so
+    a grid resumed after an upgrade reuses its finished cells instead of refusing them all."""
+    from longtail.engine.config.schema import TYPED_SECTIONS
+
+    full = RunConfig().to_dict()
+    for section, values in config_dict.items():
+        if section in TYPED_SECTIONS and isinstance(values, dict) and isinstance(full.get(section), dict):
+            full[section] = {**full[section], **values}
+        else:
+            full[section] = values
+    return full
+
+
 def _identity(config_dict: dict) -> dict:
-    identity = json.loads(json.dumps(config_dict))
+    identity = json.loads(json.dumps(_completed(config_dict)))
     for section, keys in _VOLATILE.items():
         for key in keys:
             identity.get(section, {}).pop(key, None)
