@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import json
@@ -167,3 +168,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+GTSRB_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "gtsrb-32.zip"
+
+
+@functools.lru_cache(maxsize=1)
+def gtsrb_train_listing() -> tuple[list[str], list[str], np.ndarray, bytes]:
+    """(class folders, training file names, labels, classes.tsv bytes) of the shared GTSRB zip, read
+    from its directory only (no image is decoded): the real counts and track names, in the sorted
+    order an image folder lists them. Tests using it skip when the zip is absent."""
+    import zipfile
+
+    with zipfile.ZipFile(GTSRB_ZIP) as archive:
+        entries = sorted(n for n in archive.namelist() if n.startswith("gtsrb-32/train/") and n.endswith(".png"))
+        names_file = archive.read("gtsrb-32/classes.tsv")
+    folder_of = [n.split("/")[2] for n in entries]
+    folders = sorted(set(folder_of))
+    index = {folder: label for label, folder in enumerate(folders)}
+    labels = np.array([index[f] for f in folder_of], dtype=np.int64)
+    return folders, [n.split("/")[3] for n in entries], labels, names_file

@@ -255,9 +255,8 @@ def test_jobs_default_is_one_process_per_core_one_per_device_and_never_more_than
     assert compare.default_jobs([], cells=20) == 1  # cells on one GPU would only compete for it
 
 
-def test_bare_train_is_the_quick_start_comparing_the_recommended_method_with_ce(tiny_idx_root, tmp_path, capsys,
-                                                                                 monkeypatch):
-    """README command 1 ends in `longtail train`: it must end with CE and a long-tail method side by side
+def test_bare_train_is_the_quick_start_comparing_ce_bs_and_ccar_bs(tiny_idx_root, tmp_path, capsys, monkeypatch):
+    """README command 1 ends in `longtail train`: it must end with CE, BS and CCAR + BS side by side
     on overall and tail accuracy. The recipe's data is swapped for the tiny set to keep this test short."""
     from longtail import cli
 
@@ -268,14 +267,14 @@ def test_bare_train_is_the_quick_start_comparing_the_recommended_method_with_ce(
                         [*cli.QUICK_START_OVERRIDES, *tiny_run_overrides(tiny_idx_root, tmp_path / "unused", epochs=1)])
     assert main(["train"]) == 0
     out = capsys.readouterr().out
-    assert "the quick start" in out and "cell 2/2:" in out
-    assert "| ce |" in out and "| ccar_bs |" in out and "| Few | Worst |" in out
+    assert "the quick start" in out and "cell 3/3:" in out
+    assert "| ce |" in out and "| bs |" in out and "| ccar_bs |" in out and "| Few | Worst |" in out
     assert "On overall accuracy, " in out and "On worst-class accuracy, " in out
     (output,) = (tmp_path / "runs").iterdir()
     assert output.name.startswith("quickstart-")
     configs = [json.loads(json.dumps(__import__("yaml").safe_load((output / "cells" / f"{m}-seed0.yaml").read_text())))
-               for m in ("ce", "ccar_bs")]
-    assert [c["loss"]["name"] for c in configs] == ["ce", "ccar_bs"]
+               for m in ("ce", "bs", "ccar_bs")]
+    assert [c["loss"]["name"] for c in configs] == ["ce", "bs", "ccar_bs"]
     assert all(c["optim"]["epochs"] == 1 and c["model"]["options"] == {"width": 16} for c in configs)
 
 

@@ -112,7 +112,8 @@ def test_registry_names_splits_and_options():
         build_dataset("fashion-mnist-lt", profile="linear")  # checked before any file is looked for
     with pytest.raises(ValueError, match="seed must be an integer"):
         build_dataset("cifar10-lt", root="/nonexistent", seed=-1)
-    assert dataset_options("cifar10-lt") == {"download": False, "imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None}
+    assert dataset_options("cifar10-lt") == {"download": False, "imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None,
+                                             "class_order": "index"}
 
 
 def test_missing_idx_root_says_what_to_download(tmp_path, monkeypatch):

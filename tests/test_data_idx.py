@@ -83,8 +83,11 @@ def test_real_mnist_lt_and_normalisation_constants():
     assert smallest == 5421
     assert train.class_counts() == [int(smallest * 0.1 ** (i / 9)) for i in range(10)]
     assert train.longtail_split.max_per_class == smallest
-    with pytest.raises(ValueError, match="max_per_class <= 5421"):
-        make_longtail(full_labels, 10)  # LDAM's n_max = 6000 would silently short class "0"
+    # LDAM's n_max = 6000 would silently short class "0" (5923 images); the hint is the largest
+    # n_max that fits in index order: class 0 bounds it (class "5", rank 5, needs only int(n * 0.1 ** (5/9))).
+    with pytest.raises(ValueError, match=r"class 0 needs 6000 images .*but has only 5923.*max_per_class <= 5923"):
+        make_longtail(full_labels, 10)
+    assert make_longtail(full_labels, 10, max_per_class=5923).counts[0] == 5923
     assert pixel_mean_std(images) == pytest.approx((MNIST_MEAN[0], MNIST_STD[0]), abs=1e-9)
 
 

@@ -139,9 +139,13 @@ def test_invalid_arguments_are_explained(kwargs, message):
 
 def test_unbalanced_source_needs_explicit_max_per_class():
     labels = np.concatenate([np.repeat(np.arange(5), 30), np.repeat(np.arange(5, 10), 10)])
-    with pytest.raises(ValueError, match="max_per_class <= 10"):
+    # The hint is the largest n_max that fits: int(16 * 0.5 ** (5/9)) = 10 <= 10 for class 5 (the
+    # first 10-image class), int(17 * 0.5 ** (5/9)) = 11 > 10.
+    with pytest.raises(ValueError, match="max_per_class <= 16"):
         make_longtail(labels, 2)
-    assert make_longtail(labels, 2, max_per_class=10).counts[0] == 10
+    assert make_longtail(labels, 2, max_per_class=16).counts[:6] == (16, 14, 13, 12, 11, 10)
+    with pytest.raises(ValueError, match="class 5 needs 11"):
+        make_longtail(labels, 2, max_per_class=17)
 
 
 def write_cifar10(folder, labels: np.ndarray, seed: int = 0) -> np.ndarray:

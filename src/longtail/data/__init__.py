@@ -14,7 +14,8 @@ Sub-packages, by concern (docs/architecture.md):
 Datasets half (this file's exports): long-tailed splits with the LDAM-DRW generator
 (``longtail_counts``, ``make_longtail`` -> ``LongTailSplit``), in-memory image sets
 (``InMemoryImages``: CIFAR, MNIST-type, the embedded ``fashion-mnist-lt``), file datasets
-(``ListFileDataset`` for ImageNet-LT / Places-LT / iNaturalist lists, ``ImageFolderDataset``),
+(``ListFileDataset`` for ImageNet-LT / Places-LT / iNaturalist lists, ``ImageFolderDataset`` with
+display names from ``classes.tsv``), validation hold-outs that keep groups whole (``hold_out_groups``),
 ``analyze`` for any labelled set, and the registry ``available_datasets`` / ``build_dataset``.
 
 Batch half: DDP-correct samplers (``build_sampler``), the in-memory batched pipeline
@@ -24,6 +25,7 @@ Batch half: DDP-correct samplers (``build_sampler``), the in-memory batched pipe
 """
 
 from .datasets.builtin import BuiltinDataError, load_builtin
+from .datasets.classnames import ClassNamesError, read_class_names
 from .datasets.cifar import SafeUnpickler, UnsafePickleError, load_cifar, safe_load_pickle
 from .datasets.idx import IdxFormatError, read_idx, read_idx_pair
 from .datasets.imagefiles import BadImagesError, scan_images
@@ -35,6 +37,7 @@ from .datasets.registry import (available_datasets, build_dataset, dataset_optio
 from .loading.loader import FileLoader, InMemoryLoader
 from .sampling.samplers import ClassPowerSampler, ProgressiveSampler, available_samplers, build_sampler
 from .splits.analyze import DatasetReport, analyze, gini_coefficient
+from .splits.groups import GroupError, GroupHoldout, groups_from_file, groups_from_pattern, hold_out_groups
 from .splits.imbalance import LongTailSplit, index_hash, longtail_counts, make_longtail
 from .transforms.augment import BatchAugment, build_file_transforms
 from .transforms.mixing import CutMix, Mixup, available_mixers, build_mixer, cutmix_box, paste_box
@@ -59,6 +62,13 @@ __all__ = [
     "cutmix_box",
     "paste_box",
     "BuiltinDataError",
+    "ClassNamesError",
+    "GroupError",
+    "GroupHoldout",
+    "groups_from_file",
+    "groups_from_pattern",
+    "hold_out_groups",
+    "read_class_names",
     "DatasetReport",
     "FileImageDataset",
     "IdxFormatError",

@@ -156,12 +156,28 @@ class CellFailed(RuntimeError):
 
 
 # Settings that say where / how fast a cell runs, not what it computes: left out of its identity.
-_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device"),
+# (headline_metric only chooses how the tables rank the results.)
+_VOLATILE = {"train": ("output_dir", "run_name", "progress", "threads", "device", "headline_metric"),
              "model": ("compile",)}  # compiled and eager agree to rounding (tests/test_compile.py)
 
 
+def _completed(config_dict: dict) -> dict:
+    """``config_dict`` with every key the schema has now, at its default where the dict lacks it: a
+    setting added to the schema later (at its default) leaves an earlier cell's identity unchanged, so
+    a grid resumed after an upgrade reuses its finished cells instead of refusing them all."""
+    from longtail.engine.config.schema import TYPED_SECTIONS
+
+    full = RunConfig().to_dict()
+    for section, values in config_dict.items():
+        if section in TYPED_SECTIONS and isinstance(values, dict) and isinstance(full.get(section), dict):
+            full[section] = {**full[section], **values}
+        else:
+            full[section] = values
+    return full
+
+
 def _identity(config_dict: dict) -> dict:
-    identity = json.loads(json.dumps(config_dict))
+    identity = json.loads(json.dumps(_completed(config_dict)))
     for section, keys in _VOLATILE.items():
         for key in keys:
             identity.get(section, {}).pop(key, None)
@@ -560,7 +576,10 @@ def _mean_std(values: list) -> tuple[Optional[float], Optional[float]]:
 
 
 def aggregate(output: Path, cells: list[Cell], reference: str) -> list[dict]:
-    """One row per (imbalance factor, method): mean / std over seeds, delta and paired wins vs reference."""
+    """One row per (imbalance factor, method): mean / std over seeds, delta and paired wins vs reference
+    (on overall accuracy, and on the headline metric: ``train.headline_metric`` of the reference's cells)."""
+    headline = next((c.config.train.headline_metric for c in cells if c.method == reference),
+                    cells[0].config.train.headline_metric)
     results = {}
     for cell in cells:
         metrics = json.loads((output / "cells" / cell.name / "metrics.json").read_text())
@@ -579,9 +598,10 @@ def aggregate(output: Path, cells: list[Cell], reference: str) -> list[dict]:
                 ref_mean, _ = _mean_std([results[(factor, reference, s)].get(key) for s in seeds])
                 row[key] = {"mean": mean, "std": std,
                             "delta": None if mean is None or ref_mean is None else mean - ref_mean}
-            wins = sum(results[(factor, method, s)]["accuracy"] > results[(factor, reference, s)]["accuracy"]
-                       for s in seeds)
-            row["overall_wins_vs_reference"] = wins
+            for key, name in (("accuracy", "overall_wins_vs_reference"), (headline, "headline_wins_vs_reference")):
+                row[name] = sum(results[(factor, method, s)][key] > results[(factor, reference, s)][key]
+                                for s in seeds)
+            row["headline"] = headline
             row["per_class_accuracy"] = [
                 _mean_std([results[(factor, method, s)]["per_class_accuracy"][j] for s in seeds])[0]
                 for j in range(len(results[(factor, method, seeds[0])]["per_class_accuracy"]))]
@@ -607,8 +627,9 @@ def comparison_markdown(rows: list[dict], reference: str) -> str:
     for factor in dict.fromkeys(r["imbalance_factor"] for r in rows):
         group = [r for r in rows if r["imbalance_factor"] == factor]
         best = _best_per_column(rows, factor)
-        header = (["method"] + [title for _, title in SUMMARY_COLUMNS] + [f"Δ Overall vs {reference}"]
-                  + (["wins"] if several else []))
+        deltas = _delta_keys(group)
+        header = (["method"] + [title for _, title in SUMMARY_COLUMNS]
+                  + [f"Δ {_TITLES[key]} vs {reference}" for key in deltas] + (["wins"] if several else []))
         table_rows = []
         for row in group:
             cells = [row["method"]]
@@ -619,21 +640,38 @@ def comparison_markdown(rows: list[dict], reference: str) -> str:
                 if mean is not None and key in best and abs(mean - best[key]) < 1e-12:
                     text = f"**{text}**"
                 cells.append(text)
-            delta = row["accuracy"]["delta"]
-            cells.append("-" if delta is None else f"{100 * delta:+.2f}")
+            for key in deltas:
+                delta = row[key]["delta"]
+                cells.append("-" if delta is None else f"{100 * delta:+.2f}")
             if several:
-                cells.append(f"{row['overall_wins_vs_reference']}/{row['seeds']}")
+                cells.append(f"{row.get('headline_wins_vs_reference', row['overall_wins_vs_reference'])}/{row['seeds']}")
             table_rows.append(cells)
         title = "" if factor is None else f"### imbalance factor {factor:g}\n\n"
         parts.append(title + markdown_table(header, table_rows))
+    headline = rows[0].get("headline", "accuracy")
+    measure = _WORDS[headline]
     if several:
         legend = (f"\n\nTest accuracy in % (mean ± sample std over seeds; ECE in %, lower is better). Bold: best "
-                  f"per column. Δ: difference of mean overall accuracy to `{reference}`; wins: seeds on which the "
-                  f"method's overall accuracy beats `{reference}`'s on the same seed.")
+                  f"per column. Δ: difference of mean {measure} to `{reference}`; wins: seeds on which the "
+                  f"method's {measure} beats `{reference}`'s on the same seed.")
     else:
         legend = (f"\n\nTest accuracy in % of one seed (ECE in %, lower is better). Bold: best per column. "
-                  f"Δ: difference of overall accuracy to `{reference}`.")
+                  f"Δ: difference of {measure} to `{reference}`.")
+    if headline != "accuracy":
+        legend += (f" Headline: {measure} (train.headline_metric; mean per-class recall, which an imbalanced "
+                   f"test split does not weight towards its large classes); overall accuracy beside it.")
     return "\n\n".join(parts) + legend + "\n"
+
+
+_TITLES = dict(SUMMARY_COLUMNS)
+_WORDS = {"accuracy": "overall accuracy", "balanced_accuracy": "balanced accuracy",
+          "worst_class_accuracy": "worst-class accuracy"}
+
+
+def _delta_keys(rows: list[dict]) -> list[str]:
+    """The metrics with a Δ column: the headline, then overall accuracy if that is not the headline."""
+    headline = rows[0].get("headline", "accuracy") if rows else "accuracy"
+    return list(dict.fromkeys([headline, "accuracy"]))
 
 
 # --------------------------------------------------------------------------- identical methods and verdict
@@ -710,7 +748,8 @@ def verdict(rows: list[dict], notes: list[str]) -> str:
     for factor in dict.fromkeys(r["imbalance_factor"] for r in rows):
         group = [r for r in rows if r["imbalance_factor"] == factor and r["accuracy"]["mean"] is not None]
         where = "" if factor is None else f" at imbalance factor {factor:g}"
-        for key, title in (("accuracy", "overall accuracy"), ("worst_class_accuracy", "worst-class accuracy")):
+        keys = list(dict.fromkeys(_delta_keys(group) + ["worst_class_accuracy"]))
+        for key, title in ((key, _WORDS[key]) for key in keys):
             ranked = sorted(group, key=lambda r: r[key]["mean"], reverse=True)
             leader = ranked[0]
             tied = [r["method"] for r in ranked if abs(r[key]["mean"] - leader[key]["mean"]) < 1e-12]
@@ -745,11 +784,13 @@ def write_comparison(output: Path, cells: list[Cell], reference: str) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["imbalance_factor", "method"] + [f"{key}_{stat}" for key, _ in SUMMARY_COLUMNS
-                                                      for stat in ("mean", "std", "delta")] + ["wins", "seeds"])
+                                                      for stat in ("mean", "std", "delta")]
+                    + ["wins", "seeds", "headline", "headline_wins"])
     for row in rows:
         writer.writerow([row["imbalance_factor"], row["method"]]
                         + [row[key][stat] for key, _ in SUMMARY_COLUMNS for stat in ("mean", "std", "delta")]
-                        + [row["overall_wins_vs_reference"], row["seeds"]])
+                        + [row["overall_wins_vs_reference"], row["seeds"], row["headline"],
+                           row["headline_wins_vs_reference"]])
     atomic_write_text(output / "comparison.csv", buffer.getvalue())
     class_counts = json.loads((output / "cells" / cells[0].name / "class_counts.json").read_text())["train_counts"]
     from longtail.report.plots import write_comparison_plots

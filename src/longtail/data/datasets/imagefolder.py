@@ -2,7 +2,9 @@
 
 ``root/<class name>/<image>``; classes are the sub-folder names sorted (label = position), files
 are taken sorted by name so the sample order, and hence any ``make_longtail`` split of it, is
-the same on every machine. Make it long-tailed with
+the same on every machine. A ``root/classes.tsv`` (folder -> display name, ``classnames.py``)
+gives the classes readable names: ``folders`` keeps the folder names, ``classes`` the names shown
+in tables, plots and predictions. Make it long-tailed with
 ``ds.subset(make_longtail(ds.labels, 100).indices)``; report it with ``analyze(ds)``.
 """
 
@@ -12,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from longtail.data.datasets.classnames import CLASS_NAMES_FILE, display_names
 from longtail.data.datasets.listfile import IMAGE_EXTENSIONS, FileImageDataset, pil_loader
 
 
@@ -27,8 +30,13 @@ class ImageFolderDataset(FileImageDataset):
     """Images in ``root/<class>/...`` (recursing into sub-folders of each class folder).
 
     Only files whose extension (case-insensitive) is in ``extensions`` are used. ``classes`` may
-    fix the class list (and so the label of each folder); by default all sub-folders, sorted.
-    Hidden files and folders (starting with '.') are ignored.
+    fix the list of class folders (and so the label of each folder); by default all sub-folders,
+    sorted. Hidden files and folders (starting with '.') are ignored.
+
+    ``names_file``: the ``classes.tsv`` giving display names. ``"auto"`` (default) reads
+    ``root/classes.tsv`` when there is one; a path reads that file (it must exist); ``None`` keeps
+    the folder names. After construction ``folders`` are the class folder names and ``classes``
+    the display names (the folder names when there is no file), both in label order.
     """
 
     def __init__(
@@ -39,6 +47,7 @@ class ImageFolderDataset(FileImageDataset):
         classes: Sequence[str] | None = None,
         loader: Callable[[str], Any] = pil_loader,
         name: str | None = None,
+        names_file: str | os.PathLike | None = "auto",
     ):
         root = Path(root)
         if not root.is_dir():
@@ -83,5 +92,12 @@ class ImageFolderDataset(FileImageDataset):
                 f"class folders with no images ({', '.join(suffixes)}): {empty[:20]}"
                 f"{' ...' if len(empty) > 20 else ''} under {root}. Remove them or add images."
             )
-        super().__init__(paths, labels, classes, transform=transform, loader=loader, name=name or root.name)
+        if isinstance(names_file, str) and names_file == "auto":
+            names_file = root / CLASS_NAMES_FILE if (root / CLASS_NAMES_FILE).is_file() else None
+        elif names_file is not None and not Path(names_file).is_file():
+            raise FileNotFoundError(f"class-names file {names_file} does not exist; pass names_file=None to use folder names")
+        shown = classes if names_file is None else display_names(names_file, classes, found)
+        super().__init__(paths, labels, shown, transform=transform, loader=loader, name=name or root.name)
         self.root = root
+        self.folders = list(classes)
+        self.names_file = None if names_file is None else Path(names_file)

@@ -27,12 +27,13 @@ from longtail.data.datasets.idx import (
     MNIST_STD,
     load_idx_dataset,
 )
+from longtail.data.datasets.classnames import CLASS_NAMES_FILE
 from longtail.data.datasets.imagefolder import ImageFolderDataset
 from longtail.data.datasets.images import InMemoryImages
-from longtail.data.splits.imbalance import longtail_counts, make_longtail
+from longtail.data.splits.imbalance import check_class_order, longtail_counts, make_longtail
 from longtail.data.datasets.listfile import ListFileDataset
 
-_LT_OPTIONS = {"imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None}
+_LT_OPTIONS = {"imbalance_factor": 100, "profile": "exp", "seed": 0, "max_per_class": None, "class_order": "index"}
 
 # sha256 of the published classifier-balancing lists we could verify (shared/data/SHA256SUMS);
 # a list with a known name but other bytes is not the split the literature reports on.
@@ -93,18 +94,21 @@ def _load_idx(kind: str, split: str, root: Any) -> InMemoryImages:
     )
 
 
-def _check_lt_options(imbalance_factor: Any, profile: Any, seed: Any) -> None:
+def _check_lt_options(imbalance_factor: Any, profile: Any, seed: Any, class_order: Any = "index") -> None:
     """Reject bad LT options before any file is read (same messages as make_longtail)."""
     longtail_counts(2, 2, imbalance_factor, profile)
+    check_class_order(class_order)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
 
 
 def _apply_longtail(
-    data: InMemoryImages, name: str, imbalance_factor: Any, profile: str, seed: int, max_per_class: Any
+    data: InMemoryImages, name: str, imbalance_factor: Any, profile: str, seed: int, max_per_class: Any,
+    class_order: str = "index",
 ) -> InMemoryImages:
     split = make_longtail(
-        data.labels, imbalance_factor, profile=profile, seed=seed, num_classes=data.num_classes, max_per_class=max_per_class
+        data.labels, imbalance_factor, profile=profile, seed=seed, num_classes=data.num_classes, max_per_class=max_per_class,
+        class_order=class_order, class_names=data.classes,
     )
     return data.subset(split.indices, name=name, longtail_split=split)
 
@@ -117,10 +121,13 @@ def _build_idx(kind: str) -> Callable[..., InMemoryImages]:
 
 
 def _build_idx_lt(kind: str) -> Callable[..., InMemoryImages]:
-    def build(split: str, root: Any, imbalance_factor: Any, profile: str, seed: int, max_per_class: Any) -> InMemoryImages:
-        _check_lt_options(imbalance_factor, profile, seed)
+    def build(
+        split: str, root: Any, imbalance_factor: Any, profile: str, seed: int, max_per_class: Any, class_order: str
+    ) -> InMemoryImages:
+        _check_lt_options(imbalance_factor, profile, seed, class_order)
         # Only the exact embedded configuration may skip the idx files (IF given as 100 or 100.0 alike).
-        is_default = (imbalance_factor in (100, 100.0), profile, seed, max_per_class) == (True, "exp", 0, None)
+        is_default = (imbalance_factor in (100, 100.0), profile, seed, max_per_class, class_order) == (
+            True, "exp", 0, None, "index")
         if kind == "fashion-mnist" and root is None and is_default:
             return builtin.load_builtin(split)  # the embedded copy: no download
         if kind == "fashion-mnist" and root is None:
@@ -141,7 +148,7 @@ def _build_idx_lt(kind: str) -> Callable[..., InMemoryImages]:
             # classes for more than they have (the original silently takes fewer). Use the smallest
             # class instead, so every class gets exactly its n_i.
             max_per_class = min(data.class_counts())
-        return _apply_longtail(data, f"{kind}-lt-train", imbalance_factor, profile, seed, max_per_class)
+        return _apply_longtail(data, f"{kind}-lt-train", imbalance_factor, profile, seed, max_per_class, class_order)
 
     return build
 
@@ -152,12 +159,13 @@ def _build_idx_lt(kind: str) -> Callable[..., InMemoryImages]:
 def _build_cifar(kind: str, longtail: bool) -> Callable[..., InMemoryImages]:
     def build(split: str, root: Any, download: bool = False, **lt: Any) -> InMemoryImages:
         if longtail:
-            _check_lt_options(lt["imbalance_factor"], lt["profile"], lt["seed"])
+            _check_lt_options(lt["imbalance_factor"], lt["profile"], lt["seed"], lt["class_order"])
         data = load_cifar(root, kind, split, download=download)
         if not longtail or split != "train":
             return data
         return _apply_longtail(
-            data, f"{kind}-lt-train", lt["imbalance_factor"], lt["profile"], lt["seed"], lt["max_per_class"]
+            data, f"{kind}-lt-train", lt["imbalance_factor"], lt["profile"], lt["seed"], lt["max_per_class"],
+            lt["class_order"],
         )
 
     return build
@@ -209,10 +217,10 @@ def _build_list(kind: str) -> Callable[..., ListFileDataset]:
 
 def _build_imagefolder(
     split: str, root: Any, transform: Any, extensions: Any, classes: Any, imbalance_factor: Any, profile: str, seed: int,
-    max_per_class: Any,
+    max_per_class: Any, class_order: str, names_file: Any,
 ) -> ImageFolderDataset:
     if imbalance_factor is not None:
-        _check_lt_options(imbalance_factor, profile, seed)
+        _check_lt_options(imbalance_factor, profile, seed, class_order)
     if root is None:
         raise ValueError("imagefolder needs root= a folder laid out as root/<split>/<class>/<images> (or split='all')")
     root = Path(root)
@@ -223,10 +231,13 @@ def _build_imagefolder(
             f"or use split='all' for {root}/<class>/<images>."
         )
     options = {} if extensions is None else {"extensions": extensions}
+    if isinstance(names_file, str) and names_file == "auto":
+        # One classes.tsv for every split, next to train/ and test/ (or next to the class folders).
+        names_file = root / CLASS_NAMES_FILE if (root / CLASS_NAMES_FILE).is_file() else None
     if classes is None and split not in ("train", "all") and (root / "train").is_dir():
         # Evaluation splits take the training class list, so label j means the same class even if
         # some class folder is missing from val/test.
-        classes = ImageFolderDataset(root / "train", **options).classes
+        classes = ImageFolderDataset(root / "train", names_file=None, **options).folders
         # A class folder training does not have would silently leave every metric: refuse it.
         unknown = sorted(e.name for e in os.scandir(folder)
                          if e.is_dir() and not e.name.startswith(".") and e.name not in classes)
@@ -236,11 +247,14 @@ def _build_imagefolder(
                 f"{' ...' if len(unknown) > 20 else ''}. The model cannot predict them, so their images would be "
                 f"left out of every metric; add them (with images) to {root / 'train'} or move them out of {folder}."
             )
-    dataset = ImageFolderDataset(folder, transform=transform, classes=classes, name=f"{root.name}-{split}", **options)
+    dataset = ImageFolderDataset(
+        folder, transform=transform, classes=classes, name=f"{root.name}-{split}", names_file=names_file, **options
+    )
     if imbalance_factor is None or split not in ("train", "all"):
         return dataset
     split_info = make_longtail(
-        dataset.labels, imbalance_factor, profile=profile, seed=seed, num_classes=dataset.num_classes, max_per_class=max_per_class
+        dataset.labels, imbalance_factor, profile=profile, seed=seed, num_classes=dataset.num_classes,
+        max_per_class=max_per_class, class_order=class_order, class_names=dataset.classes,
     )
     return dataset.subset(split_info.indices, longtail_split=split_info)
 
@@ -277,8 +291,10 @@ _DATASETS: dict[str, DatasetEntry] = {
     "imagefolder": DatasetEntry(
         _build_imagefolder,
         ("train", "val", "test", "all"),
-        {"transform": None, "extensions": None, "classes": None, "imbalance_factor": None, "profile": "exp", "seed": 0, "max_per_class": None},
-        "root/<split>/<class>/<images>; imbalance_factor= makes the training split long-tailed",
+        {"transform": None, "extensions": None, "classes": None, "imbalance_factor": None, "profile": "exp", "seed": 0,
+         "max_per_class": None, "class_order": "index", "names_file": "auto"},
+        "root/<split>/<class>/<images> (root/classes.tsv: display names); imbalance_factor= makes the training split "
+        "long-tailed",
     ),
 }
 

@@ -79,9 +79,26 @@ class DataConfig:
         "build the long-tailed split with this imbalance factor (datasets that take one)", None)
     profile: str = _help("imbalance profile: exp | step", "exp")
     split_seed: int = _help("seed of the long-tailed split (LDAM-DRW generator)", 0)
+    class_order: str = _help(
+        "long-tailed split: index (class i gets the i-th largest count, LDAM-DRW) | frequency (the class with the "
+        "i-th most training images gets it, ties by index: for naturally imbalanced sets such as GTSRB)", "index")
+    n_max: Optional[int] = _help(
+        "long-tailed split: images of the head class (None = the dataset's default, N / K); every class must "
+        "have at least its target, or the run is refused naming the class", None)
     validation_per_class: int = _help(
         "hold out this many training images per class as a validation split (0 = none); "
         "tuning and checkpoint selection use it, never the test set", 0)
+    validation_group_pattern: Optional[str] = _help(
+        "image files: hold the validation split out as whole groups (tracks, videos, patients): a regular "
+        "expression searched in each image's '<class folder>/<file>' path (list files: its listed path); its "
+        "capture groups name the image's group. At least data.validation_per_class images per class, carved "
+        "from the full training split before the long-tail generator", None)
+    validation_group_file: Optional[str] = _help(
+        "image files: like validation_group_pattern, but the groups come from a UTF-8 file of "
+        "'<class folder>/<file><TAB><group>' lines", None)
+    validation_group_scope: str = _help(
+        "class (a group key names a group within its class: GTSRB track numbers restart per class) | dataset "
+        "(a key is one group across classes: a patient with images of several classes)", "class")
     sampler: str = _help("instance | sqrt | class_balanced | progressive | power", "instance")
     sampler_q: Optional[float] = _help("exponent q of the power sampler", None)
     batch_size: int = _help("global batch size (split evenly over processes)", 128)
@@ -228,6 +245,11 @@ class TrainConfig:
         f"maximise ({', '.join(SELECTABLE_METRICS)}); the validation split (data.validation_per_class > 0, "
         "or a file dataset's own val split) is then evaluated after every epoch and the best epoch's weights "
         "are kept. Never the test set", "final")
+    headline_metric: str = _help(
+        "the test metric `longtail compare` ranks, counts paired wins and gives deltas on: accuracy | "
+        "balanced_accuracy (mean per-class recall: the honest headline when the test split is itself "
+        "imbalanced, e.g. GTSRB; it equals accuracy on a balanced test split). Overall accuracy is always shown",
+        "accuracy")
     output_dir: str = _help("where run directories are created", "runs")
     run_name: Optional[str] = _help("run directory name (default: recipe + time)", None)
     progress: bool = _help("show a progress bar", True)

@@ -17,6 +17,8 @@ from longtail.engine.methods import check_options, plan_for
 
 _CHOICES = {
     "data.profile": ("exp", "step"),
+    "data.class_order": ("index", "frequency"),
+    "data.validation_group_scope": ("class", "dataset"),
     "data.mixing": ("none", "mixup", "cutmix"),
     "data.normalization": ("dataset", "imagenet", "clip"),
     "data.fingerprint": ("auto", "stat", "content"),
@@ -30,6 +32,7 @@ _CHOICES = {
     "optim.schedule": ("multistep", "cosine", "constant"),
     "optim.warmup_style": ("linear", "stepwise"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
+    "train.headline_metric": ("accuracy", "balanced_accuracy"),
 }
 
 
@@ -39,6 +42,7 @@ _RANGES = {
     "data.imbalance_factor": (1, True, None, False),
     "data.split_seed": (0, True, None, False),
     "data.validation_per_class": (0, True, None, False),
+    "data.n_max": (1, True, None, False),
     "data.sampler_q": (0, True, None, False),
     "data.batch_size": (1, True, None, False),
     "data.eval_batch_size": (1, True, None, False),
@@ -191,10 +195,28 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.crop_scale_min must be in (0, 1], got {config.data.crop_scale_min}")
     if config.data.randaugment and config.data.autoaugment:
         raise ConfigError("data.randaugment and data.autoaugment are alternatives; switch on at most one")
+    _check_validation_groups(config)
     device = config.train.device
     if not (device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:[0-9]+", device)):
         raise ConfigError(f"train.device={device!r} is not valid; use auto, cpu, cuda or cuda:N")
     _check_components(config)
+
+
+def _check_validation_groups(config: RunConfig) -> None:
+    """The group pattern compiles, the group file exists, and only one of them is given."""
+    data = config.data
+    if data.validation_group_pattern is not None and data.validation_group_file is not None:
+        raise ConfigError("data.validation_group_pattern and data.validation_group_file are alternatives "
+                          "(groups from file names, or from a group file); give one")
+    if data.validation_group_pattern is not None:
+        try:
+            re.compile(data.validation_group_pattern)
+        except re.error as error:
+            raise ConfigError(f"data.validation_group_pattern={data.validation_group_pattern!r} is not a valid "
+                              f"regular expression: {error}") from None
+    if data.validation_group_file is not None and not Path(data.validation_group_file).is_file():
+        raise ConfigError(f"data.validation_group_file={data.validation_group_file!r} does not exist; give a "
+                          f"UTF-8 file of '<class folder>/<file><TAB><group>' lines")
 
 
 def _refuse_selection_on_test(config: RunConfig) -> None:

@@ -65,7 +65,9 @@ class PostHoc:
 @dataclass
 class LoadedRun:
     """A trained model ready for inference: ``model`` (eval mode), ``preprocess`` (images -> model
-    input), ``classes`` (names, label order), and :meth:`predict`."""
+    input), ``classes`` (names, label order: an image folder's classes.tsv display names),
+    ``folders`` (an image folder's class folder names, label order; else the class names), and
+    :meth:`predict`."""
 
     model: nn.Module
     preprocess: object
@@ -77,6 +79,11 @@ class LoadedRun:
     weights: str  # which weights: "epoch N of M (chosen on val/...)" or "last epoch (M)"
     posthoc: Optional[PostHoc] = None
     _head: Optional[nn.Module] = field(default=None, repr=False)
+    folders: Optional[list] = None
+
+    def __post_init__(self):
+        if self.folders is None:
+            self.folders = list(self.classes)
 
     @torch.no_grad()
     def logits(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
@@ -200,7 +207,7 @@ def load_run(run_dir, device: str = "cpu", posthoc: Optional[str] = None) -> Loa
         raise InferenceError(str(error)) from None
     model.eval()
     loaded = LoadedRun(model, load_preprocessing(run_dir), classes, list(state["class_counts"]), torch_device,
-                       run_dir, config, _weights_description(state))
+                       run_dir, config, _weights_description(state), folders=state.get("folders"))
     if posthoc is not None:
         loaded.with_posthoc(read_posthoc(run_dir, posthoc, state["class_counts_hash"]))
     return loaded
@@ -390,18 +397,20 @@ def evaluate_data_root(loaded: LoadedRun, data_root, split: str = "test", batch_
         folder = root / split if (root / split).is_dir() else root
         found = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
         found = [c for c in found if c not in ("train", "val", "test")] if folder == root else found
-        unknown = [c for c in found if c not in classes]
+        # Folders are matched by folder name (the display names of classes.tsv are for people).
+        folders = loaded.folders
+        unknown = [c for c in found if c not in folders]
         if not found or unknown:
             what = (f"class folders the run was not trained on: {unknown[:20]}" if unknown
                     else "no class folders")
             raise InferenceError(f"{folder} has {what}. Lay it out as {root}/{split}/<class>/<images> with the "
-                                 f"run's class names: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
-        missing = [c for c in classes if c not in found]
+                                 f"run's class folders: {', '.join(folders[:20])}{' ...' if len(folders) > 20 else ''}")
+        missing = [classes[j] for j, c in enumerate(folders) if c not in found]
         if missing:
             notes.append(f"{len(missing)} of the run's {len(classes)} classes have no folder here "
                          f"({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}): not scored")
-        dataset = ImageFolderDataset(folder, classes=found)
-        index = {name: position for position, name in enumerate(classes)}
+        dataset = ImageFolderDataset(folder, classes=found, names_file=None)
+        index = {name: position for position, name in enumerate(folders)}
         labels = torch.tensor([index[found[label]] for label in dataset.labels.tolist()], dtype=torch.int64)
 
         def images(start, stop):

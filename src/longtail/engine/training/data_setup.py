@@ -26,6 +26,7 @@ import torch
 from longtail.data import InMemoryImages, build_dataset, dataset_options, dataset_splits, dataset_test_splits
 from longtail.data.loading.device_decode import DeviceDecodedLoader
 from longtail.data.datasets.imagefiles import BadImagesError, decode_images, scan_images
+from longtail.data.splits.groups import groups_from_file, groups_from_pattern, hold_out_groups
 from longtail.data.splits.imbalance import index_hash, make_longtail
 from longtail.data.loading.loader import FileLoader, InMemoryLoader, _channel_statistics
 from longtail.data.transforms.mixing import build_mixer
@@ -61,6 +62,9 @@ class DataBundle:
     metric_options: dict = field(default_factory=dict)
     preprocessing: Preprocessing = None  # what every evaluation loader applies (preprocessing.json)
     fingerprint: dict = field(default_factory=dict)  # engine.fingerprint.data_fingerprint of the data used
+    # Image folders: the class folder names in label order (``classes`` are their classes.tsv display
+    # names); None for other datasets. Checkpoints keep both, so `eval --data-root` matches folders.
+    folders: list = None
 
 
 @dataclass
@@ -80,16 +84,33 @@ def _dataset_kwargs(config: RunConfig) -> dict:
     spec = config.data
     valid = dataset_options(spec.name)
     options = {}
+    shaped = [key for key, given in (("data.n_max", spec.n_max is not None),
+                                     ("data.class_order", spec.class_order != "index")) if given]
     if "imbalance_factor" in valid:
         if spec.imbalance_factor is not None:
             options["imbalance_factor"] = spec.imbalance_factor
+        elif shaped and valid["imbalance_factor"] is None:
+            keys = " and ".join(shaped)
+            raise ConfigError(f"{keys} only {'shapes' if len(shaped) == 1 else 'shape'} a long-tailed split, and "
+                              f"'{spec.name}' is made long-tailed only when data.imbalance_factor is set: set "
+                              f"data.imbalance_factor (e.g. 100), or unset {keys}")
         options["profile"] = spec.profile
         options["seed"] = spec.split_seed
-    elif spec.imbalance_factor is not None:
+        options["class_order"] = spec.class_order
+        if spec.n_max is not None:
+            options["max_per_class"] = spec.n_max
+    elif spec.imbalance_factor is not None or shaped:
+        given = ["data.imbalance_factor"] * (spec.imbalance_factor is not None) + shaped
         raise ConfigError(
-            f"data.imbalance_factor is set but dataset '{spec.name}' takes no imbalance factor "
+            f"{' and '.join(given)} set, but dataset '{spec.name}' takes no imbalance factor "
             f"(it is naturally long-tailed or balanced); its options: {', '.join(valid) or 'none'}")
     return options
+
+
+def _longtail_options(options: dict) -> dict:
+    """The make_longtail keyword arguments among a dataset's options (data.n_max -> max_per_class)."""
+    return {"profile": options["profile"], "seed": options["seed"], "class_order": options["class_order"],
+            "max_per_class": options.get("max_per_class")}
 
 
 def _holdout(labels: torch.Tensor, per_class: torch.Tensor, seed: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,6 +195,7 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
     _check_data_options(config)
     sets = _build_sets(config, context)
     fingerprint = _fingerprint(sets, spec.root, spec.fingerprint)  # before files are decoded: file rows keep their paths
+    folders = getattr(sets.train, "folders", None)  # decoding into memory keeps the display names only
     preprocessing = None
     if not isinstance(sets.train, InMemoryImages):
         sets, preprocessing = _prepare_files(config, sets, context)
@@ -217,7 +239,8 @@ def build_data(config: RunConfig, device: torch.device, context) -> DataBundle:
                           f"training images for it")
     return DataBundle(train_loader, len(train_loader), eval_loaders, class_counts.tolist(), list(train_set.classes),
                       preprocessing.channels, sets.split_info, mix=_mixing(config, num_classes),
-                      preprocessing=preprocessing, fingerprint=fingerprint)
+                      preprocessing=preprocessing, fingerprint=fingerprint,
+                      folders=None if folders is None else list(folders))
 
 
 def _check_augment_fits(spec, size) -> None:
@@ -263,6 +286,11 @@ def _build_sets(config: RunConfig, context) -> _Sets:
     options = _dataset_kwargs(config)
     split_info: dict = {"dataset": spec.name}
     val_set = None
+    grouped = bool(spec.validation_per_class) and _group_source(spec) is not None
+    if grouped and not (spec.name == "imagefolder" or "list_file" in dataset_options(spec.name)):
+        raise ConfigError(f"data.validation_group_pattern / data.validation_group_file group image files by name; "
+                          f"'{spec.name}' is held as arrays without file names. Unset them (data.validation_per_class "
+                          f"then holds out single images)")
     if _single_folder(config):
         everything = build_dataset(spec.name, "all", root=spec.root)
         fraction = DEFAULT_TEST_FRACTION if spec.test_fraction is None else spec.test_fraction
@@ -277,21 +305,28 @@ def _build_sets(config: RunConfig, context) -> _Sets:
         _say(context, f"data: {spec.root} has no train/ folder: holding out {fraction:g} of each class "
                       f"as the test split ({len(test_set)} images, seed {spec.split_seed}; data.test_fraction / "
                       f"data.split_seed)")
-        if spec.imbalance_factor is not None:
-            lt = make_longtail(train_set.labels, spec.imbalance_factor, profile=spec.profile, seed=spec.split_seed,
-                               num_classes=len(train_set.classes))
-            train_set = train_set.subset(lt.indices, longtail_split=lt)
+        longtail_later = spec.imbalance_factor is not None
     else:
-        train_set = build_dataset(spec.name, "train", root=spec.root, **options)
+        # Grouped validation is carved from the full training split, before the long-tail generator: a
+        # tail class of 10 images cannot give up a whole 30-frame track and keep one.
+        longtail_later = grouped and options.get("imbalance_factor") is not None
+        train_options = {**options, "imbalance_factor": None} if longtail_later else options
+        train_set = build_dataset(spec.name, "train", root=spec.root, **train_options)
         test_set = build_dataset(spec.name, "test", root=spec.root, **options)
         val_set = _own_validation_set(config)
+    if spec.validation_per_class and val_set is not None:
+        raise ConfigError(f"data.validation_per_class={spec.validation_per_class}: '{spec.name}' has its own "
+                          f"validation split here (val/ or a val list), which selection already uses; unset it")
+    if grouped:
+        train_set, val_set = _grouped_validation(config, train_set, longtail_later, split_info, context)
+    if longtail_later:
+        lt = make_longtail(train_set.labels, spec.imbalance_factor, num_classes=len(train_set.classes),
+                           class_names=train_set.classes, **_longtail_options(options))
+        train_set = train_set.subset(lt.indices, longtail_split=lt)
     if getattr(train_set, "longtail_split", None) is not None:
         split_info["longtail"] = train_set.longtail_split.to_dict()
         split_info["longtail"].pop("indices", None)
-    if spec.validation_per_class:
-        if val_set is not None:
-            raise ConfigError(f"data.validation_per_class={spec.validation_per_class}: '{spec.name}' has its own "
-                              f"validation split here (val/ or a val list), which selection already uses; unset it")
+    if spec.validation_per_class and not grouped:
         labels = torch.as_tensor(train_set.labels)
         train_positions, validation_positions = carve_validation(labels, spec.validation_per_class, spec.split_seed)
         val_set = _subset(train_set, validation_positions, f"{train_set.name}-validation")
@@ -301,6 +336,45 @@ def _build_sets(config: RunConfig, context) -> _Sets:
         split_info["validation"] = {"from": "train", "per_class": spec.validation_per_class,
                                     "seed": spec.split_seed, "size": int(validation_positions.numel())}
     return _Sets(train_set, test_set, val_set, split_info)
+
+
+def _group_source(spec) -> tuple[str, str] | None:
+    """("pattern" | "file", value) of the validation groups, or None (single images are held out)."""
+    if spec.validation_group_pattern is not None:
+        return "pattern", spec.validation_group_pattern
+    if spec.validation_group_file is not None:
+        return "file", spec.validation_group_file
+    return None
+
+
+def image_names(dataset) -> list[str]:
+    """What group patterns and group files name an image by: '<class folder>/<file>' relative to the class
+    folders' parent for image folders ('/'-separated on every system), the listed path for list files."""
+    if hasattr(dataset, "relative_paths"):
+        return list(dataset.relative_paths)
+    root = str(dataset.root)
+    return [os.path.relpath(path, root).replace(os.sep, "/") for path in dataset.paths]
+
+
+def _grouped_validation(config: RunConfig, train_set, before_longtail: bool, split_info: dict, context):
+    """(train, validation) with at least data.validation_per_class images per class held out as whole groups."""
+    spec = config.data
+    kind, source = _group_source(spec)
+    names = image_names(train_set)
+    groups = groups_from_pattern(names, source) if kind == "pattern" else groups_from_file(names, source)
+    holdout = hold_out_groups(train_set.labels, groups, spec.validation_per_class, spec.split_seed,
+                              scope=spec.validation_group_scope, class_names=train_set.classes,
+                              num_classes=len(train_set.classes))
+    val_set = _subset(train_set, holdout.held_out, f"{train_set.name}-validation")
+    kept = _subset(train_set, holdout.train, train_set.name, keep_longtail=True)
+    where = "full train, before the long-tail generator" if before_longtail else "train"
+    split_info["validation_per_class"] = spec.validation_per_class
+    # Recorded so the split can be rebuilt and audited: whole groups, seeded, and from which training split.
+    split_info["validation"] = {"from": where, f"group_{kind}": source, **holdout.to_dict()}
+    _say(context, f"data: validation split of {holdout.held_out.size} images in {holdout.groups_held_out} whole "
+                  f"groups of {holdout.groups_total} (at least {spec.validation_per_class} per class, groups by "
+                  f"{kind} {source!r}), carved from the {where}")
+    return kept, val_set
 
 
 def _subset(dataset, positions, name: str, keep_longtail: bool = False):

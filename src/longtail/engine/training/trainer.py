@@ -203,6 +203,7 @@ class Trainer:
             ckpt.atomic_write_text(run_dir / "config.yaml", dump_yaml(self.config))
             ckpt.atomic_write_json(run_dir / "class_counts.json", {
                 "classes": self.data.classes,
+                **({"folders": self.data.folders} if self.data.folders is not None else {}),
                 "train_counts": [int(c) for c in self.class_counts],
                 "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
                 "split": self.data.split_info,
@@ -224,6 +225,7 @@ class Trainer:
             "class_counts": [int(c) for c in self.class_counts],
             "class_counts_hash": ckpt.class_counts_hash(self.class_counts),
             "classes": list(self.data.classes),
+            "folders": None if self.data.folders is None else list(self.data.folders),
             "in_channels": self.data.in_channels,
             "data_fingerprint": data_fp.summary(self.data.fingerprint),
             "epoch": self.state.epoch,
