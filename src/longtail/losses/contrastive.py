@@ -21,11 +21,10 @@ section 2). The prototypes are computed identically on every rank and need no sc
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .base import compute_dtype
