@@ -65,7 +65,7 @@ def test_a_short_auto_run_stays_eager_and_the_checkpoint_keeps_the_decision(tmp_
 
 
 # Compiling even this small CNN took 205 s on the shared 2-core machine (load ~14): too slow for the
-# suite that runs on every change. Opt in with LONGTAIL_TEST_COMPILE=1 (the lead's / a GPU CI job).
+# suite that runs on every change. Opt in with LONGTAIL_TEST_COMPILE=1 (a developer's check, or a GPU CI job).
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("LONGTAIL_TEST_COMPILE") != "1",
                     reason="torch.compile takes minutes on a 2-core CPU; set LONGTAIL_TEST_COMPILE=1")
