@@ -78,7 +78,21 @@ class LowRankFactors(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
 
-class LoRALinear(nn.Module):
+
+class _WrapsBase:
+    """The wrapped layer's ``weight`` / ``bias`` seen through the adapter: nn.MultiheadAttention and
+    other code read them directly from the layers they hold."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+
+class LoRALinear(_WrapsBase, nn.Module):
     """``base(x) + (alpha / rank) * x A^T B^T`` around a frozen ``nn.Linear`` (A: (r, in), B: (out, r)).
 
     A starts as in the LoRA paper / peft (kaiming-uniform, a=sqrt(5)), B at zero: the wrapped layer
@@ -90,15 +104,6 @@ class LoRALinear(nn.Module):
         self.base = base
         self.scaling = float(alpha) / rank
         self.lora = LowRankFactors((rank, base.in_features), (base.out_features, rank), dropout, base.weight)
-
-    # nn.MultiheadAttention and other code read .weight / .bias of their linear layers directly.
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lora = self.lora
@@ -115,7 +120,7 @@ class LoRALinear(nn.Module):
         return merged
 
 
-class LoRAConv2d(nn.Module):
+class LoRAConv2d(_WrapsBase, nn.Module):
     """LoRA for a frozen ``nn.Conv2d`` (as peft does it): A is a convolution with the base layer's
     kernel, stride, padding and dilation into ``rank`` channels, B a 1x1 convolution back (zero init).
     Since B is 1x1 and bias-free, ``conv(x, W) + s * B(A(x)) == conv(x, W + s * B @ A)``: exactly
@@ -132,14 +137,6 @@ class LoRAConv2d(nn.Module):
         self.scaling = float(alpha) / rank
         self.lora = LowRankFactors((rank, base.in_channels, *base.kernel_size), (base.out_channels, rank, 1, 1),
                                    dropout, base.weight)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base, lora = self.base, self.lora
