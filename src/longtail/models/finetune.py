@@ -78,7 +78,6 @@ class LowRankFactors(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
 
-
 class _WrapsBase:
     """The wrapped layer's ``weight`` / ``bias`` seen through the adapter: nn.MultiheadAttention and
     other code read them directly from the layers they hold."""
