@@ -26,7 +26,7 @@ from torch import nn
 from longtail.data.loading.loader import SampledBatches
 from longtail.engine.errors import ConfigError
 from longtail.engine.methods.base import Method
-from longtail.models.finetune import apply_finetune, parameter_counts
+from longtail.models.finetune import apply_finetune
 
 if TYPE_CHECKING:
     from longtail.engine.config.schema import RunConfig
@@ -185,10 +185,3 @@ class FineTuning(Method):
             f"({features.shape[1]}-dimensional features, evaluation transform, no augmentation); the epochs "
             f"train the classifier on them")
         return HeadOnly(model), cached
-
-    def describe(self, model: nn.Module) -> dict:
-        trainable, total = parameter_counts(model)
-        report = getattr(model, "finetune_report", None)
-        return {"mode": report.mode if report is not None else "full",
-                "trainable_parameters": trainable, "total_parameters": total,
-                "trainable_share": trainable / max(total, 1)}
