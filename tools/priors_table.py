@@ -2,10 +2,11 @@
 accuracy against the test prior without adaptation, with the oracle prior and with the EM-estimated
 prior, and how close EM's estimate comes to the true prior.
 
-    python tools/priors_table.py runs/ce runs/bs runs/ccar_bs runs/car_bs
+    python tools/priors_table.py runs/ce runs/bs runs/ccar_bs runs/car_bs [--plot curves.png]
 
 Reads RUN/test_priors.json (written by `longtail eval RUN --test-priors`); the column name is the
-run directory's name.
+run directory's name. `--plot` also draws every run's curve of accuracy against the test prior in
+one figure: without adaptation (left) and with the EM-estimated prior, the oracle prior dotted (right).
 """
 
 from __future__ import annotations
@@ -30,9 +31,40 @@ def table(header: list, rows: list) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
+def plot_curves(reports: dict, names: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = range(len(names))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for index, (method, report) in enumerate(reports.items()):
+        colour = f"C{index}"
+
+        def curve(kind):
+            return [100 * entry[kind]["drawn"]["accuracy"]["mean"] for entry in report["sets"]]
+
+        left.plot(positions, curve("none"), marker="o", color=colour, label=method)
+        right.plot(positions, curve("em"), marker="o", color=colour, label=f"{method}, EM prior")
+        right.plot(positions, curve("oracle"), linestyle=":", color=colour, label=f"{method}, oracle prior")
+    for axis, title in ((left, "no adaptation"), (right, "adapted: EM-estimated prior (solid), oracle (dotted)")):
+        axis.set_xticks(list(positions))
+        axis.set_xticklabels(names, rotation=60, ha="right")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    left.set_ylabel("test accuracy (%), mean over the draws")
+    left.legend()
+    right.legend(fontsize="small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding test_priors.json")
+    parser.add_argument("--plot", type=Path, help="also write one figure of every run's curves here (.png)")
     args = parser.parse_args()
     reports = {run.name: json.loads((run / "test_priors.json").read_text()) for run in args.runs}
     names = [entry["name"] for entry in next(iter(reports.values()))["sets"]]
@@ -40,6 +72,8 @@ def main() -> None:
         if [entry["name"] for entry in report["sets"]] != names:
             raise SystemExit(f"{name}: its test priors differ from the first run's; use the same --rhos")
     methods = list(reports)
+    if args.plot:
+        plot_curves(reports, names, args.plot)
 
     def cell(method, index):
         return reports[method]["sets"][index]
