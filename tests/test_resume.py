@@ -44,7 +44,13 @@ def reference_metrics(tiny_idx_root, tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("reference")
     assert main(["train", *METHOD, *tiny_run_overrides(tiny_idx_root, output, epochs=EPOCHS),
                  "train.run_name=run"]) == 0
-    return json.loads((output / "run" / "metrics.json").read_text())
+    metrics = json.loads((output / "run" / "metrics.json").read_text())
+    metrics["history"] = [json.loads(line) for line in (output / "run" / "history.jsonl").read_text().splitlines()]
+    return metrics
+
+
+def ccar_statistics(history: list) -> list:
+    return [{k: v for k, v in record.items() if k.startswith("ccar_")} for record in history]
 
 
 def resume_and_compare(run: Path, reference: dict) -> None:
@@ -55,6 +61,9 @@ def resume_and_compare(run: Path, reference: dict) -> None:
     assert resumed["selected"] == reference["selected"]
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    # CCAR's per-epoch statistics continue exactly too (an epoch cut by the signal included).
+    assert ccar_statistics(history) == ccar_statistics(reference["history"])
+    assert all("ccar_omega_mean_all" in record for record in ccar_statistics(history))
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_final_metrics(tiny_idx_root, tmp_path, reference_metrics):

@@ -44,6 +44,15 @@ Why it exists: the mean of Omega is well above 1 early in training (up to e^omeg
 p_t = 0), which raises the effective learning rate against the one the base was tuned with; this
 variant tests whether that, rather than the reweighting itself, explains a loss to the base
 (RESULTS.md). Under torchrun the mean is over each process's share of the batch.
+
+Training statistics (off by default; :meth:`CCAR.track_statistics`): per class, the mass of
+samples seen, the sums of Omega, Omega ** 2, p_t and the applied weight, and the mass with
+p_t < omega, accumulated on the logits' device without reading values back, while gradients are
+enabled (never during evaluation). :meth:`CCAR.epoch_statistics` summarises them per Many /
+Medium / Few group of the training counts and resets them. The accumulators are buffers, so a
+checkpoint taken mid-epoch resumes them exactly. They answer "what does CCAR do to training":
+how far Omega is from 1 per class group, how many samples are below the pivot, and the scale the
+weights put on the learning rate.
 """
 
 from __future__ import annotations
@@ -136,6 +145,72 @@ class CCAR(PerSampleLoss):
         self.frequency = frequency
         self.weight_normalization = weight_normalization
         self.register_buffer("class_frequency", frequencies, persistent=False)
+        self.register_buffer("class_count", as_class_counts(class_counts).to(torch.float64), persistent=False)
+        self.statistic_groups = None  # {group: bool mask over classes} once track_statistics() is called
+
+    # Per-class accumulators of track_statistics(), in this order (float64 buffers "statistics_<name>").
+    STATISTICS = ("mass", "omega", "omega_squared", "below_pivot", "p_true", "weight")
+
+    def track_statistics(self, many_threshold: float = 100, few_threshold: float = 20) -> None:
+        """Accumulate per-class training statistics from now on (see the module docstring); groups are
+        the training counts' Many (> many_threshold) / Medium / Few (< few_threshold) classes."""
+        from ..metrics.confusion import shot_group_masks
+
+        masks = shot_group_masks(self.class_count, many_threshold, few_threshold)
+        self.statistic_groups = {"all": torch.ones_like(masks["many"]), **masks}
+        for name in self.STATISTICS:
+            self.register_buffer(f"statistics_{name}", torch.zeros(self.class_count.numel(), dtype=torch.float64))
+        # A checkpoint written before tracking was switched on has no accumulators: start them at 0.
+        self.register_load_state_dict_pre_hook(CCAR._zero_missing_statistics)
+
+    def _zero_missing_statistics(self, state_dict, prefix, *args):
+        for name in self.STATISTICS:
+            state_dict.setdefault(prefix + f"statistics_{name}", torch.zeros_like(getattr(self, f"statistics_{name}")))
+
+    def _accumulate(self, targets, soft_targets, p_true, omega_weight, weight) -> None:
+        # Per-class sums: a soft target spreads its sample over classes by its label weights.
+        device = p_true.device
+        rows = torch.stack([torch.ones_like(p_true), omega_weight, omega_weight * omega_weight,
+                            (p_true < self.confidence_pivot).to(p_true.dtype), p_true, weight]).detach().double()
+        if soft_targets:
+            sums = rows @ targets.detach().double()
+        else:
+            sums = torch.zeros(len(self.STATISTICS), self.class_count.numel(), dtype=torch.float64, device=device)
+            sums.index_add_(1, targets, rows)
+        for name, row in zip(self.STATISTICS, sums):
+            buffer = getattr(self, f"statistics_{name}")
+            setattr(self, f"statistics_{name}", buffer.to(device) + row)
+
+    def epoch_statistics(self) -> dict:
+        """Per group (all / many / medium / few): mean and std of Omega, mean p_t, the share of
+        samples below the pivot and the mean applied weight over the samples trained on since the
+        last call, then reset. Under torchrun every process must call it (a collective); a group
+        without samples is left out. {} when tracking is off."""
+        if self.statistic_groups is None:
+            return {}
+        import torch.distributed as dist
+
+        sums = torch.stack([getattr(self, f"statistics_{name}").cpu() for name in self.STATISTICS])
+        if dist.is_available() and dist.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else sums.device
+            reduced = sums.to(device)
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
+        for name in self.STATISTICS:
+            buffer = getattr(self, f"statistics_{name}")
+            setattr(self, f"statistics_{name}", torch.zeros_like(buffer))
+        out = {}
+        for group, mask in self.statistic_groups.items():
+            mass, omega, omega_squared, below, p_true, weight = sums[:, mask.cpu()].sum(dim=1).tolist()
+            if mass <= 0:
+                continue
+            mean = omega / mass
+            out[f"ccar_omega_mean_{group}"] = mean
+            out[f"ccar_omega_std_{group}"] = math.sqrt(max(omega_squared / mass - mean * mean, 0.0))
+            out[f"ccar_below_pivot_{group}"] = below / mass
+            out[f"ccar_p_true_mean_{group}"] = p_true / mass
+            out[f"ccar_weight_mean_{group}"] = weight / mass
+        return out
 
     @property
     def omega(self) -> float:
@@ -209,9 +284,11 @@ class CCAR(PerSampleLoss):
             log_p_conf = log_p_conf.detach()
         frequency = self.class_frequency.to(device=logits.device, dtype=dtype)
         sample_frequency = targets.to(dtype) @ frequency if soft_targets else frequency[targets]
-        weight = ccar_weight(log_p_conf.exp(), sample_frequency, self.confidence_pivot)
-        if self.weight_normalization == "batch_mean":
-            weight = weight / weight.detach().mean()
+        p_conf = log_p_conf.exp()
+        omega_weight = ccar_weight(p_conf, sample_frequency, self.confidence_pivot)  # Omega, before normalisation
+        weight = omega_weight / omega_weight.detach().mean() if self.weight_normalization == "batch_mean" else omega_weight
+        if self.statistic_groups is not None and torch.is_grad_enabled():
+            self._accumulate(targets, soft_targets, p_conf, omega_weight, weight)
         return weight
 
     def extra_repr(self) -> str:

@@ -106,8 +106,11 @@ class Method:
         return step.loss_terms(logits.float(), targets)
 
     def epoch_statistics(self, objective: nn.Module) -> dict:
-        """Extra numbers for this epoch's history.jsonl line (called on every process)."""
-        return {}
+        """Extra numbers for this epoch's history.jsonl line (called on every process): what the
+        objective reports through its own ``epoch_statistics()`` (e.g. CCAR's weights per class
+        group, ConCutMix's rectified label mass), else nothing."""
+        report = getattr(objective, "epoch_statistics", None)
+        return report() if callable(report) else {}
 
 
 def check_options(section: str, name: str, options: dict, builder, engine_options=(),

@@ -276,8 +276,5 @@ class Contrastive(Method):
         return step.objective.training_step(step.model, images, targets, epoch, batch_index, autocast=step.autocast,
                                             regularizer=step.regularizer, check_finite=step.check_finite)
 
-    def epoch_statistics(self, objective: nn.Module) -> dict:
-        return objective.epoch_statistics()
-
 
 METHODS = (Contrastive(),)

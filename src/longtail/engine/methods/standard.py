@@ -67,7 +67,12 @@ class StandardLoss(Method):
 
     def objective(self, config: "RunConfig", class_counts, device: torch.device, rank: int,
                   head: Optional[nn.Module]) -> nn.Module:
-        return build_loss(config.loss.name, class_counts, **self.loss_options(config, head)).to(device)
+        loss = build_loss(config.loss.name, class_counts, **self.loss_options(config, head)).to(device)
+        if callable(getattr(loss, "track_statistics", None)):
+            # Losses that can say what they do to training (CCAR: Omega per class group) record it
+            # into history.jsonl every epoch (Method.epoch_statistics).
+            loss.track_statistics()
+        return loss
 
     def start_epoch(self, model: nn.Module, objective: nn.Module, epoch: int) -> None:
         if hasattr(objective, "set_epoch"):  # DRW-style schedules, also nested (e.g. inside CCAR)
