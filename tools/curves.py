@@ -1,0 +1,139 @@
+"""Training curves of a compare grid from its cells' history.jsonl: test metric per evaluated epoch
+(the runs need ``train.eval_every``), mean over seeds per method with the min-max band, and, for
+CCAR cells, Omega's mean per Many / Medium / Few group and the share of samples below the pivot.
+
+    python tools/curves.py GRID_OUTPUT --output curves.png [--metric balanced_accuracy]
+        [--ccar-output ccar.png] [--table curves.md]
+
+GRID_OUTPUT is a ``longtail compare --output`` directory (its ``cells/<method>-seed<k>/``); cells
+still training are drawn as far as they got. ``--table`` writes the metric at every 25th evaluated
+epoch per method (mean over the seeds that reached it) as a Markdown table: when and whether the
+methods cross.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+CELL = re.compile(r"^(?P<method>.+)-seed(?P<seed>\d+)$")
+
+
+def read_cells(grid: Path) -> dict:
+    """{method: {seed: [history records]}} for every cell directory with a history."""
+    out = defaultdict(dict)
+    for cell in sorted((grid / "cells").iterdir()):
+        match = CELL.match(cell.name)
+        history = cell / "history.jsonl"
+        if not (cell.is_dir() and match and history.is_file()):
+            continue
+        records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        metrics = cell / "metrics.json"
+        if metrics.is_file():  # the final epoch's test evaluation is in metrics.json, not in the history
+            final = json.loads(metrics.read_text())
+            records.append({"epoch": final["epochs"] - 1, "test": final["test"]})
+        out[match["method"]][int(match["seed"])] = records
+    return dict(out)
+
+
+def series(records: list, key) -> dict:
+    """{epoch (1-based): value} of every record holding ``key`` (a callable picks nested values)."""
+    out = {}
+    for record in records:
+        value = key(record)
+        if value is not None:
+            out[record["epoch"] + 1] = value
+    return out
+
+
+def mean_band(per_seed: list) -> tuple:
+    """Epochs every seed reached, and the mean / min / max over the seeds there."""
+    epochs = sorted(set.intersection(*(set(s) for s in per_seed))) if per_seed else []
+    values = [[s[e] for s in per_seed] for e in epochs]
+    return (epochs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", type=Path)
+    parser.add_argument("--output", type=Path, required=True, help="figure of the test metric per epoch (.png)")
+    parser.add_argument("--metric", default="balanced_accuracy", help="key of the test summary (default balanced_accuracy)")
+    parser.add_argument("--ccar-output", type=Path, help="figure of CCAR's Omega statistics per epoch (.png)")
+    parser.add_argument("--table", type=Path, help="Markdown table of the metric every 25 evaluated epochs")
+    args = parser.parse_args()
+    cells = read_cells(args.grid)
+    if not cells:
+        raise SystemExit(f"{args.grid}: no cells/<method>-seed<k>/history.jsonl found")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def test_metric(record):
+        return None if "test" not in record else 100 * record["test"][args.metric]
+
+    figure, axis = plt.subplots(figsize=(9, 5))
+    rows = {}
+    for index, (method, seeds) in enumerate(sorted(cells.items())):
+        per_seed = [series(records, test_metric) for records in seeds.values()]
+        per_seed = [s for s in per_seed if s]
+        if not per_seed:
+            continue
+        epochs, mean, low, high = mean_band(per_seed)
+        if not epochs:
+            continue
+        axis.plot(epochs, mean, color=f"C{index}", label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
+        axis.fill_between(epochs, low, high, color=f"C{index}", alpha=0.2)
+        rows[method] = dict(zip(epochs, mean))
+    axis.set_xlabel("epoch")
+    axis.set_ylabel(f"test {args.metric.replace('_', ' ')} (%)")
+    axis.set_title(f"{args.grid.name}: mean over seeds, band = min..max")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(args.output, dpi=120)
+    plt.close(figure)
+    print(f"written: {args.output}")
+
+    if args.table and rows:
+        every = sorted(set().union(*(set(r) for r in rows.values())))
+        shown = [e for e in every if e % 25 == 0 or e == every[-1]]
+        lines = ["| method | " + " | ".join(f"epoch {e}" for e in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        for method, values in rows.items():
+            lines.append(f"| {method} | " + " | ".join(f"{values[e]:.2f}" if e in values else "-" for e in shown) + " |")
+        args.table.write_text("\n".join(lines) + "\n")
+        print(f"written: {args.table}")
+
+    if args.ccar_output:
+        ccar = {m: s for m, s in cells.items() if any("ccar_omega_mean_all" in r for records in s.values() for r in records)}
+        if not ccar:
+            raise SystemExit("no cell recorded CCAR statistics (ccar_omega_mean_all in history.jsonl)")
+        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+        styles = {"all": "-", "many": "--", "medium": "-.", "few": ":"}
+        for index, (method, seeds) in enumerate(sorted(ccar.items())):
+            for group, style in styles.items():
+                for axis, key in ((left, f"ccar_omega_mean_{group}"), (right, f"ccar_below_pivot_{group}")):
+                    per_seed = [series(records, lambda r, k=key: r.get(k)) for records in seeds.values()]
+                    epochs, mean, _, _ = mean_band([s for s in per_seed if s])
+                    if not epochs:  # no class in this group (e.g. no class under 20 images)
+                        continue
+                    axis.plot(epochs, mean, linestyle=style, color=f"C{index}", label=f"{method}, {group}")
+        left.axhline(1.0, color="grey", linewidth=0.8)
+        left.set_ylabel("mean Omega (the CCAR weight before normalisation)")
+        right.set_ylabel("share of samples with p_t < omega")
+        for axis in (left, right):
+            axis.set_xlabel("epoch")
+            axis.grid(alpha=0.3)
+        right.legend(fontsize="small", ncol=2)
+        figure.tight_layout()
+        figure.savefig(args.ccar_output, dpi=120)
+        plt.close(figure)
+        print(f"written: {args.ccar_output}")
+
+
+if __name__ == "__main__":
+    main()
