@@ -165,7 +165,11 @@ def test_the_grid_stops_at_the_first_failing_cell(tiny_idx_root, tmp_path, capsy
     assert f"cell 2/3 bs_optim.lr-1e12-seed0 failed: NonFiniteLossError" in captured.err
     assert f"its log: {log}" in captured.err and "training diverged" in log.read_text()
     assert "cell 1/3: ce seed 0 ... done in" in captured.out and "test acc 0." in captured.out
-    assert not (output / "cells" / "ccar_bs-seed0").exists() and not (output / "comparison.md").exists()
+    assert not (output / "cells" / "ccar_bs-seed0").exists()
+    # The tables say what finished before the failure, and that they are partial.
+    assert (output / "comparison.md").read_text().startswith("**Partial: 1 of 3 cells finished.**")
+    report = json.loads((output / "comparison.json").read_text())
+    assert report["complete"] is False and [row["method"] for row in report["rows"]] == ["ce"]
 
 
 def test_one_seed_prints_a_table_without_spread_and_a_plain_verdict(tiny_idx_root, tmp_path, capsys):

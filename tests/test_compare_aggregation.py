@@ -168,3 +168,59 @@ def test_a_checkpointed_cell_is_resumed_not_restarted(tiny_idx_root, tmp_path, m
     history = (cell / "history.jsonl").read_text().splitlines()
     assert len(history) == 3 and history[0] == first_epoch  # not retrained: the same record, same timing
     assert json.loads((cell / "metrics.json").read_text())["test"] == reference["test"]
+
+
+def test_partial_tables_cover_the_finished_cells_with_paired_deltas(tiny_idx_root, tmp_path):
+    """A grid still running: each method's mean over its finished seeds, the delta and wins over the
+    seeds its reference finished too, no row for a method with no finished cell, and files that say
+    they are partial; the finished grid's tables then equal the ordinary ones."""
+    from longtail.engine.compare import plan_cells, write_comparison
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    args = Namespace(methods="ce,bs,la", seeds="0,1,2", imbalance_factors=None, paired=True, recipe=None,
+                     config=None, output=str(tmp_path), overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
+    cells, _ = plan_cells(args)
+    finished = {("ce", 0), ("ce", 1), ("bs", 1), ("bs", 2)}  # la: none yet
+    rng = random.Random(3)
+    metrics = {}
+    for cell in cells:
+        test = {key: rng.uniform(0.05, 0.95) for key, _ in SUMMARY_COLUMNS}
+        test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
+        metrics[(cell.method, cell.seed)] = test
+        if (cell.method, cell.seed) in finished:
+            folder = tmp_path / "cells" / cell.name
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"test": test}))
+            (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+    write_comparison(tmp_path, cells, "ce", partial=True)
+
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert report["complete"] is False and report["finished_cells"] == 4 and report["cells_in_grid"] == 9
+    rows = {row["method"]: row for row in report["rows"]}
+    assert set(rows) == {"ce", "bs"}
+    bs = rows["bs"]
+    assert (bs["seeds"], bs["paired_seeds"]) == (2, 1)  # bs seeds 1, 2; ce has seed 1 of them
+    accuracy = [metrics[("bs", s)]["accuracy"] for s in (1, 2)]
+    assert bs["accuracy"]["mean"] == pytest.approx(sample_mean(accuracy))
+    assert bs["accuracy"]["std"] == pytest.approx(sample_std(accuracy))
+    assert bs["accuracy"]["delta"] == pytest.approx(metrics[("bs", 1)]["accuracy"] - metrics[("ce", 1)]["accuracy"])
+    assert bs["overall_wins_vs_reference"] == int(metrics[("bs", 1)]["accuracy"] > metrics[("ce", 1)]["accuracy"])
+    assert rows["ce"]["seeds"] == 2 and rows["ce"]["accuracy"]["delta"] == pytest.approx(0.0)
+    text = (tmp_path / "comparison.md").read_text()
+    assert text.startswith("**Partial: 4 of 9 cells finished.**")
+    assert re.search(r"\| bs \|.*\| \d/1 \|", text), text  # wins out of the one paired seed
+    with open(tmp_path / "comparison.csv") as handle:
+        csv_rows = {r["method"]: r for r in csv.DictReader(handle)}
+    assert csv_rows["bs"]["seeds"] == "2" and csv_rows["bs"]["paired_seeds"] == "1"
+
+    for cell in cells:  # the rest finishes: the same call without partial gives the complete tables
+        folder = tmp_path / "cells" / cell.name
+        if not (folder / "metrics.json").exists():
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"test": metrics[(cell.method, cell.seed)]}))
+            (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+    write_comparison(tmp_path, cells, "ce")
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert report["complete"] is True and len(report["rows"]) == 3
+    assert all(row["seeds"] == row["paired_seeds"] == 3 for row in report["rows"])
+    assert not (tmp_path / "comparison.md").read_text().startswith("**Partial")

@@ -472,6 +472,7 @@ def _run_cells(args, cells: list[Cell], output: Path, reference: str, locks: dic
             shutil.rmtree(run_dir)  # started but never checkpointed: nothing worth keeping
     if pending:
         _remove_old_outputs(output)
+        _write_partial(output, cells, reference)  # the cells an earlier, stopped run of this grid finished
     print(f"{len(cells)} cells, {len(cells) - len(pending)} already finished, {len(pending)} to run", flush=True)
     devices = _split_list(args.devices, str)
     jobs = args.jobs if args.jobs is not None else default_jobs(devices, len(pending))
@@ -491,8 +492,20 @@ def _run_cells(args, cells: list[Cell], output: Path, reference: str, locks: dic
                 raise CellFailed(f"cell {index}/{total} {cell.name} failed: {type(error).__name__}: {error}. "
                                  f"The grid stopped there; its log: {log}") from None
             print(_done_line(index, total, cell, run_dir, time.perf_counter() - started), flush=True)
+            _write_partial(output, cells, reference)
     else:
-        _run_parallel(pending, output, devices, jobs, locks)
+        _run_parallel(pending, output, devices, jobs, locks, on_done=lambda: _write_partial(output, cells, reference))
+
+
+def _write_partial(output: Path, cells: list[Cell], reference: str) -> None:
+    """The tables of the cells finished so far, after each cell, so that a grid of hours shows its
+    results as they come; a failure here must not stop the grid, so it is reported and skipped."""
+    if all((output / "cells" / c.name / "metrics.json").is_file() for c in cells):
+        return  # complete: run_comparison writes the final tables
+    try:
+        write_comparison(output, cells, reference, partial=True)
+    except Exception as error:  # noqa: BLE001 - the grid goes on; the final tables are written at the end
+        print(f"partial tables not written: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
 
 
 def usable_cores() -> int:
@@ -518,7 +531,8 @@ def default_jobs(devices: list, cells: int) -> int:
     return max(1, min(usable_cores(), cells))
 
 
-def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int, locks: dict) -> None:
+def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int, locks: dict,
+                  on_done=lambda: None) -> None:
     import signal
     import time
 
@@ -543,6 +557,7 @@ def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int, l
                         cell = futures[future]
                         print(_done_line(finished, total, cell, output / "cells" / cell.name,
                                          time.perf_counter() - started), flush=True)
+                        on_done()
                 except CellFailed:
                     for future in futures:
                         future.cancel()
@@ -575,15 +590,22 @@ def _mean_std(values: list) -> tuple[Optional[float], Optional[float]]:
     return mean, std
 
 
-def aggregate(output: Path, cells: list[Cell], reference: str) -> list[dict]:
+def aggregate(output: Path, cells: list[Cell], reference: str, partial: bool = False) -> list[dict]:
     """One row per (imbalance factor, method): mean / std over seeds, delta and paired wins vs reference
-    (on overall accuracy, and on the headline metric: ``train.headline_metric`` of the reference's cells)."""
+    (on overall accuracy, and on the headline metric: ``train.headline_metric`` of the reference's cells).
+
+    ``partial``: only the cells that have finished (a grid still running): a row's mean and std are over
+    its finished seeds (``seeds``), its delta and wins over the seeds on which the reference has finished
+    too (``paired_seeds``); methods with no finished cell have no row. Complete grids give the same rows
+    either way (every seed paired)."""
     headline = next((c.config.train.headline_metric for c in cells if c.method == reference),
                     cells[0].config.train.headline_metric)
     results = {}
     for cell in cells:
-        metrics = json.loads((output / "cells" / cell.name / "metrics.json").read_text())
-        results[(cell.imbalance_factor, cell.method, cell.seed)] = metrics["test"]
+        path = output / "cells" / cell.name / "metrics.json"
+        if partial and not path.is_file():
+            continue
+        results[(cell.imbalance_factor, cell.method, cell.seed)] = json.loads(path.read_text())["test"]
     methods = list(dict.fromkeys(c.method for c in cells))
     seeds = sorted({c.seed for c in cells})
     factors = list(dict.fromkeys(c.imbalance_factor for c in cells))
@@ -592,19 +614,24 @@ def aggregate(output: Path, cells: list[Cell], reference: str) -> list[dict]:
     rows = []
     for factor in factors:
         for method in methods:
-            row = {"imbalance_factor": factor, "method": method, "seeds": len(seeds)}
+            done = [s for s in seeds if (factor, method, s) in results]
+            paired = [s for s in done if (factor, reference, s) in results]
+            if not done:
+                continue
+            row = {"imbalance_factor": factor, "method": method, "seeds": len(done), "paired_seeds": len(paired)}
             for key, _ in SUMMARY_COLUMNS:
-                mean, std = _mean_std([results[(factor, method, s)].get(key) for s in seeds])
-                ref_mean, _ = _mean_std([results[(factor, reference, s)].get(key) for s in seeds])
+                mean, std = _mean_std([results[(factor, method, s)].get(key) for s in done])
+                paired_mean, _ = _mean_std([results[(factor, method, s)].get(key) for s in paired])
+                ref_mean, _ = _mean_std([results[(factor, reference, s)].get(key) for s in paired])
                 row[key] = {"mean": mean, "std": std,
-                            "delta": None if mean is None or ref_mean is None else mean - ref_mean}
+                            "delta": None if paired_mean is None or ref_mean is None else paired_mean - ref_mean}
             for key, name in (("accuracy", "overall_wins_vs_reference"), (headline, "headline_wins_vs_reference")):
                 row[name] = sum(results[(factor, method, s)][key] > results[(factor, reference, s)][key]
-                                for s in seeds)
+                                for s in paired)
             row["headline"] = headline
             row["per_class_accuracy"] = [
-                _mean_std([results[(factor, method, s)]["per_class_accuracy"][j] for s in seeds])[0]
-                for j in range(len(results[(factor, method, seeds[0])]["per_class_accuracy"]))]
+                _mean_std([results[(factor, method, s)]["per_class_accuracy"][j] for s in done])[0]
+                for j in range(len(results[(factor, method, done[0])]["per_class_accuracy"]))]
             rows.append(row)
     return rows
 
@@ -644,7 +671,8 @@ def comparison_markdown(rows: list[dict], reference: str) -> str:
                 delta = row[key]["delta"]
                 cells.append("-" if delta is None else f"{100 * delta:+.2f}")
             if several:
-                cells.append(f"{row.get('headline_wins_vs_reference', row['overall_wins_vs_reference'])}/{row['seeds']}")
+                cells.append(f"{row.get('headline_wins_vs_reference', row['overall_wins_vs_reference'])}/"
+                             f"{row.get('paired_seeds', row['seeds'])}")
             table_rows.append(cells)
         title = "" if factor is None else f"### imbalance factor {factor:g}\n\n"
         parts.append(title + markdown_table(header, table_rows))
@@ -761,7 +789,7 @@ def verdict(rows: list[dict], notes: list[str]) -> str:
                 continue
             margin = leader[key]["mean"] - runner[key]["mean"]
             text += f", {100 * margin:.2f} points ahead of {runner['method']} ({format_percent(runner[key]['mean'])} %)"
-            if leader["seeds"] < 2:
+            if leader["seeds"] < 2 or runner["seeds"] < 2:
                 text += ("; with one seed there is no seed spread, so this says nothing about whether the lead "
                          "is larger than run-to-run noise (use --seeds 0,1,2)")
             else:
@@ -773,26 +801,34 @@ def verdict(rows: list[dict], notes: list[str]) -> str:
     return "\n".join(lines + notes)
 
 
-def write_comparison(output: Path, cells: list[Cell], reference: str) -> None:
-    rows = aggregate(output, cells, reference)
+def write_comparison(output: Path, cells: list[Cell], reference: str, partial: bool = False) -> None:
+    """comparison.md / .csv / .json and the plots. ``partial``: of the cells finished so far, while the
+    grid runs (:func:`aggregate`); every file then says so, and the finished grid overwrites them."""
+    rows = aggregate(output, cells, reference, partial=partial)
+    finished = [c for c in cells if (output / "cells" / c.name / "metrics.json").is_file()] if partial else cells
+    if not finished:
+        return
     atomic_write_json(output / "comparison.json", {
-        "reference": reference, "rows": rows,
-        "cells": {c.name: config_hash(c.config.to_dict()) for c in cells}})
+        "reference": reference, "complete": not partial, "finished_cells": len(finished), "cells_in_grid": len(cells),
+        "rows": rows, "cells": {c.name: config_hash(c.config.to_dict()) for c in finished}})
     notes = identical_methods(cells)
-    atomic_write_text(output / "comparison.md", comparison_markdown(rows, reference) + "\n"
+    banner = (f"**Partial: {len(finished)} of {len(cells)} cells finished.** The grid is running or was stopped "
+              f"(run the same command to continue); means are over each method's finished seeds, deltas and "
+              f"wins over the seeds its reference `{reference}` has finished too.\n\n") if partial else ""
+    atomic_write_text(output / "comparison.md", banner + comparison_markdown(rows, reference) + "\n"
                       + verdict(rows, notes) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["imbalance_factor", "method"] + [f"{key}_{stat}" for key, _ in SUMMARY_COLUMNS
                                                       for stat in ("mean", "std", "delta")]
-                    + ["wins", "seeds", "headline", "headline_wins"])
+                    + ["wins", "seeds", "headline", "headline_wins", "paired_seeds"])
     for row in rows:
         writer.writerow([row["imbalance_factor"], row["method"]]
                         + [row[key][stat] for key, _ in SUMMARY_COLUMNS for stat in ("mean", "std", "delta")]
                         + [row["overall_wins_vs_reference"], row["seeds"], row["headline"],
-                           row["headline_wins_vs_reference"]])
+                           row["headline_wins_vs_reference"], row["paired_seeds"]])
     atomic_write_text(output / "comparison.csv", buffer.getvalue())
-    class_counts = json.loads((output / "cells" / cells[0].name / "class_counts.json").read_text())["train_counts"]
+    class_counts = json.loads((output / "cells" / finished[0].name / "class_counts.json").read_text())["train_counts"]
     from longtail.report.plots import write_comparison_plots
 
     write_comparison_plots(output, rows, class_counts)
