@@ -51,7 +51,7 @@ TESTS = {
              "test_concutmix_data.py", "test_preprocess.py", "test_image_files.py", "test_device_decode.py",
              "test_augment_distributed.py", "test_wiring_data.py", "test_wiring_concutmix.py", "test_class_names.py",
              "test_data_groups.py", "test_data_longtail_order.py", "test_data_fuzz.py", "test_feature_cache.py",
-             "test_data_setup_groups.py", "test_safe_loading.py"],
+             "test_data_setup_groups.py", "test_safe_loading.py", "test_data_edges.py"],
     "engine": ["test_engine_options.py", "test_engine_config.py", "test_protocols.py", "test_selection.py",
                "test_posthoc.py", "test_inference.py", "test_compare.py", "test_compare_aggregation.py",
                "test_decoupled.py", "test_checkpoint.py", "test_interrupts.py", "test_concutmix_engine.py",
