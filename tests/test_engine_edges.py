@@ -1,0 +1,100 @@
+"""Engine behaviour that mutmut found unobserved (docs/mutation.md, section 2, engine), each tested
+directly, without training: the comparison table of one seed, the input size chosen for images of
+several sizes, prior files given as fractions, data-change reports, and refusals that name what is
+wrong."""
+
+from __future__ import annotations
+
+import json
+import math
+from argparse import Namespace
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import tiny_run_overrides
+from longtail.engine.config import build_config
+from longtail.engine.evaluation.inference import InferenceError, evaluate_data_root
+from longtail.engine.evaluation.priors import read_prior_file
+from longtail.engine.rundir.fingerprint import differences
+from longtail.engine.runtime.distributed import DistributedContext
+from longtail.engine.training.data_setup import _choose_geometry
+
+
+def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_path):
+    """With one seed a cell is just the value (format_percent of it: 100 x, two decimals) and its std
+    is 0, not an invented spread."""
+    from longtail.engine.compare import plan_cells, write_comparison
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    args = Namespace(methods="ce,bs", seeds="0", imbalance_factors="10", paired=True, recipe=None, config=None,
+                     output=str(tmp_path), overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
+    cells, _ = plan_cells(args)
+    keys = [key for key, _ in SUMMARY_COLUMNS]
+    values = {}
+    for n, cell in enumerate(cells):
+        test = {key: 0.1 + 0.01 * (n * len(keys) + i) for i, key in enumerate(keys)}
+        test["per_class_accuracy"] = [0.5] * 10
+        values[cell.method] = test
+        folder = tmp_path / "cells" / cell.name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"test": test}))
+        (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(10)]}))
+    write_comparison(tmp_path, cells, "ce")
+    rows = {row["method"]: row for row in json.loads((tmp_path / "comparison.json").read_text())["rows"]}
+    table = (tmp_path / "comparison.md").read_text()
+    for method, test in values.items():
+        line = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
+        for key in keys:
+            assert rows[method][key]["std"] == 0.0 and rows[method][key]["mean"] == pytest.approx(test[key])
+            assert f"{100 * test[key]:.2f}" in line, (method, key, line)
+        assert "±" not in line
+
+
+def _geometry(train_sizes):
+    config, _ = build_config("imagefolder-small", overrides=["data.root=unused"])
+    return _choose_geometry(config, train_sizes, train_sizes, DistributedContext())
+
+
+def test_images_of_several_sizes_are_resized_to_the_most_common_ties_to_the_larger_area(capsys):
+    assert _geometry([(32, 32)] * 3 + [(64, 48)] * 2) == ("resize", (32, 32))  # most common, not largest
+    assert _geometry([(32, 32)] * 2 + [(16, 80)] * 2) == ("resize", (16, 80))  # tie: 1280 > 1024 pixels
+    assert "the most common training size" in capsys.readouterr().out
+
+
+def test_a_prior_file_of_fractions_summing_to_one_is_accepted(tmp_path):
+    (tmp_path / "prior.txt").write_text("0.5\n0.3  # a comment\n0.2\n")
+    np.testing.assert_allclose(read_prior_file(tmp_path / "prior.txt", None, 3), [0.5, 0.3, 0.2], rtol=1e-15)
+    (tmp_path / "zero.txt").write_text("0\n0\n0\n")
+    with pytest.raises(Exception, match="the frequencies sum to 0"):
+        read_prior_file(tmp_path / "zero.txt", None, 3)
+
+
+def test_data_change_report_counts_files_when_the_fingerprints_hold_different_things():
+    """A recorded summary fingerprint (modification times) against a current one of contents: only the
+    file counts can be compared, and the report says so."""
+    recorded = {"sha256": "a", "splits": {"train": {"sha256": "x", "kind": "files", "mode": "stat", "count": 3}}}
+    current = {"sha256": "b", "splits": {"train": {"sha256": "y", "kind": "files", "mode": "content", "count": 4}}}
+    assert differences(recorded, current) == ["train split: 3 files then, 4 now"]
+
+
+def test_data_root_that_is_not_a_folder_is_refused_by_name(tmp_path):
+    with pytest.raises(InferenceError, match=f"^--data-root {tmp_path / 'nowhere'} is not a folder$"):
+        evaluate_data_root(SimpleNamespace(classes=["a", "b"]), tmp_path / "nowhere")
+
+
+def test_a_finished_run_with_corrupt_metrics_says_to_re_evaluate(tmp_path):
+    import torch
+
+    from longtail.engine.rundir.checkpoint import CheckpointError
+    from longtail.engine.training.trainer import finished_results
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"config": {"optim": {"epochs": 2}}, "label": "ce", "model": {}, "class_counts_hash": "0", "epoch": 2},
+               tmp_path / "checkpoints" / "last.pt")
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'metrics.json'} is not valid JSON \(.*\); the run "
+                                              rf"finished, so there is nothing to resume: re-evaluate it with "
+                                              rf"`longtail eval {tmp_path}`$"):
+        finished_results(tmp_path)
