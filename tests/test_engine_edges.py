@@ -22,15 +22,23 @@ from longtail.engine.runtime.distributed import DistributedContext
 from longtail.engine.training.data_setup import _choose_geometry
 
 
-def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_path):
-    """With one seed a cell is just the value (format_percent of it: 100 x, two decimals) and its std
-    is 0, not an invented spread."""
-    from longtail.engine.compare import plan_cells, write_comparison
-    from longtail.report.tables import SUMMARY_COLUMNS
+def _one_seed_cells(tiny_idx_root, output):
+    from longtail.engine.compare import plan_cells
 
     args = Namespace(methods="ce,bs", seeds="0", imbalance_factors="10", paired=True, recipe=None, config=None,
-                     output=str(tmp_path), overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
-    cells, _ = plan_cells(args)
+                     output=str(output), overrides=tiny_run_overrides(tiny_idx_root, output))
+    return plan_cells(args)[0]
+
+
+def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_path):
+    """With one seed a cell is just the value (format_percent of it: 100 x, two decimals) and its std
+    is 0, not an invented spread; the CSV ends with the wins / seeds / headline columns."""
+    import csv
+
+    from longtail.engine.compare import write_comparison
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    cells = _one_seed_cells(tiny_idx_root, tmp_path)
     keys = [key for key, _ in SUMMARY_COLUMNS]
     values = {}
     for n, cell in enumerate(cells):
@@ -50,6 +58,26 @@ def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_
             assert rows[method][key]["std"] == 0.0 and rows[method][key]["mean"] == pytest.approx(test[key])
             assert f"{100 * test[key]:.2f}" in line, (method, key, line)
         assert "±" not in line
+    with open(tmp_path / "comparison.csv", newline="") as handle:
+        header, *lines = list(csv.reader(handle))
+    assert header[:2] == ["imbalance_factor", "method"]
+    assert header[-4:] == ["wins", "seeds", "headline", "headline_wins"]
+    assert [line[header.index("seeds")] for line in lines] == ["1", "1"]
+
+
+def test_reused_cells_made_otherwise_are_refused_naming_each(tiny_idx_root, tmp_path):
+    from longtail.engine.compare import _check_existing_cells
+    from longtail.engine.errors import ConfigError
+
+    cells = _one_seed_cells(tiny_idx_root, tmp_path)
+    (tmp_path / "cells" / cells[0].name).mkdir(parents=True)
+    (tmp_path / "cells" / cells[0].name / "metrics.json").write_text("{}")  # a finished cell without config.yaml
+    with pytest.raises(ConfigError) as error:
+        _check_existing_cells(cells, tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path} holds cells made with other settings or data than this command asks for: {cells[0].name} "
+        f"(no config.yaml). Their results cannot be reused. Give another --output, or delete {tmp_path / 'cells'} "
+        f"(or just those cells) to train them again")
 
 
 def _geometry(train_sizes):
