@@ -126,3 +126,46 @@ def test_a_finished_run_with_corrupt_metrics_says_to_re_evaluate(tmp_path):
                                               rf"finished, so there is nothing to resume: re-evaluate it with "
                                               rf"`longtail eval {tmp_path}`$"):
         finished_results(tmp_path)
+
+
+def test_an_unreadable_cell_config_is_named_even_when_its_error_says_nothing(tmp_path, monkeypatch):
+    """The first line of the reader's error explains an unreadable config.yaml; an error without a
+    message is named by its type instead of leaving the sentence empty."""
+    import longtail.engine.config as config_module
+    from longtail.engine.compare import _recorded_config, _UnreadableConfig
+
+    (tmp_path / "config.yaml").write_text("data: {}\n")
+
+    def silent_failure(text):
+        raise ValueError()
+
+    monkeypatch.setattr(config_module, "load_yaml", silent_failure)
+    with pytest.raises(_UnreadableConfig, match="^its config.yaml cannot be read as a run's config: ValueError$"):
+        _recorded_config(tmp_path)
+
+
+def test_each_epoch_is_logged_to_history_and_tensorboard_at_its_epoch(tmp_path):
+    """history.jsonl holds the checkpointed history; TensorBoard gets every finite training number and
+    every test / val metric as a scalar at step = the record's epoch."""
+    from longtail.engine.training.trainer import Trainer
+
+    class Writer:
+        def __init__(self):
+            self.scalars, self.flushed = [], 0
+
+        def add_scalar(self, tag, value, step=None):
+            self.scalars.append((tag, value, step))
+
+        def flush(self):
+            self.flushed += 1
+
+    first = {"epoch": 1, "loss": 1.5, "test": {"accuracy": 0.25}}
+    record = {"epoch": 2, "loss": 0.5, "lr": 0.1, "grad_norm": float("nan"), "note": "text",
+              "test": {"accuracy": 0.5}, "val": {"balanced_accuracy": 0.4}}
+    trainer = SimpleNamespace(context=SimpleNamespace(is_main=True), state=SimpleNamespace(history=[first, record]),
+                              run_dir=tmp_path, writer=Writer())
+    Trainer._log_epoch(trainer, record)
+    assert (tmp_path / "history.jsonl").read_text() == json.dumps(first) + "\n" + json.dumps(record) + "\n"
+    assert sorted(trainer.writer.scalars) == sorted([("train/loss", 0.5, 2), ("train/lr", 0.1, 2),
+                                                     ("test/accuracy", 0.5, 2), ("val/balanced_accuracy", 0.4, 2)])
+    assert trainer.writer.flushed == 1
