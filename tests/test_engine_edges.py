@@ -169,3 +169,21 @@ def test_each_epoch_is_logged_to_history_and_tensorboard_at_its_epoch(tmp_path):
     assert sorted(trainer.writer.scalars) == sorted([("train/loss", 0.5, 2), ("train/lr", 0.1, 2),
                                                      ("test/accuracy", 0.5, 2), ("val/balanced_accuracy", 0.4, 2)])
     assert trainer.writer.flushed == 1
+
+
+def test_an_epochs_training_loss_is_the_sample_weighted_mean_of_its_batch_losses(tiny_idx_root, tmp_path, monkeypatch):
+    """The history's loss / base_loss of an epoch: sum_b loss_b * |b| / sum_b |b| over the batches the
+    loss actually received (the last batch is smaller), and a positive throughput."""
+    from engine_probe import make_trainer, spy_loss, tiny_model
+    from longtail.engine.training.trainer import _StopFlag
+
+    tiny_model(monkeypatch)
+    trainer = make_trainer(tiny_idx_root, tmp_path)
+    losses = spy_loss(trainer)
+    record = trainer.train_epoch(_StopFlag())
+    sizes = [len(call["targets"]) for call in losses.calls]
+    assert len(set(sizes)) > 1  # a smaller last batch: a plain mean of batch losses would differ
+    expected = math.fsum(float(call["loss"]) * n for call, n in zip(losses.calls, sizes)) / sum(sizes)
+    assert record["loss"] == pytest.approx(expected, rel=1e-6)
+    assert record["base_loss"] == pytest.approx(expected, rel=1e-6)
+    assert record["images_per_s"] > 0
