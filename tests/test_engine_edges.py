@@ -187,3 +187,13 @@ def test_an_epochs_training_loss_is_the_sample_weighted_mean_of_its_batch_losses
     assert record["loss"] == pytest.approx(expected, rel=1e-6)
     assert record["base_loss"] == pytest.approx(expected, rel=1e-6)
     assert record["images_per_s"] > 0
+
+
+def test_learning_rate_defaults_to_no_warm_up():
+    from longtail.engine.training.schedules import learning_rate
+
+    assert learning_rate(0.1, 0.5, 10, "constant") == 0.1
+    assert learning_rate(0.1, 0.0, 10) == 0.1  # multistep without milestones
+    for position in (0.0, 0.25, 3.5, 9.9):
+        assert learning_rate(0.1, position, 10, "cosine") == pytest.approx(0.05 * (1 + math.cos(math.pi * position / 10)),
+                                                                           rel=1e-12)
