@@ -197,3 +197,10 @@ def test_learning_rate_defaults_to_no_warm_up():
     for position in (0.0, 0.25, 3.5, 9.9):
         assert learning_rate(0.1, position, 10, "cosine") == pytest.approx(0.05 * (1 + math.cos(math.pi * position / 10)),
                                                                            rel=1e-12)
+
+
+def test_an_unknown_regularizer_is_refused_with_the_valid_names():
+    from longtail.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^unknown regularizer 'nope'; valid: none, car$"):
+        build_config("fashion-mnist-lt", overrides=["regularizer.name=nope"])
