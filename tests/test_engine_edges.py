@@ -204,3 +204,28 @@ def test_an_unknown_regularizer_is_refused_with_the_valid_names():
 
     with pytest.raises(ConfigError, match=r"^unknown regularizer 'nope'; valid: none, car$"):
         build_config("fashion-mnist-lt", overrides=["regularizer.name=nope"])
+
+
+def test_model_compile_true_compiles_the_training_model(tiny_idx_root, tmp_path, monkeypatch):
+    """model.compile=true hands the model the trainer trains to torch.compile at build time (recorded
+    here instead of compiling, which takes minutes on a CPU; test_compile.py runs the real thing)."""
+    import torch
+
+    from engine_probe import make_trainer, tiny_model
+
+    compiled = []
+
+    def recording_compile(model, *args, **kwargs):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    tiny_model(monkeypatch)
+    for setting, expected in (("true", 1), ("false", 0)):
+        compiled.clear()
+        trainer = make_trainer(tiny_idx_root, tmp_path / setting, f"model.compile={setting}")
+        try:
+            assert len(compiled) == expected and all(model is trainer.model for model in compiled)
+        finally:
+            trainer.close()
