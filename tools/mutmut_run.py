@@ -59,7 +59,8 @@ TESTS = {
                "test_wiring_predict.py", "test_config_properties.py", "test_recipe_references.py",
                "test_refusals.py", "test_input_refusals.py", "test_inference_refusals.py", "test_precision.py",
                "test_compare_headline.py", "test_data_setup_groups.py", "test_finetune_engine.py",
-               "test_class_names_runs.py", "test_priors_cli.py", "test_engine_edges.py", "test_image_files.py"],
+               "test_class_names_runs.py", "test_priors_cli.py", "test_engine_edges.py", "test_image_files.py",
+               "test_compile.py"],
 }
 
 
