@@ -229,3 +229,17 @@ def test_model_compile_true_compiles_the_training_model(tiny_idx_root, tmp_path,
             assert len(compiled) == expected and all(model is trainer.model for model in compiled)
         finally:
             trainer.close()
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_refused(monkeypatch):
+    """Seen on a CPU machine made to report two CUDA devices (only the checks run; nothing touches a GPU)."""
+    import torch
+
+    from longtail.engine.errors import ConfigError
+    from longtail.engine.runtime.distributed import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert select_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"^train.device=cuda:2 but this machine has 2 CUDA device\(s\): cuda:0 to cuda:1$"):
+        select_device("cuda:2")
