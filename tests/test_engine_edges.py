@@ -243,3 +243,14 @@ def test_a_cuda_index_beyond_the_machines_devices_is_refused(monkeypatch):
     assert select_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ConfigError, match=r"^train.device=cuda:2 but this machine has 2 CUDA device\(s\): cuda:0 to cuda:1$"):
         select_device("cuda:2")
+
+
+def test_a_bad_override_is_refused_naming_where_it_came_from():
+    from longtail.engine.config.overrides import set_override
+    from longtail.engine.errors import ConfigError
+
+    config, _ = build_config("fashion-mnist-lt")
+    with pytest.raises(ConfigError, match=r"^override: loss.name must be a name, got 3$"):
+        set_override(config, "loss.name", 3)
+    with pytest.raises(ConfigError, match=r"^recipe.yaml: loss.name must be a name, got 3$"):
+        set_override(config, "loss.name", 3, source="recipe.yaml")
