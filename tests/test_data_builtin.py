@@ -67,6 +67,8 @@ def test_embedded_equals_the_generator_applied_to_fashion_mnist():
     # The build script's writer is deterministic: same arrays -> the recorded bytes' content hash.
     arrays = builtin.read_builtin_arrays()
     assert builtin.content_sha256(arrays) == builtin.BUILTIN_CONTENT_SHA256
+    # ... and the build script's arrays, computed from the idx files, are the embedded ones.
+    assert builtin.content_sha256(builtin.build_builtin_arrays(FASHION)) == builtin.BUILTIN_CONTENT_SHA256
 
 
 def test_damaged_embedded_file_is_refused_with_remedy(tmp_path):

@@ -38,7 +38,9 @@ def test_small_images_train_at_native_size_in_memory_and_both_pipelines_evaluate
     memory = data_for(jpeg_folder)
     assert isinstance(memory.train_loader, InMemoryLoader)
     assert memory.preprocessing.size == (12, 14) and memory.preprocessing.resize == "none"
-    assert memory.split_info["images"]["pipeline"] == "in-memory"
+    # The run's record of how its images were read: 19 training + 9 test JPEGs of 12x14 RGB, kept native.
+    assert memory.split_info["images"] == {"pipeline": "in-memory", "resize": "native", "size": [12, 14], "color": "RGB",
+                                           "sizes_found": {"12x14": 28}, "check": "header"}
     files = data_for(jpeg_folder, "data.in_memory=false")
     assert isinstance(files.train_loader, FileLoader) and files.preprocessing == memory.preprocessing
     for split in ("test", "train"):

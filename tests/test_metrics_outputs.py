@@ -93,7 +93,8 @@ def test_refusal_messages_say_what_to_do():
 
 def test_explicit_class_weights_are_used_for_the_spectral_norm():
     logits, targets = hand_example()
-    weights = np.array([1.0, 3.0, 0.5])
+    # Weights float32 cannot hold exactly (1/3, 3.1, 0.7), compared at 1e-12: they must be used in float64.
+    weights = np.array([1.0 / 3.0, 3.1, 0.7])
     metrics = LongTailMetrics(3, [150, 50, 10], class_weights=weights.tolist())
     metrics.update(logits, targets)
     counts = np.zeros((3, 3))
@@ -102,7 +103,7 @@ def test_explicit_class_weights_are_used_for_the_spectral_norm():
     hard = counts.T / counts.sum(axis=1)[None, :]  # pred x true, column j over class j's samples
     np.fill_diagonal(hard, 0.0)
     expected = np.linalg.svd(hard * weights[None, :], compute_uv=False).max()
-    assert metrics.compute()["confusion_spectral_norm"] == pytest.approx(expected, rel=1e-9)
+    assert metrics.compute()["confusion_spectral_norm"] == pytest.approx(expected, rel=1e-12)
     assert not math.isclose(expected, np.linalg.svd(hard, compute_uv=False).max())
 
 
@@ -122,3 +123,42 @@ def test_long_tail_metrics_defaults_and_refusals():
         LongTailMetrics(3, [5, 3, 1], class_weights="balanced")
     with pytest.raises(ValueError, match="train_counts"):
         LongTailMetrics(2, [-1, 3])
+
+
+def test_all_reduce_sums_every_state_tensor_once_per_update(tmp_path, monkeypatch):
+    """all_reduce sums each state tensor over the given group (op SUM), once per update: a second call
+    is a no-op, and a rank that has seen nothing still takes part (the other ranks wait for it).
+    In-process (mutmut maps only in-process calls), with a one-process gloo group whose all_reduce is
+    replaced by a second rank holding the same state (value * 2): the result must be the metrics of the
+    batch seen twice."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        group = dist.new_group([0])
+        calls = []
+
+        def two_identical_ranks(value, op=None, group=None, async_op=False):
+            calls.append((op, group))
+            value.mul_(2)
+
+        monkeypatch.setattr(dist, "all_reduce", two_identical_ranks)
+        metrics = LongTailMetrics(3, [150, 50, 10])
+        metrics.all_reduce(group)  # nothing seen yet: still one call per state tensor
+        per_reduce = len(calls)
+        assert per_reduce == 5  # confusion, ECE bin count / confidence / correct, NLL sum
+        logits, targets = hand_example()
+        metrics.update(logits, targets)
+        metrics.all_reduce(group)
+        metrics.all_reduce(group)  # no update in between: must not double-count
+        assert len(calls) == 2 * per_reduce
+        assert all(op == dist.ReduceOp.SUM and used is group for op, used in calls)
+    finally:
+        dist.destroy_process_group()
+    twice = LongTailMetrics(3, [150, 50, 10])
+    twice.update(logits, targets)
+    twice.update(logits, targets)
+    got, expected = metrics.compute(), twice.compute()
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == (pytest.approx(value, rel=1e-12, nan_ok=True) if isinstance(value, float) else value), key

@@ -85,3 +85,12 @@ def test_car_defaults_and_boundary_options():
     sigma, left, right = top_singular_pair(torch.zeros(3, 3))
     assert float(sigma) == 0.0
     torch.testing.assert_close(right.double().norm(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_bound_helpers_name_the_argument_they_refuse():
+    from longtail.regularizers.bounds import per_class_error, weighted_spectral_norm
+
+    with pytest.raises(ValueError, match=r"^confusion must be a square K x K matrix, got shape \(2, 3\)$"):
+        per_class_error(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"^matrix contains non-finite values$"):
+        weighted_spectral_norm(np.array([[0.0, np.nan], [0.0, 0.0]]))

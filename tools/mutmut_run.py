@@ -49,13 +49,31 @@ TESTS = {
     "data": ["test_samplers.py", "test_mixing.py", "test_loader.py", "test_transforms.py", "test_data_cifar.py",
              "test_data_idx.py", "test_data_listfile.py", "test_data_longtail.py", "test_data_builtin.py",
              "test_concutmix_data.py", "test_preprocess.py", "test_image_files.py", "test_device_decode.py",
-             "test_augment_distributed.py", "test_wiring_data.py", "test_wiring_concutmix.py"],
+             "test_augment_distributed.py", "test_wiring_data.py", "test_wiring_concutmix.py", "test_class_names.py",
+             "test_data_groups.py", "test_data_longtail_order.py", "test_data_fuzz.py", "test_feature_cache.py",
+             "test_data_setup_groups.py", "test_safe_loading.py", "test_data_edges.py"],
     "engine": ["test_engine_options.py", "test_engine_config.py", "test_protocols.py", "test_selection.py",
                "test_posthoc.py", "test_inference.py", "test_compare.py", "test_compare_aggregation.py",
                "test_decoupled.py", "test_checkpoint.py", "test_interrupts.py", "test_concutmix_engine.py",
                "test_methods.py", "test_wiring_schedules.py", "test_wiring_concutmix.py",
-               "test_wiring_predict.py"],
+               "test_wiring_predict.py", "test_config_properties.py", "test_recipe_references.py",
+               "test_refusals.py", "test_input_refusals.py", "test_inference_refusals.py", "test_precision.py",
+               "test_compare_headline.py", "test_data_setup_groups.py", "test_finetune_engine.py",
+               "test_class_names_runs.py", "test_priors_cli.py", "test_engine_edges.py", "test_image_files.py",
+               "test_compile.py"],
 }
+
+
+# Copied into the scratch src/ (so into mutants/src, on PYTHONPATH): while mutmut records which tests
+# reach which function (MUTANT_UNDER_TEST=stats), a subprocess a test starts (a compare cell, the CLI,
+# a torchrun worker) runs in another directory, where mutmut cannot find its configuration and the
+# first mutated function it calls raises. Its hits could not be recorded anyway, so it runs unmutated.
+# With a mutant active, subprocesses inherit it and run it like the test process does.
+SITECUSTOMIZE = (
+    "import os\n"
+    "if os.environ.get('MUTANT_UNDER_TEST') == 'stats':  # see tools/mutmut_run.py\n"
+    "    os.environ['MUTANT_UNDER_TEST'] = ''\n"
+)
 
 
 def prepare(package: str, workdir: Path) -> Path:
@@ -81,9 +99,13 @@ def prepare(package: str, workdir: Path) -> Path:
         f'only_mutate = ["src/longtail/{package}/*"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]\n'
+        # mutmut runs the tests from its copy mutants/tests: the files they read next to the tests
+        # (docs/protocols.md, README.md) must be copied there too.
+        'also_copy = ["docs", "README.md"]\n'
         "use_git_change_detection = false\n"
     )
     (target / "pyproject.toml").write_text(config)
+    (target / "src" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     # PYTHONPATH names mutants/src; it must exist when mutmut starts, or Python caches "no such
     # path entry" and the tests silently import the unmutated editable install instead.
     (target / "mutants" / "src").mkdir(parents=True)
@@ -136,6 +158,10 @@ def _env(target: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(target / "mutants" / "src")
     env.setdefault("OMP_NUM_THREADS", "1")
+    # The tests find the shared data sets relative to their own path, which the mutants/ copy moves.
+    shared = ROOT.parent / "shared" / "data"
+    if shared.is_dir():
+        env.setdefault("LONGTAIL_SHARED_DATA", str(shared))
     return env
 
 
