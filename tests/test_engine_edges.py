@@ -32,7 +32,7 @@ def _one_seed_cells(tiny_idx_root, output):
 
 def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_path):
     """With one seed a cell is just the value (format_percent of it: 100 x, two decimals) and its std
-    is 0, not an invented spread; the CSV ends with the wins / seeds / headline columns."""
+    is 0, not an invented spread; the CSV ends with the wins / seeds / headline / paired-seeds columns."""
     import csv
 
     from longtail.engine.compare import write_comparison
@@ -61,8 +61,9 @@ def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_
     with open(tmp_path / "comparison.csv", newline="") as handle:
         header, *lines = list(csv.reader(handle))
     assert header[:2] == ["imbalance_factor", "method"]
-    assert header[-4:] == ["wins", "seeds", "headline", "headline_wins"]
+    assert header[-5:] == ["wins", "seeds", "headline", "headline_wins", "paired_seeds"]
     assert [line[header.index("seeds")] for line in lines] == ["1", "1"]
+    assert [line[header.index("paired_seeds")] for line in lines] == ["1", "1"]
 
 
 def test_reused_cells_made_otherwise_are_refused_naming_each(tiny_idx_root, tmp_path):
