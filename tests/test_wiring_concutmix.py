@@ -287,3 +287,70 @@ def test_contrastive_crops_cover_the_released_area_range(style, low, monkeypatch
     _, contrastive = file_view_transforms(style, (32, 32), [0.5] * 3, [0.25] * 3, policy="none")
     crops = [t for t in contrastive.transforms if type(t).__name__ == "RandomResizedCrop"]
     assert len(crops) == 1 and tuple(crops[0].scale) == (low, 1.0)
+
+
+def _half_dark_images(count=256, size=16):
+    """Grey images, left half black and right half white: a mirror image is easy to see."""
+    images = torch.zeros(count, 3, size, size, dtype=torch.uint8)
+    images[..., size // 2:] = 255
+    return images
+
+
+def _reversed(views: torch.Tensor) -> torch.Tensor:
+    """Which views have their left half brighter than their right (mirrored). Crops, colour jitter,
+    grayscale and blur keep the order of a black | white step; only a flip reverses it."""
+    half = views.shape[-1] // 2
+    return views[..., :half].mean(dim=(1, 2, 3)) > views[..., half:].mean(dim=(1, 2, 3)) + 1e-4
+
+
+@pytest.mark.parametrize("style", ["cifar", "imagenet"])
+def test_data_flip_false_reaches_both_views_of_both_pipelines(style, monkeypatch):
+    """data.flip=false (traffic signs: a mirrored "keep left" is "keep right") turns off the flips of
+    the classification and the contrastive views, batched and per file; with the default, mirrored
+    views appear (so the check can fail)."""
+    from PIL import Image
+
+    images = _half_dark_images()
+    for flip in (True, False):
+        views = BatchViews(style, [0.5] * 3, [0.25] * 3, crop_padding=0, policy="none", flip=flip)
+        for make in (views.classification, views.contrastive):
+            mirrored = _reversed(make(images, seed=3))
+            assert bool(mirrored.any()) is flip, (flip, make.__name__, int(mirrored.sum()))
+        picture = Image.fromarray(images[0].permute(1, 2, 0).numpy())
+        torch.manual_seed(0)
+        for transform in file_view_transforms(style, (16, 16), [0.5] * 3, [0.25] * 3, crop_padding=0,
+                                              policy="none", flip=flip):
+            mirrored = _reversed(torch.stack([transform(picture) for _ in range(64)]))
+            assert bool(mirrored.any()) is flip, (flip, int(mirrored.sum()))
+
+    # The engine hands the run's data.flip to the views it builds.
+    built = []
+    monkeypatch.setattr("longtail.engine.methods.contrastive.BatchViews",
+                        lambda *args, **kwargs: built.append(kwargs) or BatchViews(*args, **kwargs))
+    from longtail.data.loading.loader import InMemoryLoader
+
+    for flip in ("true", "false"):
+        config, _ = build_config("fashion-mnist-lt", method="concutmix", overrides=[f"data.flip={flip}"])
+        loader = InMemoryLoader(images[:8, :1], batch_size=4, labels=torch.arange(8) % K, mean=[0.5], std=[0.25])
+        Contrastive().train_loader(config, loader, None, PairSampler(torch.arange(8) % K, seed=0), 4,
+                                   torch.device("cpu"), 0, COUNTS, None)
+        assert built[-1]["flip"] is (flip == "true")
+
+    class Built(Exception):  # stops the file branch once its transforms are made
+        pass
+
+    def record(*args, **kwargs):
+        built.append(kwargs)
+        raise Built
+
+    monkeypatch.setattr("longtail.engine.methods.contrastive.file_view_transforms", record)
+    from types import SimpleNamespace
+
+    preprocessing = SimpleNamespace(size=(16, 16), mean=[0.5] * 3, std=[0.25] * 3, resize="none", color="RGB",
+                                    channels=3)
+    for flip in ("true", "false"):
+        config, _ = build_config("fashion-mnist-lt", method="concutmix", overrides=[f"data.flip={flip}"])
+        with pytest.raises(Built):  # a file loader (not in memory): the per-image transforms
+            Contrastive().train_loader(config, SimpleNamespace(), None, None, 4, torch.device("cpu"), 0, COUNTS,
+                                       preprocessing)
+        assert built[-1]["flip"] is (flip == "true")

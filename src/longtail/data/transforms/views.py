@@ -208,11 +208,13 @@ class BatchViews:
         policy: ``auto`` (the style's: CIFAR-10 AutoAugment / RandAugment(2, 10)) or ``none``.
         repeat_channels: repeat single-channel outputs to this many channels.
         dtype, channels_last: of the produced batches.
+        flip: the random horizontal flips of both views (the released recipe's); False for data whose
+            mirror image is another class (traffic signs: ``data.flip=false``).
     """
 
     def __init__(self, style: str, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4,
                  policy: str = "auto", repeat_channels: Optional[int] = None, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, flip: bool = True) -> None:
         import kornia.augmentation as K
 
         self.style = _check_style(style)
@@ -221,6 +223,7 @@ class BatchViews:
         self.mean, self.std = list(mean), list(std)
         self.channels = len(self.mean)
         self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
         self.policy = policy
         self.repeat_channels = repeat_channels
         self.dtype = dtype
@@ -228,7 +231,8 @@ class BatchViews:
         colour = self.channels == 3
         jitter = _RandomColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.1 if colour else 0.0, p=0.8)
         self._contrastive_scale = (0.2 if style == "cifar" else 0.08, 1.0)
-        contrastive = [K.RandomHorizontalFlip(), jitter]
+        flips = [K.RandomHorizontalFlip()] if self.flip else []
+        contrastive = [*flips, jitter]
         if colour:
             contrastive.append(K.RandomGrayscale(p=0.2))
         if style == "cifar":
@@ -236,7 +240,7 @@ class BatchViews:
         self._contrastive_ops = contrastive
         self._classification_ops = None
         if style == "imagenet":  # after a RandomResizedCrop of scale 0.08-1
-            self._classification_ops = [K.RandomHorizontalFlip(),
+            self._classification_ops = [*flips,
                                         _RandomColorJitter(0.4, 0.4, 0.4 if colour else 0.0, 0.0, p=1.0)]
 
     @staticmethod
@@ -277,7 +281,8 @@ class BatchViews:
             return self._finish(images)
         if self.style == "cifar":
             generator = torch.Generator(device=images.device).manual_seed(seed)
-            top, left, flipped = sample_crop_flip(images.shape[0], self.crop_padding, 0.5, generator)
+            top, left, flipped = sample_crop_flip(images.shape[0], self.crop_padding, 0.5 if self.flip else 0.0,
+                                                  generator)
             images = crop_flip(images, self.crop_padding, top, left, flipped)
             with _seeded(seed, images.device):
                 return self._finish(self._policy(images, seed))
@@ -348,7 +353,7 @@ def batched_autoaugment(images: torch.Tensor, generator: torch.Generator):
 
 def file_view_transforms(style: str, size, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4,
                          policy: str = "auto", resize_first: bool = False, grey: bool = False,
-                         repeat_channels: Optional[int] = None):
+                         repeat_channels: Optional[int] = None, flip: bool = True):
     """(classification, contrastive) per-image torchvision v2 transforms of PIL images (file datasets).
 
     ``size``: (H, W) of the model input; ``resize_first``: resize the file to it before the views
@@ -366,18 +371,19 @@ def file_view_transforms(style: str, size, mean: Sequence[float], std: Sequence[
         tail.append(v2.Lambda(lambda x: x.expand(repeat_channels, -1, -1)))
     jitter = v2.ColorJitter(0.4, 0.4, 0.0, 0.0) if grey else v2.ColorJitter(0.4, 0.4, 0.4, 0.1)
     colour = [] if grey else [v2.RandomGrayscale(p=0.2)]
+    flips = [v2.RandomHorizontalFlip()] if flip else []  # flip=False: data whose mirror is another class
     if style == "cifar":
-        classification = [v2.RandomCrop(size, padding=crop_padding), v2.RandomHorizontalFlip()]
+        classification = [v2.RandomCrop(size, padding=crop_padding), *flips]
         if policy == "auto":
             classification.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
-        contrastive = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+        contrastive = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), *flips,
                        v2.RandomApply([jitter], p=0.8), *colour,
                        v2.RandomApply([v2.GaussianBlur(_BLUR_KERNEL, _BLUR_SIGMA)], p=0.5)]
     else:
-        classification = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(),
+        classification = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), *flips,
                           v2.ColorJitter(0.4, 0.4, 0.0 if grey else 0.4, 0.0)]
         if policy == "auto":
             classification.append(v2.RandAugment(num_ops=2, magnitude=10))
-        contrastive = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+        contrastive = [v2.RandomResizedCrop(size, antialias=True), *flips,
                        v2.RandomApply([jitter], p=0.8), *colour]
     return v2.Compose(head + classification + tail), v2.Compose(head + contrastive + tail)

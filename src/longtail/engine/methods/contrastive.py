@@ -261,13 +261,13 @@ class Contrastive(Method):
         if isinstance(loader, InMemoryLoader):  # its resident (resized) images and statistics
             views = BatchViews(style, loader.mean, loader.std, crop_padding=config.data.crop_padding,
                                policy=settings.policy, repeat_channels=loader.repeat_channels,
-                               channels_last=config.model.channels_last)
+                               channels_last=config.model.channels_last, flip=config.data.flip)
             return InMemoryPairLoader(loader.images, loader.labels, sampler, views, batch, mixes, seed=seed,
                                       rank=rank, drop_last=loader.drop_last)
         classification, contrastive = file_view_transforms(
             style, preprocessing.size, preprocessing.mean, preprocessing.std, config.data.crop_padding,
             settings.policy, resize_first=preprocessing.resize == "resize", grey=preprocessing.color == "L",
-            repeat_channels=preprocessing.channels)
+            repeat_channels=preprocessing.channels, flip=config.data.flip)
         return FilePairLoader(PairViewDataset(train_set, classification, contrastive), sampler, batch, mixes, device,
                               workers=config.data.workers, drop_last=loader.drop_last,
                               channels_last=config.model.channels_last)
