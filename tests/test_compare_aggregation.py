@@ -33,6 +33,14 @@ def sample_std(values):
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def write_cell(output, cell, test):
+    """A finished cell as compare reads it: its test metrics and training counts."""
+    folder = output / "cells" / cell.name
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"test": test}))
+    (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+
+
 @pytest.fixture(scope="module")
 def comparison(tiny_idx_root, tmp_path_factory):
     from longtail.engine.compare import plan_cells, write_comparison
@@ -50,10 +58,7 @@ def comparison(tiny_idx_root, tmp_path_factory):
         test = {key: rng.uniform(0.05, 0.95) for key in keys}
         test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
         metrics[(cell.imbalance_factor, cell.method, cell.seed)] = test
-        folder = output / "cells" / cell.name
-        folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps({"test": test}))
-        (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+        write_cell(output, cell, test)
     write_comparison(output, cells, "ce")
     return output, metrics, keys
 
@@ -188,10 +193,7 @@ def test_partial_tables_cover_the_finished_cells_with_paired_deltas(tiny_idx_roo
         test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
         metrics[(cell.method, cell.seed)] = test
         if (cell.method, cell.seed) in finished:
-            folder = tmp_path / "cells" / cell.name
-            folder.mkdir(parents=True)
-            (folder / "metrics.json").write_text(json.dumps({"test": test}))
-            (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+            write_cell(tmp_path, cell, test)
     write_comparison(tmp_path, cells, "ce", partial=True)
 
     report = json.loads((tmp_path / "comparison.json").read_text())
@@ -214,11 +216,8 @@ def test_partial_tables_cover_the_finished_cells_with_paired_deltas(tiny_idx_roo
     assert csv_rows["bs"]["seeds"] == "2" and csv_rows["bs"]["paired_seeds"] == "1"
 
     for cell in cells:  # the rest finishes: the same call without partial gives the complete tables
-        folder = tmp_path / "cells" / cell.name
-        if not (folder / "metrics.json").exists():
-            folder.mkdir(parents=True)
-            (folder / "metrics.json").write_text(json.dumps({"test": metrics[(cell.method, cell.seed)]}))
-            (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+        if not (tmp_path / "cells" / cell.name / "metrics.json").exists():
+            write_cell(tmp_path, cell, metrics[(cell.method, cell.seed)])
     write_comparison(tmp_path, cells, "ce")
     report = json.loads((tmp_path / "comparison.json").read_text())
     assert report["complete"] is True and len(report["rows"]) == 3

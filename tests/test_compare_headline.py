@@ -13,6 +13,7 @@ from argparse import Namespace
 import pytest
 
 from conftest import tiny_run_overrides
+from test_compare_aggregation import write_cell
 
 METHODS, SEEDS, K = ("ce", "bs", "ccar_bs"), (0, 1, 2), 10
 
@@ -33,10 +34,7 @@ def comparison(tiny_idx_root, tmp_path_factory):
         test = {key: rng.uniform(0.05, 0.95) for key, _ in SUMMARY_COLUMNS}
         test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
         metrics[(cell.method, cell.seed)] = test
-        folder = output / "cells" / cell.name
-        folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps({"test": test}))
-        (folder / "class_counts.json").write_text(json.dumps({"train_counts": [40 - 3 * j for j in range(K)]}))
+        write_cell(output, cell, test)
     write_comparison(output, cells, "ce")
     return output, metrics, cells
 

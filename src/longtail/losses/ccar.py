@@ -148,7 +148,7 @@ class CCAR(PerSampleLoss):
         self.register_buffer("class_count", as_class_counts(class_counts).to(torch.float64), persistent=False)
         self.statistic_groups = None  # {group: bool mask over classes} once track_statistics() is called
 
-    # Per-class accumulators of track_statistics(), in this order (float64 buffers "statistics_<name>").
+    # Rows of the per-class accumulator of track_statistics() (one float64 (6, K) buffer "statistics_sums").
     STATISTICS = ("mass", "omega", "omega_squared", "below_pivot", "p_true", "weight")
 
     def track_statistics(self, many_threshold: float = 100, few_threshold: float = 20) -> None:
@@ -158,28 +158,25 @@ class CCAR(PerSampleLoss):
 
         masks = shot_group_masks(self.class_count, many_threshold, few_threshold)
         self.statistic_groups = {"all": torch.ones_like(masks["many"]), **masks}
-        for name in self.STATISTICS:
-            self.register_buffer(f"statistics_{name}", torch.zeros(self.class_count.numel(), dtype=torch.float64))
-        # A checkpoint written before tracking was switched on has no accumulators: start them at 0.
-        self.register_load_state_dict_pre_hook(CCAR._zero_missing_statistics)
+        self.register_buffer("statistics_sums", self._zero_sums())
+        # A checkpoint written before tracking was switched on has no accumulator: start it at 0.
+        self.register_load_state_dict_pre_hook(
+            lambda module, state_dict, prefix, *args: state_dict.setdefault(prefix + "statistics_sums",
+                                                                            module._zero_sums()))
 
-    def _zero_missing_statistics(self, state_dict, prefix, *args):
-        for name in self.STATISTICS:
-            state_dict.setdefault(prefix + f"statistics_{name}", torch.zeros_like(getattr(self, f"statistics_{name}")))
+    def _zero_sums(self) -> torch.Tensor:
+        return torch.zeros(len(self.STATISTICS), self.class_count.numel(), dtype=torch.float64)
 
     def _accumulate(self, targets, soft_targets, p_true, omega_weight, weight) -> None:
         # Per-class sums: a soft target spreads its sample over classes by its label weights.
-        device = p_true.device
         rows = torch.stack([torch.ones_like(p_true), omega_weight, omega_weight * omega_weight,
                             (p_true < self.confidence_pivot).to(p_true.dtype), p_true, weight]).detach().double()
+        sums = self.statistics_sums.to(p_true.device)
         if soft_targets:
-            sums = rows @ targets.detach().double()
+            sums = sums + rows @ targets.detach().double()
         else:
-            sums = torch.zeros(len(self.STATISTICS), self.class_count.numel(), dtype=torch.float64, device=device)
-            sums.index_add_(1, targets, rows)
-        for name, row in zip(self.STATISTICS, sums):
-            buffer = getattr(self, f"statistics_{name}")
-            setattr(self, f"statistics_{name}", buffer.to(device) + row)
+            sums = sums.index_add(1, targets, rows)
+        self.statistics_sums = sums
 
     def epoch_statistics(self) -> dict:
         """Per group (all / many / medium / few): mean and std of Omega, mean p_t, the share of
@@ -190,15 +187,13 @@ class CCAR(PerSampleLoss):
             return {}
         import torch.distributed as dist
 
-        sums = torch.stack([getattr(self, f"statistics_{name}").cpu() for name in self.STATISTICS])
+        sums = self.statistics_sums.cpu()
         if dist.is_available() and dist.is_initialized():
             device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else sums.device
             reduced = sums.to(device)
             dist.all_reduce(reduced)
             sums = reduced.cpu()
-        for name in self.STATISTICS:
-            buffer = getattr(self, f"statistics_{name}")
-            setattr(self, f"statistics_{name}", torch.zeros_like(buffer))
+        self.statistics_sums = torch.zeros_like(self.statistics_sums)
         out = {}
         for group, mask in self.statistic_groups.items():
             mass, omega, omega_squared, below, p_true, weight = sums[:, mask.cpu()].sum(dim=1).tolist()

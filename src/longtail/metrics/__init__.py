@@ -11,26 +11,8 @@ Shifted test priors (:mod:`longtail.metrics.priors`): SADE's forward / uniform /
 
 from .confusion import confusion_matrix, harmonic_mean, per_class_accuracy, shot_group_masks, worst_fraction_mean
 from .longtail_metrics import LongTailMetrics, worst_class_ratio
-from .priors import (
-    ENCODED_PRIOR_BY_LOSS,
-    TEST_PRIOR_RHOS,
-    BBSEResult,
-    EMResult,
-    ShiftedTestSet,
-    adapt_logits,
-    bbse_prior,
-    draw_test_indices,
-    drawn_metrics,
-    em_prior,
-    encoded_prior,
-    expected_metrics,
-    frequency_ranks,
-    prior_from_counts,
-    prior_shift,
-    shifted_class_counts,
-    shifted_prior_names,
-    shifted_test_sets,
-)
+from . import priors
+from .priors import *  # noqa: F401,F403 - its public names, listed once in priors.__all__
 
 __all__ = [
     "LongTailMetrics",
@@ -40,22 +22,4 @@ __all__ = [
     "shot_group_masks",
     "worst_fraction_mean",
     "harmonic_mean",
-    "TEST_PRIOR_RHOS",
-    "ENCODED_PRIOR_BY_LOSS",
-    "frequency_ranks",
-    "shifted_class_counts",
-    "shifted_prior_names",
-    "draw_test_indices",
-    "ShiftedTestSet",
-    "shifted_test_sets",
-    "prior_from_counts",
-    "expected_metrics",
-    "drawn_metrics",
-    "encoded_prior",
-    "prior_shift",
-    "adapt_logits",
-    "EMResult",
-    "em_prior",
-    "BBSEResult",
-    "bbse_prior",
-]
+] + priors.__all__
