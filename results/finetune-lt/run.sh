@@ -5,7 +5,8 @@
 #   gtsrb-lt  : GTSRB-32 made long-tailed like gtsrb-lt-r32 (frequency order, n_max 1000, IF 100: 9,523 images)
 # Each is one checkpointed `compare` (finished cells are reused): rerun this script to continue.
 #   EVIDENCE (default /work/evidence/finetune-lt), LONGTAIL_SRC (default EVIDENCE/src-snapshot, copied
-#   from this repository's src/ at the first start), DATASETS (default "cifar5-2k gtsrb-lt").
+#   from this repository's src/ at the first start), DATASETS (default "cifar5-2k gtsrb-lt"),
+#   JOBS (cells at once, default 2: one per core; 1 leaves a core for another grid).
 set -e
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -43,11 +44,11 @@ for DATASET in ${DATASETS:-cifar5-2k gtsrb-lt}; do
     gtsrb-lt)  DATA="data.root=$EVIDENCE/data/gtsrb-32 data.imbalance_factor=100 data.class_order=frequency data.n_max=1000 data.flip=false" ;;  # signs are not mirror-symmetric
   esac
   nice -n 5 python -m longtail compare --config "$EVIDENCE/finetune.yaml" --methods "$METHODS" --seeds 0,1,2 \
-    --output "$EVIDENCE/$DATASET" --jobs 2 $DATA
+    --output "$EVIDENCE/$DATASET" --jobs "${JOBS:-2}" $DATA
+  # From scratch on cifar5-2k (GTSRB-LT's from-scratch cells are the screen's, results/gtsrb-lt-screen/):
+  # ResNet-32 at 32 px, the 30-epoch cifar5-jpeg-lt-r32 protocol.
+  if [ "$DATASET" = cifar5-2k ]; then
+    nice -n 5 python -m longtail compare --recipe cifar5-jpeg-lt-r32 --methods bs --seeds 0,1,2 \
+      --output "$EVIDENCE/cifar5-2k-scratch" --jobs "${JOBS:-2}" "data.root=$EVIDENCE/data/cifar5-2k" train.threads=1 train.progress=false
+  fi
 done
-# From scratch on cifar5-2k (GTSRB-LT's from-scratch cells are the screen's, results/gtsrb-lt-screen/):
-# ResNet-32 at 32 px, the 30-epoch cifar5-jpeg-lt-r32 protocol.
-if [[ " ${DATASETS:-cifar5-2k gtsrb-lt} " == *" cifar5-2k "* ]]; then
-  nice -n 5 python -m longtail compare --recipe cifar5-jpeg-lt-r32 --methods bs --seeds 0,1,2 \
-    --output "$EVIDENCE/cifar5-2k-scratch" --jobs 2 "data.root=$EVIDENCE/data/cifar5-2k" train.threads=1 train.progress=false
-fi

@@ -6,6 +6,7 @@
 #   LONGTAIL_SRC the source tree to run (default: EVIDENCE/src-snapshot, copied from this repository's
 #                src/ on the first start, so that later commits never change a grid half-way)
 #   GTSRB_ROOT   the unzipped gtsrb-32 folder (default /tmp/gtsrb-data/gtsrb-32, unzipped if missing)
+#   JOBS         cells at once (default 2, one per core; 1 leaves a core for another grid)
 set -e
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -25,6 +26,6 @@ METHODS=${METHODS:-bs,ccar_bs,car_bs,car_ccar_bs,ce}
 cd "$EVIDENCE"
 for SEEDS in 0 0,1 0,1,2; do
   nice -n 5 python -m longtail compare --config "$EVIDENCE/gtsrb-lt-r32-converged.yaml" --methods "$METHODS" \
-    --seeds "$SEEDS" --output "$EVIDENCE" --jobs 2 "data.root=$GTSRB_ROOT"
+    --seeds "$SEEDS" --output "$EVIDENCE" --jobs "${JOBS:-2}" "data.root=$GTSRB_ROOT"
   mkdir -p "seeds-$SEEDS" && cp comparison.md comparison.csv comparison.json "seeds-$SEEDS/"
 done
