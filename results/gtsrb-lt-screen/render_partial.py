@@ -7,7 +7,7 @@ from longtail.report.tables import results_table, per_class_table
 
 EVIDENCE = Path("/work/evidence/gtsrb-screen")
 OUT = Path(sys.argv[1])
-M = "ce,bs,ccar_bs,car_bs,ldam_drw,ccar_ce,ccar_bs:loss.weight_normalization=batch_mean,car_ccar_bs,concutmix,car_concutmix,crt"
+M = "ce,bs,ccar_bs,car_bs,ldam_drw,ccar_ce,ccar_bs:loss.weight_normalization=batch_mean,car_ccar_bs,concutmix,car_concutmix,crt,bs:data.autoaugment=true"
 args = Namespace(recipe=None, config=str(EVIDENCE / "gtsrb-lt-r32-screen30.yaml"), methods=M, seeds="0,1,2",
                  imbalance_factors=None, paired=True, output=str(OUT), overrides=["data.root=/tmp/gtsrb-data/gtsrb-32"])
 cells, _ = plan_cells(args)
