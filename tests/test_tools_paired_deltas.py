@@ -12,10 +12,10 @@ KEYS = ("accuracy", "balanced_accuracy", "many_accuracy", "medium_accuracy", "fe
         "worst_class_accuracy", "ece", "confusion_spectral_norm")
 
 
-def make_grid(root: Path, values: dict) -> None:
+def make_grid(root: Path, values: dict, methods=("bs", "ccar_bs")) -> None:
     """A compare output: plan.json naming every cell, metrics.json for the cells in ``values``."""
     cells = []
-    for method in ("bs", "ccar_bs"):
+    for method in methods:
         for seed in (0, 1, 2):
             name = f"{method}-seed{seed}"
             cells.append({"name": name, "method": method, "seed": seed, "imbalance_factor": None})
@@ -25,9 +25,9 @@ def make_grid(root: Path, values: dict) -> None:
     (root / "plan.json").write_text(json.dumps({"cells": cells}))
 
 
-def run(*args) -> list:
+def run(*args, prefix="| ccar_bs") -> list:
     out = subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, check=True)
-    return [line for line in out.stdout.splitlines() if line.startswith("| ccar_bs")]
+    return [line for line in out.stdout.splitlines() if line.startswith(prefix)]
 
 
 def test_deltas_over_the_seeds_both_cells_finished_match_numpy(tmp_path):
@@ -53,3 +53,15 @@ def test_default_columns_are_the_ones_results_md_was_made_with(tmp_path):
     make_grid(tmp_path, values)
     [row] = run(tmp_path, "ccar_bs:bs")
     assert row == "| ccar_bs vs bs | - | +10.00 ± 0.00 | +10.00 ± 0.00 | +10.00 ± 0.00 | +0.100 ± 0.000 | 3/3 |"
+
+
+def test_methods_with_colons_pair_by_the_grid_s_method_names(tmp_path):
+    augmented = "bs:data.autoaugment=true"
+    values = {(m, s): dict.fromkeys(KEYS, 0.5 + 0.2 * (m == augmented)) for m in ("bs", augmented) for s in (0, 1, 2)}
+    make_grid(tmp_path, values, methods=("bs", augmented))
+    [row] = run(tmp_path, f"{augmented}:bs", "--paper", f"{augmented}:bs=+1", prefix="| bs:data")
+    assert row.startswith(f"| {augmented} vs bs | - | +20.00 ± 0.00 |") and row.endswith("| 3/3 | +1 |")
+    [row] = run(tmp_path, f"bs:{augmented}", prefix="| bs vs")
+    assert row.startswith(f"| bs vs {augmented} | - | -20.00 ± 0.00 |")
+    refused = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "ccar_bs:bs"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "no METHOD:BASE split" in refused.stderr  # never a silently missing row

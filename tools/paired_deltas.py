@@ -98,9 +98,25 @@ def main() -> None:
         pair, separator, delta = entry.rpartition("=")
         if not separator or ":" not in pair:
             parser.error(f"--paper takes METHOD:BASE=DELTA, got {entry!r}")
-        paper[tuple(pair.rsplit(":", 1))] = delta
-    pairs = [tuple(pair.rsplit(":", 1)) for pair in args.pairs]
-    print(paired_table(load(args.output), pairs, metrics, args.wins_on, paper))
+        paper[tuple(pair.split(":"))] = delta  # split against the grid's methods below
+    results = load(args.output)
+    methods = {key[1] for key in results}
+    pairs = [split_pair(pair, methods, parser) for pair in args.pairs]
+    for entry in list(paper):  # the same splitting for --paper's pairs
+        paper[split_pair(":".join(entry), methods, parser)] = paper.pop(entry)
+    print(paired_table(results, pairs, metrics, args.wins_on, paper))
+
+
+def split_pair(text: str, methods: set, parser) -> tuple[str, str]:
+    """METHOD:BASE, where either may itself hold colons (``bs:data.autoaugment=true``): the split
+    whose two sides are both methods with finished cells in the grid."""
+    parts = text.split(":")
+    splits = [(":".join(parts[:i]), ":".join(parts[i:])) for i in range(1, len(parts))]
+    found = [pair for pair in splits if pair[0] in methods and pair[1] in methods]
+    if len(found) != 1:
+        parser.error(f"{text!r}: no METHOD:BASE split names two methods with finished cells"
+                     if not found else f"{text!r} splits into methods more than one way: {found}")
+    return found[0]
 
 
 if __name__ == "__main__":
