@@ -110,21 +110,38 @@ def write_comparison_plots(output: Path, rows: list, class_counts) -> None:
         figure.savefig(Path(output) / f"per_class_accuracy{suffix}.png", dpi=120)
         plt.close(figure)
 
-        figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(group)), 4))
+        # Horizontal bars: method specs with overrides (bs:model.finetune=lora:data.image_size=64:...)
+        # are too long for rotated x labels; wrapped at their colons they fit beside the bars.
+        labels = [_wrap_method(r["method"]) for r in group]
+        lines = sum(label.count("\n") + 1 for label in labels)
+        figure, axis = plt.subplots(figsize=(8, max(3.0, 0.25 * lines + 0.35 * len(group) + 1.0)))
         positions = range(len(group))
         overall = [100 * (r["accuracy"]["mean"] or 0) for r in group]
         worst = [100 * (r["worst_class_accuracy"]["mean"] or 0) for r in group]
-        axis.bar([p - 0.2 for p in positions], overall, width=0.4, label="overall",
-                 yerr=[100 * (r["accuracy"]["std"] or 0) for r in group])
-        axis.bar([p + 0.2 for p in positions], worst, width=0.4, label="worst class",
-                 yerr=[100 * (r["worst_class_accuracy"]["std"] or 0) for r in group])
-        axis.set_xticks(list(positions))
-        axis.set_xticklabels([r["method"] for r in group], rotation=45, ha="right", fontsize=8)
-        axis.set_ylabel("test accuracy (%)")
-        axis.legend()
+        axis.barh([p - 0.2 for p in positions], overall, height=0.4, label="overall",
+                  xerr=[100 * (r["accuracy"]["std"] or 0) for r in group])
+        axis.barh([p + 0.2 for p in positions], worst, height=0.4, label="worst class",
+                  xerr=[100 * (r["worst_class_accuracy"]["std"] or 0) for r in group])
+        axis.set_yticks(list(positions))
+        axis.set_yticklabels(labels, fontsize=8)
+        axis.invert_yaxis()  # the first method on top, as in the tables
+        axis.set_xlabel("test accuracy (%)")
+        axis.legend(fontsize=8)
         figure.tight_layout()
         figure.savefig(Path(output) / f"overall_vs_worst{suffix}.png", dpi=120)
         plt.close(figure)
+
+
+def _wrap_method(method: str, width: int = 40) -> str:
+    """A method spec broken into lines of at most ``width`` characters at its colons."""
+    lines = [""]
+    for part in method.split(":"):
+        piece = part if not lines[-1] else ":" + part
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append(":" + part)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
 
 
 def shifted_prior_plot(report: dict) -> bytes:
