@@ -92,7 +92,9 @@ def write_comparison_plots(output: Path, rows: list, class_counts) -> None:
         group = [r for r in rows if r["imbalance_factor"] == factor]
         suffix = "" if factor is None else f"_if{factor:g}"
         order = sorted(range(len(class_counts)), key=lambda j: -class_counts[j])
-        figure, axis = plt.subplots(figsize=(8, 5))
+        labels = [_wrap_method(r["method"]) for r in group]
+        long_labels = any("\n" in label for label in labels)  # override chains: a legend beside the axes
+        figure, axis = plt.subplots(figsize=(11, 5) if long_labels else (8, 5))
         # tab20 + cycling markers: a dozen methods stay distinguishable (the default cycle repeats at 10).
         colors = plt.get_cmap("tab20").colors
         markers = "os^vD<>p*hX"
@@ -100,19 +102,21 @@ def write_comparison_plots(output: Path, rows: list, class_counts) -> None:
             accuracy = row["per_class_accuracy"]
             axis.plot([class_counts[j] for j in order], [100 * (accuracy[j] or 0.0) for j in order],
                       marker=markers[index % len(markers)], markersize=4, linewidth=1.2,
-                      color=colors[index % len(colors)], label=row["method"])
+                      color=colors[index % len(colors)], label=labels[index])
         axis.set_xscale("log")
         axis.invert_xaxis()
         axis.set_xlabel("training images of the class (log scale; head on the left)")
         axis.set_ylabel("per-class test accuracy (%, mean over seeds)")
-        axis.legend(fontsize=7, ncol=2)
+        if long_labels:
+            axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            axis.legend(fontsize=7, ncol=2)
         figure.tight_layout()
         figure.savefig(Path(output) / f"per_class_accuracy{suffix}.png", dpi=120)
         plt.close(figure)
 
         # Horizontal bars: method specs with overrides (bs:model.finetune=lora:data.image_size=64:...)
         # are too long for rotated x labels; wrapped at their colons they fit beside the bars.
-        labels = [_wrap_method(r["method"]) for r in group]
         lines = sum(label.count("\n") + 1 for label in labels)
         figure, axis = plt.subplots(figsize=(8, max(3.0, 0.25 * lines + 0.35 * len(group) + 1.0)))
         positions = range(len(group))
