@@ -8,6 +8,8 @@
 #   from this repository's src/ at the first start), DATASETS (default "cifar5-2k gtsrb-lt"),
 #   JOBS (cells at once, default 2: one per core; 1 leaves a core for another grid).
 set -e
+python -c "import torch" 2>/dev/null || {
+  echo "$(basename "$0"): python cannot import torch: activate the project's environment first (README: pip install -e .)" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 SHARED=$REPO/../shared/data

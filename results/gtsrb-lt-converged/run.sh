@@ -8,6 +8,8 @@
 #   GTSRB_ROOT   the unzipped gtsrb-32 folder (default /tmp/gtsrb-data/gtsrb-32, unzipped if missing)
 #   JOBS         cells at once (default 2, one per core; 1 leaves a core for another grid)
 set -e
+python -c "import torch" 2>/dev/null || {
+  echo "$(basename "$0"): python cannot import torch: activate the project's environment first (README: pip install -e .)" >&2; exit 2; }
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 EVIDENCE=${EVIDENCE:-/work/evidence/gtsrb-converged}
