@@ -127,7 +127,7 @@ FOLDER_CHANCE, FOLDER_MARGIN = 0.2, 0.4  # trained_folder_run: 5 balanced test c
 @pytest.fixture(scope="session")
 def trained_folder_run(tmp_path_factory):
     """An 8-epoch run at native size (28 px) on a long-tailed PNG/JPEG folder with its own val/
-    (weights selected on it), the three post-hoc results chosen, then the training data deleted.
+    (weights selected on it), the four post-hoc results chosen, then the training data deleted.
     Shared by the inference and docs tests. Returns a dict of paths.
 
     It must learn: predictions compared with the trainer's evaluation mean nothing between two
@@ -151,7 +151,7 @@ def trained_folder_run(tmp_path_factory):
     run = output / "lt-run"
     accuracy = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
     assert accuracy >= FOLDER_CHANCE + FOLDER_MARGIN, f"the shared inference run did not learn: {accuracy}"
-    for method, taus in (("logit_adjust", "0,0.5,1"), ("tau_norm", "0,1"), ("ncm", None)):
+    for method, taus in (("logit_adjust", "0,0.5,1"), ("tau_norm", "0,1"), ("ncm", None), ("temperature", None)):
         assert main(["posthoc", str(run), "--method", method, "--device", "cpu",
                      *(["--taus", taus] if taus else [])]) == 0
     new_images = base / "new-images"

@@ -84,7 +84,7 @@ def test_predict_json_stdout_and_single_files(trained, tmp_path, capsys):
     assert "| path | prediction | probability | next |" in table and first["prediction"] in table
 
 
-@pytest.mark.parametrize("method", ["logit_adjust", "tau_norm", "ncm"])
+@pytest.mark.parametrize("method", ["logit_adjust", "tau_norm", "ncm", "temperature"])
 def test_predict_with_the_posthoc_classifier_reproduces_its_test_metrics(trained, tmp_path, method):
     chosen = json.loads((trained["run"] / f"posthoc_{method}.json").read_text())
     output = tmp_path / "p.csv"
@@ -274,3 +274,16 @@ def test_a_torch_file_that_is_not_a_run_checkpoint_is_refused_clearly(tmp_path, 
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     assert main([a.format(run=run, image=tmp_path / "x.png") for a in command]) == 2
     assert "not a longtail run checkpoint" in capsys.readouterr().err
+
+
+def test_a_posthoc_temperature_divides_the_logits_and_changes_no_prediction(trained):
+    from PIL import Image
+
+    from longtail.engine.evaluation.inference import load_run
+
+    temperature = json.loads((trained["run"] / "posthoc_temperature.json").read_text())["tau"]
+    images = [Image.open(path).convert("RGB") for path in sorted(trained["images"].rglob("*.png"))[:12]]
+    plain = load_run(trained["run"], "cpu").logits(images).double()
+    scaled = load_run(trained["run"], "cpu", posthoc="temperature").logits(images).double()
+    assert temperature != 1.0 and torch.allclose(scaled, plain / temperature, atol=1e-5)
+    assert torch.equal(scaled.argmax(dim=1), plain.argmax(dim=1))

@@ -18,8 +18,10 @@ from longtail.engine.evaluation.evaluate import evaluate_checkpoint, load_traine
 @pytest.fixture(scope="module")
 def trained(tiny_idx_root, tmp_path_factory):
     output = tmp_path_factory.mktemp("posthoc")
+    # fp32: the post-hoc features are then the float32 ones recomputed below (bf16 autocast would put
+    # a 0.1 % difference into the NLL that the temperature test compares)
     assert main(["train", *tiny_run_overrides(tiny_idx_root, output, epochs=3), "data.validation_per_class=2",
-                 "train.run_name=run"]) == 0
+                 "train.run_name=run", "train.precision=fp32"]) == 0
     return output / "run"
 
 
@@ -171,3 +173,50 @@ def test_logit_adjustment_picks_the_tau_that_removes_the_built_in_prior(trained,
 def run_on(run_dir, method, taus) -> dict:
     assert main(["posthoc", str(run_dir), "--method", method, "--taus", ",".join(map(str, taus))]) == 0
     return json.loads((run_dir / f"posthoc_{method}.json").read_text())
+
+
+# --------------------------------------------------------------------------- temperature scaling
+
+
+def numpy_nll(logits, labels, temperature) -> float:
+    scaled = logits / temperature
+    top = scaled.max(axis=1, keepdims=True)
+    log_normaliser = top[:, 0] + np.log(np.exp(scaled - top).sum(axis=1))
+    return float(np.mean(log_normaliser - scaled[np.arange(len(labels)), labels]))
+
+
+def test_temperature_is_chosen_on_the_validation_nll_and_changes_no_prediction(trained, features):
+    from scipy.optimize import minimize_scalar
+
+    from longtail.engine.evaluation.posthoc import DEFAULT_TEMPERATURES
+
+    result = run(trained, "temperature")
+    assert result["select_on"] == "val/nll"
+    temperatures = [entry["tau"] for entry in result["sweep"]]
+    assert temperatures == list(DEFAULT_TEMPERATURES) and min(temperatures) == 0.25 and max(temperatures) == 8
+    x, y = features["val"]
+    logits = x @ features["weight"].T + features["bias"]
+    curve = [numpy_nll(logits, y, t) for t in temperatures]
+    for entry, expected in zip(result["sweep"], curve):
+        assert entry["val"]["nll"] == pytest.approx(expected, rel=1e-5)
+        # dividing the logits by T > 0 changes no prediction: every accuracy equals T = 1's
+        assert entry["val"]["balanced_accuracy"] == result["sweep"][20]["val"]["balanced_accuracy"]
+    assert result["tau"] == temperatures[int(np.argmin(curve))]
+    # the grid's choice is within one grid step (2 ** 0.1) of the continuous optimum, found by scipy
+    best = minimize_scalar(lambda log_t: numpy_nll(logits, y, np.exp(log_t)), bounds=(np.log(0.25), np.log(8)),
+                           method="bounded", options={"xatol": 1e-6})
+    assert abs(np.log2(result["tau"]) - best.x / np.log(2)) <= 0.1 + 1e-6
+    x, y = features["test"]
+    logits = x @ features["weight"].T + features["bias"]
+    assert result["test"]["accuracy"] == pytest.approx(accuracy(logits, y), abs=1e-12)
+    assert result["test"]["nll"] == pytest.approx(numpy_nll(logits, y, result["tau"]), rel=1e-5)
+
+
+def test_temperature_refuses_an_accuracy_to_choose_it_and_non_positive_values(trained, capsys):
+    assert main(["posthoc", str(trained), "--method", "temperature", "--select-on", "balanced_accuracy"]) == 2
+    assert "changes no prediction" in capsys.readouterr().err
+    for bad in ("0", "-1", "1,0"):
+        assert main(["posthoc", str(trained), "--method", "temperature", "--taus", bad]) == 2
+        assert "must be positive" in capsys.readouterr().err
+    assert main(["posthoc", str(trained), "--method", "temperature", "--taus", "2"]) == 0  # one value: applied
+    assert json.loads((trained / "posthoc_temperature.json").read_text())["tau"] == 2.0

@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, metavar="FILE.csv|FILE.json")
     predict.add_argument("--top-k", type=int, default=5, help="classes listed per image (default 5)")
     predict.add_argument("--posthoc", default=None, metavar="METHOD_OR_FILE",
-                         help="apply the post-hoc classifier `longtail posthoc` chose: tau_norm, logit_adjust, ncm "
-                              "(reads RUN_DIR/posthoc_<method>.json) or the path of such a file")
+                         help="apply the post-hoc classifier `longtail posthoc` chose: tau_norm, logit_adjust, ncm, "
+                              "temperature (reads RUN_DIR/posthoc_<method>.json) or the path of such a file")
     predict.add_argument("--skip-unreadable", action="store_true",
                          help="skip images that cannot be decoded or preprocessed (listed on stderr) instead of failing "
                               "(exit 2, nothing written)")
@@ -112,17 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file to write (default: RUN_DIR/export/model.pt or model.onnx)")
 
     posthoc = commands.add_parser(
-        "posthoc", help="post-hoc classifier of a trained run: tau-norm, logit adjustment or NCM (no training)",
+        "posthoc", help="post-hoc classifier of a trained run: tau-norm, logit adjustment, NCM or temperature scaling "
+                        "(no training)",
         description="Choose tau on the run's validation split (data.validation_per_class), then evaluate the test "
                     "split once with it. tau_norm: classifier rows w_j / ||w_j|| ** tau, bias dropped (Kang et al.); "
                     "logit_adjust: logits - tau log pi (Menon et al.); ncm: nearest class mean of the training "
-                    "features, cosine (Kang et al.), no tau. Writes RUN_DIR/posthoc_<method>.json.")
+                    "features, cosine (Kang et al.), no tau; temperature: logits / T (Guo et al.), T chosen on the "
+                    "validation NLL, which recalibrates the probabilities and changes no prediction. "
+                    "Writes RUN_DIR/posthoc_<method>.json.")
     posthoc.add_argument("target", metavar="RUN_DIR")
-    posthoc.add_argument("--method", required=True, choices=("tau_norm", "logit_adjust", "ncm"))
+    posthoc.add_argument("--method", required=True, choices=("tau_norm", "logit_adjust", "ncm", "temperature"))
     posthoc.add_argument("--taus", default=None,
-                         help="comma-separated candidates (default 0,0.1,...,2); one value applies it without choosing")
-    posthoc.add_argument("--select-on", default="balanced_accuracy",
-                         help="validation metric to maximise (default balanced_accuracy)")
+                         help="comma-separated candidates (default 0,0.1,...,2; temperature: 0.25 to 8 in steps of "
+                              "2**0.1); one value applies it without choosing")
+    posthoc.add_argument("--select-on", default=None,
+                         help="validation metric to maximise (default balanced_accuracy; temperature is always "
+                              "chosen on the lowest validation NLL)")
     posthoc.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
     recipes = commands.add_parser("recipes", help="list the shipped recipes and method presets")
@@ -549,12 +554,15 @@ def cmd_export(args) -> int:
 def cmd_posthoc(args) -> int:
     from longtail.engine.rundir.checkpoint import CheckpointError, atomic_write_json
     from longtail.engine.config import SELECTABLE_METRICS
-    from longtail.engine.evaluation.posthoc import DEFAULT_TAUS, run_posthoc
+    from longtail.engine.evaluation.posthoc import run_posthoc
     from longtail.report.tables import format_percent, results_table
 
-    if args.select_on not in SELECTABLE_METRICS:
+    if args.select_on is not None and args.select_on not in SELECTABLE_METRICS:
         raise UsageError(f"--select-on {args.select_on!r} is not valid; choose one of: {', '.join(SELECTABLE_METRICS)}")
-    taus = DEFAULT_TAUS
+    if args.select_on is not None and args.method == "temperature":
+        raise UsageError("a temperature changes no prediction, so no accuracy can choose it: it is chosen on the "
+                         "validation negative log-likelihood; leave --select-on out")
+    taus = None  # the method's default candidates
     if args.taus is not None:
         try:
             taus = [float(t) for t in args.taus.split(",")]
@@ -570,11 +578,15 @@ def cmd_posthoc(args) -> int:
         result = run_posthoc(run_dir, args.method, taus, args.select_on, args.device)
     except (CheckpointError, ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
+    name = "T" if args.method == "temperature" else "tau"
+    metric = result["select_on"].removeprefix("val/")
     for entry in result["sweep"]:
-        print(f"tau {entry['tau']:g}: val {args.select_on} {format_percent(entry['val'][args.select_on])}")
+        value = entry["val"][metric]
+        shown = f"{value:.4f}" if metric == "nll" else format_percent(value)
+        print(f"{name} {entry['tau']:g}: val {metric} {shown}")
     if result["tau"] is not None:
         chosen = "chosen on the validation split" if result["sweep"] else "given"
-        print(f"tau = {result['tau']:g} ({chosen})")
+        print(f"{name} = {result['tau']:g} ({chosen})")
     print(results_table({"test": result["test"]}))
     output = run_dir / f"posthoc_{args.method}.json"
     class_means = result.pop("class_means", None)

@@ -22,7 +22,9 @@ from torch import nn
 
 from longtail.data.datasets.listfile import IMAGE_EXTENSIONS
 
-POSTHOC_METHODS = ("tau_norm", "logit_adjust", "ncm")
+POSTHOC_METHODS = ("tau_norm", "logit_adjust", "ncm", "temperature")
+# Post-hoc methods that rescale the model's own logits (the others replace its classifier).
+LOGIT_POSTHOC = ("logit_adjust", "temperature")
 
 
 class InferenceError(ValueError):
@@ -59,7 +61,8 @@ class PostHoc:
     class_means: Optional[torch.Tensor] = None  # NCM only
 
     def describe(self) -> str:
-        return self.method + ("" if self.tau is None else f" (tau={self.tau:g})")
+        name = "T" if self.method == "temperature" else "tau"
+        return self.method + ("" if self.tau is None else f" ({name}={self.tau:g})")
 
 
 @dataclass
@@ -120,6 +123,8 @@ class LoadedRun:
 
         if self.posthoc.method == "logit_adjust":
             return post_hoc_adjust(self.model(batch), self.class_counts, self.posthoc.tau)
+        if self.posthoc.method == "temperature":
+            return self.model(batch) / self.posthoc.tau
         return self._head(self.model.features(batch))
 
     def probabilities(self, images: Sequence, batch_size: int = 64) -> torch.Tensor:
@@ -146,7 +151,7 @@ class LoadedRun:
 
         if mode == "none":
             return self
-        if self.posthoc is not None and self.posthoc.method != "logit_adjust":
+        if self.posthoc is not None and self.posthoc.method not in LOGIT_POSTHOC:
             raise InferenceError(f"test-time augmentation averages the model's logits; the post-hoc "
                                  f"{self.posthoc.method} classifier replaces them. Use one or the other")
         self.model = TTAModel(self.model, mode).eval()
@@ -157,7 +162,7 @@ class LoadedRun:
         from longtail.models.heads import LinearHead, NCMHead, tau_normalized_head
 
         self.posthoc, self._head = posthoc, None
-        if posthoc is None or posthoc.method == "logit_adjust":
+        if posthoc is None or posthoc.method in LOGIT_POSTHOC:
             return self
         if posthoc.method == "tau_norm":
             if not isinstance(self.model.head, LinearHead):
@@ -220,7 +225,7 @@ def read_posthoc(run_dir: Path, file_or_method: str, class_counts_hash: Optional
     run_dir = Path(run_dir)
     path = run_dir / f"posthoc_{file_or_method}.json" if file_or_method in POSTHOC_METHODS else Path(file_or_method)
     if not path.is_file():
-        method = file_or_method if file_or_method in POSTHOC_METHODS else "tau_norm|logit_adjust|ncm"
+        method = file_or_method if file_or_method in POSTHOC_METHODS else "|".join(POSTHOC_METHODS)
         raise InferenceError(f"no post-hoc file {path}; choose one first with `longtail posthoc {run_dir} "
                              f"--method {method}` (or give --posthoc a method name or a posthoc_<method>.json)")
     try:
@@ -236,6 +241,9 @@ def read_posthoc(run_dir: Path, file_or_method: str, class_counts_hash: Optional
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
             raise InferenceError(f"{path}: {method} needs a finite numeric tau, found {tau!r}; choose it again "
                                  f"with `longtail posthoc {run_dir} --method {method}`")
+        if method == "temperature" and not tau > 0:
+            raise InferenceError(f"{path}: a temperature must be positive, found {tau!r}; choose it again with "
+                                 f"`longtail posthoc {run_dir} --method temperature`")
         return PostHoc(method, float(tau), str(path))
     means_path = path.with_suffix(".pt")
     if not means_path.is_file():

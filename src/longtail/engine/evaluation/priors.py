@@ -314,7 +314,8 @@ class PriorAdaptation:
 def prior_adaptation(loaded, mode: str, encoded_override: Optional[str] = None) -> PriorAdaptation:
     """The :class:`PriorAdaptation` of a loaded run (``inference.LoadedRun``), checked before any
     image is read. With ``--posthoc logit_adjust`` (tau) the logits encode pi_encoded * pi_train ** -tau;
-    tau_norm and NCM change the classifier in ways no prior describes, so they are refused."""
+    tau_norm and NCM change the classifier and a temperature tempers the likelihoods as well as the
+    prior, in ways no prior describes, so they are refused."""
     classes = [str(c) for c in loaded.classes]
     counts = np.asarray(loaded.class_counts, dtype=np.float64)
     posthoc = loaded.posthoc
