@@ -33,6 +33,19 @@ def sample_std(values):
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def random_metrics(cells, seed: int = 3) -> dict:
+    """(method, seed) -> random test metrics (every summary column and K per-class accuracies) per cell."""
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    rng = random.Random(seed)
+    metrics = {}
+    for cell in cells:
+        test = {key: rng.uniform(0.05, 0.95) for key, _ in SUMMARY_COLUMNS}
+        test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
+        metrics[(cell.method, cell.seed)] = test
+    return metrics
+
+
 def write_cell(output, cell, test):
     """A finished cell as compare reads it: its test metrics and training counts."""
     folder = output / "cells" / cell.name
@@ -180,20 +193,15 @@ def test_partial_tables_cover_the_finished_cells_with_paired_deltas(tiny_idx_roo
     seeds its reference finished too, no row for a method with no finished cell, and files that say
     they are partial; the finished grid's tables then equal the ordinary ones."""
     from longtail.engine.compare import plan_cells, write_comparison
-    from longtail.report.tables import SUMMARY_COLUMNS
 
     args = Namespace(methods="ce,bs,la", seeds="0,1,2", imbalance_factors=None, paired=True, recipe=None,
                      config=None, output=str(tmp_path), overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
     cells, _ = plan_cells(args)
     finished = {("ce", 0), ("ce", 1), ("bs", 1), ("bs", 2)}  # la: none yet
-    rng = random.Random(3)
-    metrics = {}
+    metrics = random_metrics(cells)
     for cell in cells:
-        test = {key: rng.uniform(0.05, 0.95) for key, _ in SUMMARY_COLUMNS}
-        test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
-        metrics[(cell.method, cell.seed)] = test
         if (cell.method, cell.seed) in finished:
-            write_cell(tmp_path, cell, test)
+            write_cell(tmp_path, cell, metrics[(cell.method, cell.seed)])
     write_comparison(tmp_path, cells, "ce", partial=True)
 
     report = json.loads((tmp_path / "comparison.json").read_text())

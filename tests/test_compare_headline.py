@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import re
 from argparse import Namespace
 
 import pytest
 
 from conftest import tiny_run_overrides
-from test_compare_aggregation import write_cell
+from test_compare_aggregation import random_metrics, write_cell
 
 METHODS, SEEDS, K = ("ce", "bs", "ccar_bs"), (0, 1, 2), 10
 
@@ -21,20 +20,15 @@ METHODS, SEEDS, K = ("ce", "bs", "ccar_bs"), (0, 1, 2), 10
 @pytest.fixture(scope="module")
 def comparison(tiny_idx_root, tmp_path_factory):
     from longtail.engine.compare import plan_cells, write_comparison
-    from longtail.report.tables import SUMMARY_COLUMNS
 
     output = tmp_path_factory.mktemp("headline")
     args = Namespace(methods=",".join(METHODS), seeds=",".join(map(str, SEEDS)), imbalance_factors=None,
                      paired=True, recipe=None, config=None, output=str(output),
                      overrides=tiny_run_overrides(tiny_idx_root, output) + ["train.headline_metric=balanced_accuracy"])
     cells, _ = plan_cells(args)
-    rng = random.Random(3)
-    metrics = {}
+    metrics = random_metrics(cells)
     for cell in cells:
-        test = {key: rng.uniform(0.05, 0.95) for key, _ in SUMMARY_COLUMNS}
-        test["per_class_accuracy"] = [rng.uniform(0, 1) for _ in range(K)]
-        metrics[(cell.method, cell.seed)] = test
-        write_cell(output, cell, test)
+        write_cell(output, cell, metrics[(cell.method, cell.seed)])
     write_comparison(output, cells, "ce")
     return output, metrics, cells
 
