@@ -3,12 +3,15 @@
 CCAR cells, Omega's mean per Many / Medium / Few group and the share of samples below the pivot.
 
     python tools/curves.py GRID_OUTPUT --output curves.png [--metric balanced_accuracy]
-        [--ccar-output ccar.png] [--table curves.md]
+        [--ccar-output ccar.png] [--ccar-table ccar.md] [--table curves.md]
 
 GRID_OUTPUT is a ``longtail compare --output`` directory (its ``cells/<method>-seed<k>/``); cells
 still training are drawn as far as they got. ``--table`` writes the metric at every 25th evaluated
 epoch per method (mean over the seeds that reached it) as a Markdown table: when and whether the
-methods cross.
+methods cross. ``--ccar-table`` writes, per CCAR method and class group, at the first epoch, every
+25th and the last: mean Omega (with its spread within the group), the share of samples with
+p_t < omega, the mean p_t, and the effective learning rate, lr x the mean weight CCAR applies (each
+sample's gradient is scaled by its weight, so this is the step size the group's samples train with).
 """
 
 from __future__ import annotations
@@ -56,12 +59,40 @@ def mean_band(per_seed: list) -> tuple:
     return (epochs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values])
 
 
+GROUPS = ("all", "many", "medium", "few")
+
+
+def ccar_table(method_seeds: dict) -> list:
+    """Rows (epoch, group, mean Omega, Omega std, share below pivot, mean p_t, effective lr) of one CCAR
+    method, each value the mean over the seeds that recorded that epoch; epochs: the first, every 25th,
+    the last."""
+    per_epoch = defaultdict(list)
+    for records in method_seeds.values():
+        for record in records:
+            if "ccar_omega_mean_all" in record:
+                per_epoch[record["epoch"] + 1].append(record)
+    epochs = sorted(per_epoch)
+    shown = [e for e in epochs if e == epochs[0] or e % 25 == 0 or e == epochs[-1]]
+    rows = []
+    for epoch in shown:
+        for group in GROUPS:
+            records = [r for r in per_epoch[epoch] if f"ccar_omega_mean_{group}" in r]
+            if not records:  # no class in this group
+                continue
+            mean = lambda key: sum(r[key] for r in records) / len(records)  # noqa: E731
+            rows.append((epoch, group, mean(f"ccar_omega_mean_{group}"), mean(f"ccar_omega_std_{group}"),
+                         mean(f"ccar_below_pivot_{group}"), mean(f"ccar_p_true_mean_{group}"),
+                         sum(r["lr"] * r[f"ccar_weight_mean_{group}"] for r in records) / len(records)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", type=Path)
     parser.add_argument("--output", type=Path, required=True, help="figure of the test metric per epoch (.png)")
     parser.add_argument("--metric", default="balanced_accuracy", help="key of the test summary (default balanced_accuracy)")
     parser.add_argument("--ccar-output", type=Path, help="figure of CCAR's Omega statistics per epoch (.png)")
+    parser.add_argument("--ccar-table", type=Path, help="Markdown table of CCAR's statistics and effective lr per group")
     parser.add_argument("--table", type=Path, help="Markdown table of the metric every 25 evaluated epochs")
     args = parser.parse_args()
     cells = read_cells(args.grid)
@@ -133,6 +164,23 @@ def main() -> None:
         figure.savefig(args.ccar_output, dpi=120)
         plt.close(figure)
         print(f"written: {args.ccar_output}")
+
+    if args.ccar_table:
+        lines = []
+        for method, seeds in sorted(cells.items()):
+            rows = ccar_table(seeds)
+            if not rows:
+                continue
+            lines += [f"**{method}** ({len(seeds)} seed{'s' * (len(seeds) > 1)})", "",
+                      "| epoch | group | mean Omega | Omega std | p_t < omega | mean p_t | effective lr |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {e} | {g} | {o:.3f} | {sd:.3f} | {100 * b:.1f} % | {p:.3f} | {lr:.4g} |"
+                      for e, g, o, sd, b, p, lr in rows]
+            lines.append("")
+        if not lines:
+            raise SystemExit("no cell recorded CCAR statistics (ccar_omega_mean_all in history.jsonl)")
+        args.ccar_table.write_text("\n".join(lines))
+        print(f"written: {args.ccar_table}")
 
 
 if __name__ == "__main__":

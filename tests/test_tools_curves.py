@@ -1,0 +1,80 @@
+"""tools/curves.py (issue 19's curves and CCAR statistics over training) on a hand-made grid, checked with numpy."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TOOL = Path(__file__).resolve().parent.parent / "tools" / "curves.py"
+STATS = ("omega_mean", "omega_std", "below_pivot", "p_true_mean", "weight_mean")
+
+
+def write_cell(grid: Path, name: str, records: list, final=None) -> None:
+    cell = grid / "cells" / name
+    cell.mkdir(parents=True)
+    (cell / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if final is not None:  # a finished cell: its last epoch's test evaluation lives in metrics.json
+        (cell / "metrics.json").write_text(json.dumps(final))
+
+
+def ccar_records(rng, epochs: int, groups=("all", "many", "medium")) -> list:
+    """A CCAR cell's history without a Few group (every class has 20 images or more)."""
+    return [{"epoch": e, "lr": float(rng.uniform(0.01, 0.1)),
+             **{f"ccar_{stat}_{g}": float(rng.uniform(0.1, 2.0)) for stat in STATS for g in groups}}
+            for e in range(epochs)]
+
+
+def parse_rows(text: str) -> dict:
+    """{(epoch, group): [the five numbers]} from the --ccar-table Markdown."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[0].isdigit():
+            rows[(int(cells[0]), cells[1])] = [cells[2], cells[3], cells[4], cells[5], cells[6]]
+    return rows
+
+
+def test_ccar_table_and_curve_table_match_numpy(tmp_path):
+    rng = np.random.default_rng(7)
+    seed0, seed1 = ccar_records(rng, 30), ccar_records(rng, 27)  # seed 1 is still training
+    write_cell(tmp_path, "ccar_bs-seed0", seed0)
+    write_cell(tmp_path, "ccar_bs-seed1", seed1)
+    accuracy = {s: rng.uniform(0.5, 0.9, 6) for s in (0, 1)}  # test evaluated every 5th epoch, the last in metrics.json
+    for s in (0, 1):
+        records = [{"epoch": e, "lr": 0.1, **({"test": {"balanced_accuracy": float(accuracy[s][e // 5])}}
+                                             if e % 5 == 4 and e < 29 else {})} for e in range(30)]
+        write_cell(tmp_path, f"bs-seed{s}", records, final={"epochs": 30, "test": {"balanced_accuracy": float(accuracy[s][5])}})
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--ccar-output", str(tmp_path / "cc.png"), "--ccar-table", str(tmp_path / "cc.md"),
+                          "--table", str(tmp_path / "t.md")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "c.png").stat().st_size > 0 and (tmp_path / "cc.png").stat().st_size > 0
+
+    rows = parse_rows((tmp_path / "cc.md").read_text())
+    assert {e for e, _ in rows} == {1, 25, 30}  # the first, every 25th, the last
+    assert {g for _, g in rows} == {"all", "many", "medium"}  # no Few group recorded: no Few rows
+    for (epoch, group), cells in rows.items():
+        present = [h[epoch - 1] for h in (seed0, seed1) if len(h) >= epoch]  # epoch 30: seed 0 only
+        mean = lambda key: np.mean([r[f"ccar_{key}_{group}"] for r in present])  # noqa: E731
+        assert cells[0] == f"{mean('omega_mean'):.3f}"
+        assert cells[1] == f"{mean('omega_std'):.3f}"
+        assert cells[2] == f"{100 * mean('below_pivot'):.1f} %"
+        assert cells[3] == f"{mean('p_true_mean'):.3f}"
+        effective = np.mean([r["lr"] * r[f"ccar_weight_mean_{group}"] for r in present])
+        assert cells[4] == f"{effective:.4g}"
+
+    [bs_row] = [line for line in (tmp_path / "t.md").read_text().splitlines() if line.startswith("| bs ")]
+    values = [c.strip() for c in bs_row.strip("|").split("|")][1:]
+    # epochs 25 (an evaluated epoch) and 30 (the last, from metrics.json), mean over both seeds
+    assert values == [f"{100 * np.mean([accuracy[s][4] for s in (0, 1)]):.2f}",
+                      f"{100 * np.mean([accuracy[s][5] for s in (0, 1)]):.2f}"]
+
+
+def test_a_grid_without_ccar_cells_is_refused_for_the_ccar_table(tmp_path):
+    write_cell(tmp_path, "bs-seed0", [{"epoch": 4, "lr": 0.1, "test": {"balanced_accuracy": 0.5}}])
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--ccar-table", str(tmp_path / "cc.md")], capture_output=True, text=True)
+    assert out.returncode == 1 and "no cell recorded CCAR statistics" in out.stderr
+    assert not (tmp_path / "cc.md").exists()
