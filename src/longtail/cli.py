@@ -559,9 +559,6 @@ def cmd_posthoc(args) -> int:
 
     if args.select_on is not None and args.select_on not in SELECTABLE_METRICS:
         raise UsageError(f"--select-on {args.select_on!r} is not valid; choose one of: {', '.join(SELECTABLE_METRICS)}")
-    if args.select_on is not None and args.method == "temperature":
-        raise UsageError("a temperature changes no prediction, so no accuracy can choose it: it is chosen on the "
-                         "validation negative log-likelihood; leave --select-on out")
     taus = None  # the method's default candidates
     if args.taus is not None:
         try:
