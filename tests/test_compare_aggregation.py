@@ -231,3 +231,44 @@ def test_partial_tables_cover_the_finished_cells_with_paired_deltas(tiny_idx_roo
     assert report["complete"] is True and len(report["rows"]) == 3
     assert all(row["seeds"] == row["paired_seeds"] == 3 for row in report["rows"])
     assert not (tmp_path / "comparison.md").read_text().startswith("**Partial")
+
+
+def test_partial_tables_show_no_spread_for_a_method_with_one_finished_seed(tiny_idx_root, tmp_path):
+    """Mid-grid, `ce` has three finished seeds and `bs` one: `ce` is mean ± sample std, `bs` its one
+    value with no "± 0.00" (one seed has no spread; its std is null in the json and empty in the csv),
+    and a `seeds` column says how many seeds each row is over."""
+    from longtail.engine.compare import plan_cells, write_comparison
+    from longtail.report.tables import SUMMARY_COLUMNS
+
+    args = Namespace(methods="ce,bs", seeds="0,1,2", imbalance_factors=None, paired=True, recipe=None,
+                     config=None, output=str(tmp_path), overrides=tiny_run_overrides(tiny_idx_root, tmp_path))
+    cells, _ = plan_cells(args)
+    metrics = random_metrics(cells, seed=11)
+    for cell in cells:
+        if cell.method == "ce" or cell.seed == 0:
+            write_cell(tmp_path, cell, metrics[(cell.method, cell.seed)])
+    write_comparison(tmp_path, cells, "ce", partial=True)
+
+    rows = {row["method"]: row for row in json.loads((tmp_path / "comparison.json").read_text())["rows"]}
+    assert rows["bs"]["seeds"] == 1 and rows["bs"]["accuracy"]["std"] is None
+    assert rows["bs"]["accuracy"]["mean"] == pytest.approx(metrics[("bs", 0)]["accuracy"])
+    ce_accuracy = [metrics[("ce", s)]["accuracy"] for s in (0, 1, 2)]
+    assert rows["ce"]["accuracy"]["std"] == pytest.approx(sample_std(ce_accuracy))
+
+    lines = (tmp_path / "comparison.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| method |"))
+    titles = [cell.strip() for cell in header.strip("|").split("|")]
+    assert titles[-2:] == ["wins", "seeds"]
+    bs_line = next(line for line in lines if line.startswith("| bs |"))
+    ce_line = next(line for line in lines if line.startswith("| ce |"))
+    bs_cells = [cell.strip().strip("*") for cell in bs_line.strip("|").split("|")]
+    assert "±" not in bs_line and bs_cells[-1] == "1" and bs_cells[-2] in ("0/1", "1/1")
+    for (key, _), text in zip(SUMMARY_COLUMNS, bs_cells[1:]):
+        assert text == f"{100 * metrics[('bs', 0)][key]:.2f}", key
+    assert ce_line.count("±") == len(SUMMARY_COLUMNS) and ce_line.rstrip(" |").endswith("3")
+    assert f"{100 * sample_mean(ce_accuracy):.2f} ± {100 * sample_std(ce_accuracy):.2f}" in ce_line
+    assert "a value without ± is from one seed" in (tmp_path / "comparison.md").read_text()
+    with open(tmp_path / "comparison.csv", newline="") as handle:
+        csv_rows = {r["method"]: r for r in csv.DictReader(handle)}
+    assert csv_rows["bs"]["accuracy_std"] == "" and csv_rows["bs"]["seeds"] == "1"
+    assert float(csv_rows["ce"]["accuracy_std"]) == pytest.approx(sample_std(ce_accuracy))

@@ -55,7 +55,7 @@ def test_one_seed_comparison_shows_each_value_without_spread(tiny_idx_root, tmp_
     for method, test in values.items():
         line = next(line for line in table.splitlines() if line.startswith(f"| {method} |"))
         for key in keys:
-            assert rows[method][key]["std"] == 0.0 and rows[method][key]["mean"] == pytest.approx(test[key])
+            assert rows[method][key]["std"] is None and rows[method][key]["mean"] == pytest.approx(test[key])
             assert f"{100 * test[key]:.2f}" in line, (method, key, line)
         assert "±" not in line
     with open(tmp_path / "comparison.csv", newline="") as handle:

@@ -582,11 +582,13 @@ def _run_parallel(pending: list[Cell], output: Path, devices: list, jobs: int, l
 
 
 def _mean_std(values: list) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample std; the std is None for a single value (one seed has no spread, and 0.0 would
+    claim a spread of zero)."""
     values = [v for v in values if v is not None]
     if not values:
         return None, None
     mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
     return mean, std
 
 
@@ -648,22 +650,25 @@ def _best_per_column(rows: list[dict], factor) -> dict:
 def comparison_markdown(rows: list[dict], reference: str) -> str:
     """The comparison table(s), one per imbalance factor. With several seeds each cell is mean ± sample
     std and a `wins` column counts paired wins; with one seed there is no spread, so only the value is
-    shown (no "± 0.00", no "wins 1/1")."""
+    shown (no "± 0.00", no "wins 1/1"). A partial grid whose methods have finished different numbers of
+    seeds gets a `seeds` column, and a method with one finished seed shows its value without ±."""
     parts = []
     several = any(r["seeds"] > 1 for r in rows)
+    mixed = len({r["seeds"] for r in rows}) > 1
     for factor in dict.fromkeys(r["imbalance_factor"] for r in rows):
         group = [r for r in rows if r["imbalance_factor"] == factor]
         best = _best_per_column(rows, factor)
         deltas = _delta_keys(group)
         header = (["method"] + [title for _, title in SUMMARY_COLUMNS]
-                  + [f"Δ {_TITLES[key]} vs {reference}" for key in deltas] + (["wins"] if several else []))
+                  + [f"Δ {_TITLES[key]} vs {reference}" for key in deltas] + (["wins"] if several else [])
+                  + (["seeds"] if mixed else []))
         table_rows = []
         for row in group:
             cells = [row["method"]]
             for key, _ in SUMMARY_COLUMNS:
                 mean, std = row[key]["mean"], row[key]["std"]
-                text = "-" if mean is None else (f"{format_percent(mean)} ± {format_percent(std)}" if several
-                                                 else format_percent(mean))
+                text = "-" if mean is None else (format_percent(mean) if std is None
+                                                 else f"{format_percent(mean)} ± {format_percent(std)}")
                 if mean is not None and key in best and abs(mean - best[key]) < 1e-12:
                     text = f"**{text}**"
                 cells.append(text)
@@ -673,6 +678,8 @@ def comparison_markdown(rows: list[dict], reference: str) -> str:
             if several:
                 cells.append(f"{row.get('headline_wins_vs_reference', row['overall_wins_vs_reference'])}/"
                              f"{row.get('paired_seeds', row['seeds'])}")
+            if mixed:
+                cells.append(str(row["seeds"]))
             table_rows.append(cells)
         title = "" if factor is None else f"### imbalance factor {factor:g}\n\n"
         parts.append(title + markdown_table(header, table_rows))
@@ -682,6 +689,9 @@ def comparison_markdown(rows: list[dict], reference: str) -> str:
         legend = (f"\n\nTest accuracy in % (mean ± sample std over seeds; ECE in %, lower is better). Bold: best "
                   f"per column. Δ: difference of mean {measure} to `{reference}`; wins: seeds on which the "
                   f"method's {measure} beats `{reference}`'s on the same seed.")
+        if mixed:
+            legend += (" seeds: the method's finished seeds, which its mean is over; a value without ± is "
+                       "from one seed, which has no spread.")
     else:
         legend = (f"\n\nTest accuracy in % of one seed (ECE in %, lower is better). Bold: best per column. "
                   f"Δ: difference of {measure} to `{reference}`.")
