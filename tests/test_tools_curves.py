@@ -78,3 +78,47 @@ def test_a_grid_without_ccar_cells_is_refused_for_the_ccar_table(tmp_path):
                           "--ccar-table", str(tmp_path / "cc.md")], capture_output=True, text=True)
     assert out.returncode == 1 and "no cell recorded CCAR statistics" in out.stderr
     assert not (tmp_path / "cc.md").exists()
+
+
+def test_car_table_matches_numpy(tmp_path):
+    """--car-table: per CAR method at the first, every 25th and last epoch, the seed means of the
+    training loss, base loss, alpha x R, R and of each seed's share alpha x R / loss."""
+    rng = np.random.default_rng(5)
+
+    def car_records(epochs):
+        records = []
+        for e in range(epochs):
+            base, term = float(rng.uniform(1e-3, 2.0)), float(rng.uniform(1e-6, 0.5))
+            records.append({"epoch": e, "lr": 0.1, "loss": base + term, "base_loss": base, "regularizer": term,
+                            "spectral_norm": float(rng.uniform(1e-5, 1.0))})
+        return records
+
+    seed0, seed1 = car_records(52), car_records(40)  # seed 1 is still training
+    write_cell(tmp_path, "car_bs-seed0", seed0)
+    write_cell(tmp_path, "car_bs-seed1", seed1)
+    write_cell(tmp_path, "bs-seed0", [{"epoch": e, "lr": 0.1, "loss": 1.0, "base_loss": 1.0} for e in range(52)])
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--car-table", str(tmp_path / "car.md")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "car.md").read_text()
+    assert "**car_bs** (2 seeds)" in text and "**bs**" not in text
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0].isdigit():
+            rows[int(cells[0])] = cells[1:]
+    assert set(rows) == {1, 25, 50, 52}
+    for epoch, cells in rows.items():
+        present = [h[epoch - 1] for h in (seed0, seed1) if len(h) >= epoch]  # 50, 52: seed 0 only
+        mean = lambda key: np.mean([r[key] for r in present])  # noqa: E731
+        share = np.mean([r["regularizer"] / (r["base_loss"] + r["regularizer"]) for r in present])
+        assert cells == [f"{mean('loss'):.4g}", f"{mean('base_loss'):.4g}", f"{mean('regularizer'):.3g}",
+                         f"{100 * share:.2f} %", f"{mean('spectral_norm'):.3g}"], epoch
+
+
+def test_a_grid_without_car_cells_is_refused_for_the_car_table(tmp_path):
+    write_cell(tmp_path, "bs-seed0", [{"epoch": 4, "lr": 0.1, "loss": 1.0, "test": {"balanced_accuracy": 0.5}}])
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--car-table", str(tmp_path / "car.md")], capture_output=True, text=True)
+    assert out.returncode == 1 and "no cell recorded CAR statistics" in out.stderr
+    assert not (tmp_path / "car.md").exists()

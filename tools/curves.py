@@ -3,7 +3,7 @@
 CCAR cells, Omega's mean per Many / Medium / Few group and the share of samples below the pivot.
 
     python tools/curves.py GRID_OUTPUT --output curves.png [--metric balanced_accuracy]
-        [--ccar-output ccar.png] [--ccar-table ccar.md] [--table curves.md]
+        [--ccar-output ccar.png] [--ccar-table ccar.md] [--car-table car.md] [--table curves.md]
 
 GRID_OUTPUT is a ``longtail compare --output`` directory (its ``cells/<method>-seed<k>/``); cells
 still training are drawn as far as they got. ``--table`` writes the metric at every 25th evaluated
@@ -12,6 +12,10 @@ methods cross. ``--ccar-table`` writes, per CCAR method and class group, at the 
 25th and the last: mean Omega (with its spread within the group), the share of samples with
 p_t < omega, the mean p_t, and the effective learning rate, lr x the mean weight CCAR applies (each
 sample's gradient is scaled by its weight, so this is the step size the group's samples train with).
+``--car-table`` writes, per CAR method at the same epochs: the training loss, the base loss, CAR's
+term alpha x R (R the spectral norm of the weighted EMA confusion; epoch means, as the history
+records them), its share of the training loss, and R at the epoch's last step: how much CAR still
+acts once the training set is fit.
 """
 
 from __future__ import annotations
@@ -62,6 +66,32 @@ def mean_band(per_seed: list) -> tuple:
 GROUPS = ("all", "many", "medium", "few")
 
 
+def shown_epochs(epochs) -> list:
+    """The epochs a statistics table shows: the first, every 25th, the last."""
+    epochs = sorted(epochs)
+    return [e for e in epochs if e == epochs[0] or e % 25 == 0 or e == epochs[-1]]
+
+
+def car_table(method_seeds: dict) -> list:
+    """Rows (epoch, training loss, base loss, alpha x R, its share of the training loss, R) of one CAR
+    method, each value the mean over the seeds that recorded that epoch (the share is the mean of
+    the per-seed shares); epochs as :func:`shown_epochs`."""
+    per_epoch = defaultdict(list)
+    for records in method_seeds.values():
+        for record in records:
+            if "regularizer" in record and "spectral_norm" in record:
+                per_epoch[record["epoch"] + 1].append(record)
+    rows = []
+    for epoch in shown_epochs(per_epoch):
+        records = per_epoch[epoch]
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        rows.append((epoch, mean([r["loss"] for r in records]), mean([r["base_loss"] for r in records]),
+                     mean([r["regularizer"] for r in records]),
+                     mean([r["regularizer"] / r["loss"] for r in records]),
+                     mean([r["spectral_norm"] for r in records])))
+    return rows
+
+
 def ccar_table(method_seeds: dict) -> list:
     """Rows (epoch, group, mean Omega, Omega std, share below pivot, mean p_t, effective lr) of one CCAR
     method, each value the mean over the seeds that recorded that epoch; epochs: the first, every 25th,
@@ -71,10 +101,8 @@ def ccar_table(method_seeds: dict) -> list:
         for record in records:
             if "ccar_omega_mean_all" in record:
                 per_epoch[record["epoch"] + 1].append(record)
-    epochs = sorted(per_epoch)
-    shown = [e for e in epochs if e == epochs[0] or e % 25 == 0 or e == epochs[-1]]
     rows = []
-    for epoch in shown:
+    for epoch in shown_epochs(per_epoch):
         for group in GROUPS:
             records = [r for r in per_epoch[epoch] if f"ccar_omega_mean_{group}" in r]
             if not records:  # no class in this group
@@ -93,6 +121,7 @@ def main() -> None:
     parser.add_argument("--metric", default="balanced_accuracy", help="key of the test summary (default balanced_accuracy)")
     parser.add_argument("--ccar-output", type=Path, help="figure of CCAR's Omega statistics per epoch (.png)")
     parser.add_argument("--ccar-table", type=Path, help="Markdown table of CCAR's statistics and effective lr per group")
+    parser.add_argument("--car-table", type=Path, help="Markdown table of CAR's term and its share of the loss")
     parser.add_argument("--table", type=Path, help="Markdown table of the metric every 25 evaluated epochs")
     args = parser.parse_args()
     cells = read_cells(args.grid)
@@ -181,6 +210,23 @@ def main() -> None:
             raise SystemExit("no cell recorded CCAR statistics (ccar_omega_mean_all in history.jsonl)")
         args.ccar_table.write_text("\n".join(lines))
         print(f"written: {args.ccar_table}")
+
+    if args.car_table:
+        lines = []
+        for method, seeds in sorted(cells.items()):
+            rows = car_table(seeds)
+            if not rows:
+                continue
+            lines += [f"**{method}** ({len(seeds)} seed{'s' * (len(seeds) > 1)})", "",
+                      "| epoch | training loss | base loss | alpha x R | share of the loss | R (last step) |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {e} | {loss:.4g} | {base:.4g} | {term:.3g} | {100 * share:.2f} % | {norm:.3g} |"
+                      for e, loss, base, term, share, norm in rows]
+            lines.append("")
+        if not lines:
+            raise SystemExit("no cell recorded CAR statistics (regularizer and spectral_norm in history.jsonl)")
+        args.car_table.write_text("\n".join(lines))
+        print(f"written: {args.car_table}")
 
 
 if __name__ == "__main__":
