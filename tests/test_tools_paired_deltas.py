@@ -65,3 +65,11 @@ def test_methods_with_colons_pair_by_the_grid_s_method_names(tmp_path):
     assert row.startswith(f"| bs vs {augmented} | - | -20.00 ± 0.00 |")
     refused = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "ccar_bs:bs"], capture_output=True, text=True)
     assert refused.returncode == 2 and "no METHOD:BASE split" in refused.stderr  # never a silently missing row
+
+
+def test_one_paired_seed_shows_its_difference_without_a_spread(tmp_path):
+    values = {("bs", 0): dict.fromkeys(KEYS, 0.5), ("bs", 1): dict.fromkeys(KEYS, 0.6),
+              ("ccar_bs", 0): dict.fromkeys(KEYS, 0.55)}  # ccar_bs seed 0 only: one paired seed
+    make_grid(tmp_path, values)
+    [row] = run(tmp_path, "ccar_bs:bs")
+    assert row == "| ccar_bs vs bs | - | +5.00 | +5.00 | +5.00 | +0.050 | 1/1 |"

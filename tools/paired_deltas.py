@@ -2,9 +2,10 @@
 
 For each pair (method, base) and each seed both have finished, the difference of a test metric on
 the same seed (same split, initialisation and data order under --paired). Reported as mean ± sample
-std of the per-seed differences and the number of seeds the method wins (k/n, n = the seeds both
-cells have: a grid still running gives the finished pairs only), which tells whether a gain is
-larger than the seed-to-seed noise of the difference itself.
+std of the per-seed differences (the difference alone where one seed is paired: it has no spread)
+and the number of seeds the method wins (k/n, n = the seeds both cells have: a grid still running
+gives the finished pairs only), which tells whether a gain is larger than the seed-to-seed noise of
+the difference itself.
 
     python tools/paired_deltas.py runs/results/fashion-mnist-lt ccar_ce:ce ccar_la:la ccar_bs:bs car:ce ...
     python tools/paired_deltas.py GRID ccar_bs:bs car_bs:bs --metrics balanced,many,medium,few,worst \\
@@ -66,9 +67,10 @@ def paired_table(results: dict, pairs: list[tuple[str, str]], metrics=DEFAULT_ME
             for key, _, scale in columns:
                 differences = [scale * (results[(factor, method, s)][key] - results[(factor, base, s)][key])
                                for s in paired]
-                spread = statistics.stdev(differences) if len(differences) > 1 else 0.0
                 digits = 2 if scale == 100 else 3
-                cells.append(f"{statistics.mean(differences):+.{digits}f} ± {spread:.{digits}f}")
+                # one paired seed has no spread: its difference alone, never "± 0.00"
+                spread = (f" ± {statistics.stdev(differences):.{digits}f}" if len(differences) > 1 else "")
+                cells.append(f"{statistics.mean(differences):+.{digits}f}{spread}")
             wins = sum(results[(factor, method, s)][win_key] > results[(factor, base, s)][win_key] for s in paired)
             label = "-" if factor is None else f"{factor:g}"
             line = f"| {method} vs {base} | {label} | " + " | ".join(cells) + f" | {wins}/{len(paired)} |"

@@ -20,7 +20,7 @@ if done:
         for name in ("metrics.json", "class_counts.json", "config.yaml"):
             shutil.copy(EVIDENCE / "cells" / c.name / name, target / name)
     reference = "ce" if any(c.method == "ce" for c in done) else done[0].method
-    write_comparison(OUT, done, reference)
+    write_comparison(OUT, cells, reference, partial=True)  # OUT/cells holds the finished cells only
     for c in done:
         metrics = json.loads((EVIDENCE / "cells" / c.name / "metrics.json").read_text())
         (OUT / f"{c.name}.md").write_text(results_table(metrics) + "\n\n" + per_class_table(metrics, max_classes=50) + "\n")
