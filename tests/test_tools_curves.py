@@ -101,7 +101,7 @@ def test_car_table_matches_numpy(tmp_path):
                           "--car-table", str(tmp_path / "car.md")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     text = (tmp_path / "car.md").read_text()
-    assert "**car_bs** (2 seeds)" in text and "**bs**" not in text
+    assert "**car_bs** (2 seeds, still training)" in text and "**bs**" not in text
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -122,3 +122,33 @@ def test_a_grid_without_car_cells_is_refused_for_the_car_table(tmp_path):
                           "--car-table", str(tmp_path / "car.md")], capture_output=True, text=True)
     assert out.returncode == 1 and "no cell recorded CAR statistics" in out.stderr
     assert not (tmp_path / "car.md").exists()
+
+
+def test_a_seed_still_training_stays_out_of_a_finished_method_s_tables(tmp_path):
+    """Seed 0 finished at epoch 30, seed 1 at epoch 6: the tables are seed 0's alone (all 30 epochs,
+    not the 6 both reached) and say that one more seed is training; a method with no finished seed
+    is the mean of its training seeds, labelled so."""
+    rng = np.random.default_rng(9)
+    finished = ccar_records(rng, 30)
+    write_cell(tmp_path, "ccar_bs-seed0", finished, final={"epochs": 50, "test": {"balanced_accuracy": 0.9}})
+    write_cell(tmp_path, "ccar_bs-seed1", ccar_records(rng, 6))
+    accuracy = rng.uniform(0.5, 0.9, (2, 10))
+    for seed in (0, 1):  # ce: both seeds still training, evaluated every 5th epoch up to 50
+        write_cell(tmp_path, f"ce-seed{seed}", [{"epoch": e, "lr": 0.1, "test": {"balanced_accuracy": float(accuracy[seed][e // 5])}}
+                                                for e in range(4, 50, 5)])
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--ccar-table", str(tmp_path / "cc.md"), "--table", str(tmp_path / "t.md")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "cc.md").read_text()
+    assert "**ccar_bs** (1 seed; 1 more still training, not included)" in text
+    rows = parse_rows(text)
+    assert {e for e, _ in rows} == {1, 25, 30}
+    for (epoch, group), cells in rows.items():
+        assert cells[0] == f"{finished[epoch - 1][f'ccar_omega_mean_{group}']:.3f}"  # seed 0 alone
+    table = (tmp_path / "t.md").read_text().splitlines()
+    [ce] = [line for line in table if line.startswith("| ce (2 seeds, still training) |")]
+    assert [c.strip() for c in ce.strip("|").split("|")][1:] == [
+        f"{100 * np.mean(accuracy[:, e // 5 - 1]):.2f}" for e in (25, 50)]
+    [ccar] = [line for line in table if line.startswith("| ccar_bs (1 seed) |")]
+    assert ccar == "| ccar_bs (1 seed) | - | 90.00 |"  # its last epoch (50, from metrics.json), seed 0 alone

@@ -5,10 +5,12 @@ CCAR cells, Omega's mean per Many / Medium / Few group and the share of samples 
     python tools/curves.py GRID_OUTPUT --output curves.png [--metric balanced_accuracy]
         [--ccar-output ccar.png] [--ccar-table ccar.md] [--car-table car.md] [--table curves.md]
 
-GRID_OUTPUT is a ``longtail compare --output`` directory (its ``cells/<method>-seed<k>/``); cells
-still training are drawn as far as they got. ``--table`` writes the metric at every 25th evaluated
-epoch per method (mean over the seeds that reached it) as a Markdown table: when and whether the
-methods cross. ``--ccar-table`` writes, per CCAR method and class group, at the first epoch, every
+GRID_OUTPUT is a ``longtail compare --output`` directory (its ``cells/<method>-seed<k>/``). A method's
+curve is the mean over its finished seeds; a seed still training is drawn as its own dashed line, as
+far as it got, and the tables leave it out once another seed of its method has finished (a mean
+over the epochs every seed reached would otherwise cut the finished curve short). ``--table``
+writes the metric at every 25th evaluated epoch per method as a Markdown table: when and whether
+the methods cross. ``--ccar-table`` writes, per CCAR method and class group, at the first epoch, every
 25th and the last: mean Omega (with its spread within the group), the share of samples with
 p_t < omega, the mean p_t, and the effective learning rate, lr x the mean weight CCAR applies (each
 sample's gradient is scaled by its weight, so this is the step size the group's samples train with).
@@ -41,9 +43,27 @@ def read_cells(grid: Path) -> dict:
         metrics = cell / "metrics.json"
         if metrics.is_file():  # the final epoch's test evaluation is in metrics.json, not in the history
             final = json.loads(metrics.read_text())
-            records.append({"epoch": final["epochs"] - 1, "test": final["test"]})
+            records.append({"epoch": final["epochs"] - 1, "test": final["test"], "finished": True})
         out[match["method"]][int(match["seed"])] = records
     return dict(out)
+
+
+def split_finished(seeds: dict) -> tuple:
+    """({seed: records} of the finished cells, {seed: records} of those still training)."""
+    finished = {seed: records for seed, records in seeds.items() if any(r.get("finished") for r in records)}
+    return finished, {seed: records for seed, records in seeds.items() if seed not in finished}
+
+
+def summarised(seeds: dict) -> tuple:
+    """The seeds a method's tables average over: its finished ones, or, while none has finished, those
+    still training (a seed that has finished and one at epoch 5 would otherwise be averaged where
+    both reached, which hides the finished curve); and a label that says which."""
+    finished, training = split_finished(seeds)
+    chosen = finished or training
+    label = f"{len(chosen)} seed{'s' * (len(chosen) > 1)}" + ("" if finished else ", still training")
+    if finished and training:
+        label += f"; {len(training)} more still training, not included"
+    return chosen, label
 
 
 def series(records: list, key) -> dict:
@@ -139,16 +159,24 @@ def main() -> None:
     figure, axis = plt.subplots(figsize=(9, 5))
     rows = {}
     for index, (method, seeds) in enumerate(sorted(cells.items())):
-        per_seed = [series(records, test_metric) for records in seeds.values()]
-        per_seed = [s for s in per_seed if s]
-        if not per_seed:
-            continue
-        epochs, mean, low, high = mean_band(per_seed)
-        if not epochs:
-            continue
-        axis.plot(epochs, mean, color=f"C{index}", label=f"{method} ({len(per_seed)} seed{'s' * (len(per_seed) > 1)})")
-        axis.fill_between(epochs, low, high, color=f"C{index}", alpha=0.2)
-        rows[method] = dict(zip(epochs, mean))
+        finished, training = split_finished(seeds)
+        per_seed = [s for s in (series(records, test_metric) for records in finished.values()) if s]
+        if per_seed:  # the finished seeds: their mean, and the band between the lowest and highest
+            epochs, mean, low, high = mean_band(per_seed)
+            label = f"{len(per_seed)} seed{'s' * (len(per_seed) > 1)}"
+            axis.plot(epochs, mean, color=f"C{index}", label=f"{method} ({label})")
+            axis.fill_between(epochs, low, high, color=f"C{index}", alpha=0.2)
+            rows[f"{method} ({label})"] = dict(zip(epochs, mean))
+        running = {}
+        for seed, records in sorted(training.items()):  # each seed still training: its own dashed line
+            values = series(records, test_metric)
+            if values:
+                axis.plot(list(values), list(values.values()), color=f"C{index}", linestyle="--", linewidth=1,
+                          label=f"{method} seed {seed} (still training)")
+                running[seed] = values
+        if running and not per_seed:  # the table: the seeds still training where none has finished
+            epochs, mean, _, _ = mean_band(list(running.values()))
+            rows[f"{method} ({len(running)} seed{'s' * (len(running) > 1)}, still training)"] = dict(zip(epochs, mean))
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"test {args.metric.replace('_', ' ')} (%)")
     axis.set_title(f"{args.grid.name}: mean over seeds, band = min..max")
@@ -175,6 +203,7 @@ def main() -> None:
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
         styles = {"all": "-", "many": "--", "medium": "-.", "few": ":"}
         for index, (method, seeds) in enumerate(sorted(ccar.items())):
+            seeds, _ = summarised(seeds)
             for group, style in styles.items():
                 for axis, key in ((left, f"ccar_omega_mean_{group}"), (right, f"ccar_below_pivot_{group}")):
                     per_seed = [series(records, lambda r, k=key: r.get(k)) for records in seeds.values()]
@@ -197,10 +226,11 @@ def main() -> None:
     if args.ccar_table:
         lines = []
         for method, seeds in sorted(cells.items()):
-            rows = ccar_table(seeds)
+            chosen, label = summarised(seeds)
+            rows = ccar_table(chosen)
             if not rows:
                 continue
-            lines += [f"**{method}** ({len(seeds)} seed{'s' * (len(seeds) > 1)})", "",
+            lines += [f"**{method}** ({label})", "",
                       "| epoch | group | mean Omega | Omega std | p_t < omega | mean p_t | effective lr |",
                       "|---|---|---|---|---|---|---|"]
             lines += [f"| {e} | {g} | {o:.3f} | {sd:.3f} | {100 * b:.1f} % | {p:.3f} | {lr:.4g} |"
@@ -214,10 +244,11 @@ def main() -> None:
     if args.car_table:
         lines = []
         for method, seeds in sorted(cells.items()):
-            rows = car_table(seeds)
+            chosen, label = summarised(seeds)
+            rows = car_table(chosen)
             if not rows:
                 continue
-            lines += [f"**{method}** ({len(seeds)} seed{'s' * (len(seeds) > 1)})", "",
+            lines += [f"**{method}** ({label})", "",
                       "| epoch | training loss | base loss | alpha x R | share of the loss | R (last step) |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {e} | {loss:.4g} | {base:.4g} | {term:.3g} | {100 * share:.2f} % | {norm:.3g} |"
