@@ -54,13 +54,17 @@ def split_finished(seeds: dict) -> tuple:
     return finished, {seed: records for seed, records in seeds.items() if seed not in finished}
 
 
+def n_seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n > 1)}"
+
+
 def summarised(seeds: dict) -> tuple:
     """The seeds a method's tables average over: its finished ones, or, while none has finished, those
     still training (a seed that has finished and one at epoch 5 would otherwise be averaged where
     both reached, which hides the finished curve); and a label that says which."""
     finished, training = split_finished(seeds)
     chosen = finished or training
-    label = f"{len(chosen)} seed{'s' * (len(chosen) > 1)}" + ("" if finished else ", still training")
+    label = n_seeds(len(chosen)) + ("" if finished else ", still training")
     if finished and training:
         label += f"; {len(training)} more still training, not included"
     return chosen, label
@@ -163,7 +167,7 @@ def main() -> None:
         per_seed = [s for s in (series(records, test_metric) for records in finished.values()) if s]
         if per_seed:  # the finished seeds: their mean, and the band between the lowest and highest
             epochs, mean, low, high = mean_band(per_seed)
-            label = f"{len(per_seed)} seed{'s' * (len(per_seed) > 1)}"
+            label = n_seeds(len(per_seed))
             axis.plot(epochs, mean, color=f"C{index}", label=f"{method} ({label})")
             axis.fill_between(epochs, low, high, color=f"C{index}", alpha=0.2)
             rows[f"{method} ({label})"] = dict(zip(epochs, mean))
@@ -176,7 +180,7 @@ def main() -> None:
                 running[seed] = values
         if running and not per_seed:  # the table: the seeds still training where none has finished
             epochs, mean, _, _ = mean_band(list(running.values()))
-            rows[f"{method} ({len(running)} seed{'s' * (len(running) > 1)}, still training)"] = dict(zip(epochs, mean))
+            rows[f"{method} ({n_seeds(len(running))}, still training)"] = dict(zip(epochs, mean))
     axis.set_xlabel("epoch")
     axis.set_ylabel(f"test {args.metric.replace('_', ' ')} (%)")
     axis.set_title(f"{args.grid.name}: mean over seeds, band = min..max")
