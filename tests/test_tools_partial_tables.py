@@ -57,3 +57,7 @@ def test_finished_cells_become_partial_tables_and_the_grid_is_only_read(tiny_idx
     refused = subprocess.run([sys.executable, str(TOOL), str(grid), str(out), "--methods", "ccar_bs,bs",
                               "--seeds", "1", *overrides], capture_output=True, text=True)
     assert refused.returncode == 1 and "has no finished cell yet" in refused.stderr  # ccar_bs seed 1 not done
+    unknown = subprocess.run([sys.executable, str(TOOL), str(grid), str(out), "--methods", "bs,nosuch",
+                              "--seeds", "0", *overrides], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "unknown method 'nosuch'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr

@@ -2,12 +2,12 @@
 run in pieces (a compare over other seeds or methods in the same output replaces its comparison
 files with its own grid's).
 
-    python tools/partial_tables.py GRID OUT [--config FILE | --recipe NAME] --methods bs,ccar_bs,... \
+    python tools/partial_tables.py GRID OUT [--config FILE | --recipe NAME] --methods bs,ccar_bs,... \\
         --seeds 0,1,2 [--reference bs] [override ...]
 
 GRID is the compare's ``--output``; ``--config`` or ``--recipe``, ``--methods``, ``--seeds`` and the
-overrides are the whole grid's, as compare would be called for it. OUT receives what compare writes for a partial grid
-(``comparison.md`` / ``.csv`` / ``.json`` marked as partial, the per-class plots: the same
+overrides are the whole grid's, as compare would be called for it. OUT receives what compare writes
+for a partial grid (``comparison.md`` / ``.csv`` / ``.json`` marked as partial, the per-class plots: the same
 ``write_comparison``), over the cells that have a ``metrics.json``, and ``<cell>.md``, each finished
 cell's test / train table and its per-class table. The finished cells' metrics, class counts and
 configs are copied into OUT/cells, so the grid's own folders are only read.
@@ -34,12 +34,16 @@ def main() -> None:
     args = parser.parse_intermixed_args()  # overrides may follow the options
 
     from longtail.engine.compare import plan_cells, write_comparison
+    from longtail.engine.errors import ConfigError
     from longtail.report.tables import per_class_table, results_table
 
     plan = argparse.Namespace(recipe=args.recipe, config=args.config, methods=args.methods, seeds=args.seeds,
                               imbalance_factors=None, paired=True, output=str(args.output),
                               overrides=args.overrides)
-    cells, _ = plan_cells(plan)
+    try:
+        cells, _ = plan_cells(plan)
+    except ConfigError as error:  # a method, seed list, config or override compare would refuse too
+        parser.error(str(error))
     done = [c for c in cells if (args.grid / "cells" / c.name / "metrics.json").is_file()]
     if not done:
         raise SystemExit(f"{args.grid}: none of the grid's {len(cells)} cells has finished (no cells/<cell>/metrics.json)")
