@@ -228,41 +228,37 @@ def main() -> None:
         print(f"written: {args.ccar_output}")
 
     if args.ccar_table:
-        lines = []
-        for method, seeds in sorted(cells.items()):
-            chosen, label = summarised(seeds)
-            rows = ccar_table(chosen)
-            if not rows:
-                continue
-            lines += [f"**{method}** ({label})", "",
-                      "| epoch | group | mean Omega | Omega std | p_t < omega | mean p_t | effective lr |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {e} | {g} | {o:.3f} | {sd:.3f} | {100 * b:.1f} % | {p:.3f} | {lr:.4g} |"
-                      for e, g, o, sd, b, p, lr in rows]
-            lines.append("")
-        if not lines:
-            raise SystemExit("no cell recorded CCAR statistics (ccar_omega_mean_all in history.jsonl)")
-        args.ccar_table.write_text("\n".join(lines))
-        print(f"written: {args.ccar_table}")
+        write_statistics_table(
+            args.ccar_table, cells, ccar_table,
+            ("epoch", "group", "mean Omega", "Omega std", "p_t < omega", "mean p_t", "effective lr"),
+            lambda e, g, o, sd, b, p, lr: (e, g, f"{o:.3f}", f"{sd:.3f}", f"{100 * b:.1f} %", f"{p:.3f}", f"{lr:.4g}"),
+            "no cell recorded CCAR statistics (ccar_omega_mean_all in history.jsonl)")
 
     if args.car_table:
-        lines = []
-        for method, seeds in sorted(cells.items()):
-            chosen, label = summarised(seeds)
-            rows = car_table(chosen)
-            if not rows:
-                continue
-            lines += [f"**{method}** ({label})", "",
-                      "| epoch | training loss | base loss | alpha x R | share of the loss | R (last step) |",
-                      "|---|---|---|---|---|---|"]
-            lines += [f"| {e} | {loss:.4g} | {base:.4g} | {term:.3g} | {100 * share:.2f} % | {norm:.3g} |"
-                      for e, loss, base, term, share, norm in rows]
-            lines.append("")
-        if not lines:
-            raise SystemExit("no cell recorded CAR statistics (regularizer and spectral_norm in history.jsonl)")
-        args.car_table.write_text("\n".join(lines))
-        print(f"written: {args.car_table}")
+        write_statistics_table(
+            args.car_table, cells, car_table,
+            ("epoch", "training loss", "base loss", "alpha x R", "share of the loss", "R (last step)"),
+            lambda e, loss, base, term, share, norm: (e, f"{loss:.4g}", f"{base:.4g}", f"{term:.3g}",
+                                                      f"{100 * share:.2f} %", f"{norm:.3g}"),
+            "no cell recorded CAR statistics (regularizer and spectral_norm in history.jsonl)")
 
+
+def write_statistics_table(path: Path, cells: dict, table, header: tuple, format_row, missing: str) -> None:
+    """One Markdown table per method that ``table`` gives rows for (over :func:`summarised` seeds);
+    exit with ``missing`` (and write nothing) when no method has any."""
+    lines = []
+    for method, seeds in sorted(cells.items()):
+        chosen, label = summarised(seeds)
+        rows = table(chosen)
+        if not rows:
+            continue
+        lines += [f"**{method}** ({label})", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(str(cell) for cell in format_row(*row)) + " |" for row in rows]
+        lines.append("")
+    if not lines:
+        raise SystemExit(missing)
+    path.write_text("\n".join(lines))
+    print(f"written: {path}")
 
 if __name__ == "__main__":
     main()
