@@ -152,3 +152,43 @@ def test_a_seed_still_training_stays_out_of_a_finished_method_s_tables(tmp_path)
         f"{100 * np.mean(accuracy[:, e // 5 - 1]):.2f}" for e in (25, 50)]
     [ccar] = [line for line in table if line.startswith("| ccar_bs (1 seed) |")]
     assert ccar == "| ccar_bs (1 seed) | - | 90.00 |"  # its last epoch (50, from metrics.json), seed 0 alone
+
+
+def test_episodes_table_finds_the_epochs_a_run_lost_its_fit(tmp_path):
+    """--episodes-table on hand-made losses whose episodes are known by construction: a spike that
+    recovers, a calm run, and one that has not recovered by its last epoch; the test metric before and
+    the lowest during / 5 after are read off the evaluated epochs."""
+    rng = np.random.default_rng(3)
+    low = rng.uniform(0.0010, 0.0012, 40)  # fitted: losses within 20 % of each other, never 10x apart
+    spiky, late = low.copy(), low.copy()
+    spiky[20:24] = [0.2, 0.5, 0.05, 0.012]  # epochs 21-24 (1-based) are >= 10 x the low before them
+    late[35:] = [0.03, 2.0, 1.5, 0.8, 0.4]  # epochs 36-40: still above 10 x its low at the end
+    accuracy = rng.uniform(0.6, 0.99, 8)  # evaluated at epochs 5, 10, ..., 40
+
+    def records(losses):
+        return [{"epoch": e, "lr": 0.1, "loss": float(losses[e]),
+                 **({"test": {"balanced_accuracy": float(accuracy[e // 5])}} if e % 5 == 4 else {})} for e in range(40)]
+
+    write_cell(tmp_path, "bs-seed0", records(spiky), final={"epochs": 40, "test": {"balanced_accuracy": float(accuracy[7])}})
+    write_cell(tmp_path, "bs-seed1", records(low), final={"epochs": 40, "test": {"balanced_accuracy": float(accuracy[7])}})
+    write_cell(tmp_path, "ccar_bs-seed0", records(late))  # still training
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--episodes-table", str(tmp_path / "e.md")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in (tmp_path / "e.md").read_text().splitlines()[2:]]
+    percent = lambda value: f"{100 * value:.2f}"  # noqa: E731
+    assert rows == [
+        ["bs", "0", "21-24", "0.1", f"{low[15:20].min():.4g}", "0.5 (22)", percent(accuracy[3]),  # before: epoch 20
+         percent(accuracy[4:6].min())],  # evaluated epochs 25 and 30 lie in 21 .. 24 + 5
+        ["bs", "1", "none", "", "", "", "", ""],
+        ["ccar_bs", "0 (still training)", "36- (not recovered)", "0.1", f"{low[30:35].min():.4g}", "2 (37)",
+         percent(accuracy[6]), percent(accuracy[7])],
+    ]
+
+
+def test_an_episode_ratio_of_one_or_less_is_a_usage_error(tmp_path):
+    write_cell(tmp_path, "bs-seed0", [{"epoch": 0, "lr": 0.1, "loss": 1.0}])
+    out = subprocess.run([sys.executable, str(TOOL), str(tmp_path), "--output", str(tmp_path / "c.png"),
+                          "--episodes-table", str(tmp_path / "e.md"), "--episode-ratio", "1"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--episode-ratio must be above 1" in out.stderr
+    assert not (tmp_path / "e.md").exists() and not (tmp_path / "c.png").exists()

@@ -4,6 +4,7 @@ CCAR cells, Omega's mean per Many / Medium / Few group and the share of samples 
 
     python tools/curves.py GRID_OUTPUT --output curves.png [--metric balanced_accuracy]
         [--ccar-output ccar.png] [--ccar-table ccar.md] [--car-table car.md] [--table curves.md]
+        [--episodes-table episodes.md [--episode-ratio 10]]
 
 GRID_OUTPUT is a ``longtail compare --output`` directory (its ``cells/<method>-seed<k>/``). A method's
 curve is the mean over its finished seeds; a seed still training is drawn as its own dashed line, as
@@ -17,7 +18,14 @@ sample's gradient is scaled by its weight, so this is the step size the group's 
 ``--car-table`` writes, per CAR method at the same epochs: the training loss, the base loss, CAR's
 term alpha x R (R the spectral norm of the weighted EMA confusion; epoch means, as the history
 records them), its share of the training loss, and R at the epoch's last step: how much CAR still
-acts once the training set is fit.
+acts once the training set is fit. ``--episodes-table`` lists, per cell, each episode in which the
+training lost its fit: an episode starts at an epoch whose training loss is at least ``--episode-ratio``
+(default 10) times the lowest loss of the 5 epochs before it, and lasts until the loss falls back
+below that ratio times that same lowest loss (or to the last epoch: not recovered). Each row gives the
+loss before, the peak, the test metric last evaluated before the episode and the lowest one evaluated
+from its start to 5 epochs after its end: how often and how deeply each method loses its fit. (The
+training loss is the method's own: CCAR's is weighted by Omega, up to about 2x at p_t = 0, so compare
+the test metric across methods, the loss within one.)
 """
 
 from __future__ import annotations
@@ -138,6 +146,31 @@ def ccar_table(method_seeds: dict) -> list:
     return rows
 
 
+EPISODE_WINDOW = 5  # epochs before an episode whose lowest loss is its reference
+
+
+def episodes(records: list, ratio: float) -> list:
+    """Episodes in which one run lost its fit, as (first epoch, last epoch or None when the run had not
+    recovered by its last recorded epoch, loss before, peak loss, epoch of the peak, lr at the start);
+    epochs 1-based, as the tables. See the module docstring for the rule."""
+    losses = [(r["epoch"] + 1, r["loss"], r.get("lr")) for r in records if "loss" in r]
+    found, index = [], EPISODE_WINDOW
+    while index < len(losses):
+        epoch, loss, lr = losses[index]
+        before = min(value for _, value, _ in losses[index - EPISODE_WINDOW:index])
+        if loss < ratio * before:
+            index += 1
+            continue
+        end = index
+        while end + 1 < len(losses) and losses[end + 1][1] >= ratio * before:
+            end += 1
+        peak_epoch, peak, _ = max(losses[index:end + 1], key=lambda item: item[1])
+        last = losses[end][0] if end + 1 < len(losses) else None
+        found.append((epoch, last, before, peak, peak_epoch, lr))
+        index = end + 1
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("grid", type=Path)
@@ -147,7 +180,12 @@ def main() -> None:
     parser.add_argument("--ccar-table", type=Path, help="Markdown table of CCAR's statistics and effective lr per group")
     parser.add_argument("--car-table", type=Path, help="Markdown table of CAR's term and its share of the loss")
     parser.add_argument("--table", type=Path, help="Markdown table of the metric every 25 evaluated epochs")
+    parser.add_argument("--episodes-table", type=Path, help="Markdown table of the episodes in which a run lost its fit")
+    parser.add_argument("--episode-ratio", type=float, default=10.0,
+                        help="an episode: training loss at least this many times its lowest of the 5 epochs before (default 10)")
     args = parser.parse_args()
+    if args.episode_ratio <= 1:
+        parser.error(f"--episode-ratio must be above 1 (a loss {args.episode_ratio} times its earlier low is no loss of fit)")
     cells = read_cells(args.grid)
     if not cells:
         raise SystemExit(f"{args.grid}: no cells/<method>-seed<k>/history.jsonl found")
@@ -241,6 +279,34 @@ def main() -> None:
             lambda e, loss, base, term, share, norm: (e, f"{loss:.4g}", f"{base:.4g}", f"{term:.3g}",
                                                       f"{100 * share:.2f} %", f"{norm:.3g}"),
             "no cell recorded CAR statistics (regularizer and spectral_norm in history.jsonl)")
+
+    if args.episodes_table:
+        write_episodes_table(args.episodes_table, cells, args.episode_ratio, test_metric, args.metric)
+
+
+def write_episodes_table(path: Path, cells: dict, ratio: float, test_metric, metric: str) -> None:
+    """Every cell's episodes (:func:`episodes`), one row each, and one row saying "none" for a cell
+    without any, so a method's calm runs count as much as its unstable ones."""
+    header = ("method", "seed", "epochs", "lr", "loss before", "peak loss (epoch)",
+              f"test {metric.replace('_', ' ')} before", "lowest during / 5 after")
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for method, seeds in sorted(cells.items()):
+        for seed, records in sorted(seeds.items()):
+            state = "" if any(r.get("finished") for r in records) else " (still training)"
+            tested = series(records, test_metric)
+            found = episodes(records, ratio)
+            if not found:
+                lines.append(f"| {method} | {seed}{state} | none | | | | | |")
+            for first, last, before, peak, peak_epoch, lr in found:
+                prior = [tested[e] for e in tested if e < first]
+                stop = (last if last is not None else max(tested, default=first)) + EPISODE_WINDOW
+                during = [tested[e] for e in tested if first <= e <= stop]
+                span = f"{first}-{last}" if last is not None else f"{first}- (not recovered)"
+                lines.append(f"| {method} | {seed}{state} | {span} | {'-' if lr is None else format(lr, 'g')} | {before:.4g} | {peak:.4g} ({peak_epoch}) | "
+                             + (f"{prior[-1]:.2f}" if prior else "-") + " | "
+                             + (f"{min(during):.2f}" if during else "-") + " |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"written: {path}")
 
 
 def write_statistics_table(path: Path, cells: dict, table, header: tuple, format_row, missing: str) -> None:
