@@ -298,7 +298,7 @@ def write_episodes_table(path: Path, cells: dict, ratio: float, test_metric, met
             if not found:
                 lines.append(f"| {method} | {seed}{state} | none | | | | | |")
             for first, last, before, peak, peak_epoch, lr in found:
-                prior = [tested[e] for e in tested if e < first]
+                prior = [tested[e] for e in sorted(tested) if e < first]
                 stop = (last if last is not None else max(tested, default=first)) + EPISODE_WINDOW
                 during = [tested[e] for e in tested if first <= e <= stop]
                 span = f"{first}-{last}" if last is not None else f"{first}- (not recovered)"
