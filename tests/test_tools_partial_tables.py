@@ -54,6 +54,18 @@ def test_finished_cells_become_partial_tables_and_the_grid_is_only_read(tiny_idx
     assert sorted(p.name for p in out.glob("*-seed*.md")) == sorted(f"{name}.md" for name in finished)
     assert f"{100 * metrics['ccar_bs-seed0']['accuracy']:.2f}" in (out / "ccar_bs-seed0.md").read_text()
 
+    # OUT/plan.json names the whole grid, so paired_deltas on OUT pairs every seed both cells finished
+    # (here seed 0 only: ccar_bs seed 1 is still training), even where the grid's own plan.json is
+    # another compare call's
+    (grid / "plan.json").write_text(json.dumps({"cells": []}))
+    deltas = subprocess.run([sys.executable, str(TOOL.parent / "paired_deltas.py"), str(out), "ccar_bs:bs",
+                             "--metrics", "balanced", "--wins-on", "balanced"], capture_output=True, text=True)
+    assert deltas.returncode == 0, deltas.stderr
+    [row] = [line for line in deltas.stdout.splitlines() if line.startswith("| ccar_bs vs bs")]
+    difference = 100 * (metrics["ccar_bs-seed0"]["balanced_accuracy"] - metrics["bs-seed0"]["balanced_accuracy"])
+    wins = int(difference > 0)
+    assert row == f"| ccar_bs vs bs | - | {difference:+.2f} | {wins}/1 |"
+
     refused = subprocess.run([sys.executable, str(TOOL), str(grid), str(out), "--methods", "ccar_bs,bs",
                               "--seeds", "1", *overrides], capture_output=True, text=True)
     assert refused.returncode == 1 and "has no finished cell yet" in refused.stderr  # ccar_bs seed 1 not done

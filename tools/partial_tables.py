@@ -10,7 +10,9 @@ overrides are the whole grid's, as compare would be called for it. OUT receives 
 for a partial grid (``comparison.md`` / ``.csv`` / ``.json`` marked as partial, the per-class plots: the same
 ``write_comparison``), over the cells that have a ``metrics.json``, and ``<cell>.md``, each finished
 cell's test / train table and its per-class table. The finished cells' metrics, class counts and
-configs are copied into OUT/cells, so the grid's own folders are only read.
+configs are copied into OUT/cells, so the grid's own folders are only read, and OUT/plan.json lists
+the whole grid as compare's would, so ``tools/paired_deltas.py OUT ...`` pairs every finished seed
+(the grid's own plan.json is the last compare call's, which may have named other seeds).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="the grid's key=value overrides")
     args = parser.parse_intermixed_args()  # overrides may follow the options
 
-    from longtail.engine.compare import plan_cells, write_comparison
+    from longtail.engine.compare import plan_cells, write_comparison, write_plan
     from longtail.engine.errors import ConfigError
     from longtail.report.tables import per_class_table, results_table
 
@@ -59,6 +61,7 @@ def main() -> None:
         metrics = json.loads((source / "metrics.json").read_text())
         (args.output / f"{cell.name}.md").write_text(
             results_table(metrics) + "\n\n" + per_class_table(metrics, max_classes=50) + "\n")
+    write_plan(args.output, cells, reference, paired=True)
     write_comparison(args.output, cells, reference, partial=True)
     print(f"{len(done)} of {len(cells)} cells finished: {', '.join(c.name for c in done)}")
     print(f"written: {args.output}/comparison.md, .csv, .json, plots, <cell>.md")

@@ -458,13 +458,19 @@ def run_comparison(args) -> Path:
     return output
 
 
+def write_plan(output: Path, cells: list[Cell], reference: str, paired: bool) -> None:
+    """``plan.json``: the command and every cell of the grid (name, method, seed, imbalance factor,
+    config hash), which tools that read a grid's cells (tools/paired_deltas.py) go by."""
+    atomic_write_json(output / "plan.json", {
+        "command": sys.argv, "paired": paired, "reference": reference,
+        "cells": [{"name": c.name, "method": c.method, "seed": c.seed, "imbalance_factor": c.imbalance_factor,
+                   "label": c.label, "config_hash": config_hash(c.config.to_dict())} for c in cells]})
+
+
 def _run_cells(args, cells: list[Cell], output: Path, reference: str, locks: dict) -> None:
     import time
 
-    atomic_write_json(output / "plan.json", {
-        "command": sys.argv, "paired": args.paired, "reference": reference,
-        "cells": [{"name": c.name, "method": c.method, "seed": c.seed, "imbalance_factor": c.imbalance_factor,
-                   "label": c.label, "config_hash": config_hash(c.config.to_dict())} for c in cells]})
+    write_plan(output, cells, reference, args.paired)
     pending = [c for c in cells if _cell_state(output / "cells" / c.name) != "done"]
     for cell in pending:
         run_dir = output / "cells" / cell.name
