@@ -298,13 +298,13 @@ def write_episodes_table(path: Path, cells: dict, ratio: float, test_metric, met
             if not found:
                 lines.append(f"| {method} | {seed}{state} | none | | | | | |")
             for first, last, before, peak, peak_epoch, lr in found:
-                prior = [tested[e] for e in sorted(tested) if e < first]
+                prior = max((e for e in tested if e < first), default=None)
                 stop = (last if last is not None else max(tested, default=first)) + EPISODE_WINDOW
                 during = [tested[e] for e in tested if first <= e <= stop]
-                span = f"{first}-{last}" if last is not None else f"{first}- (not recovered)"
-                lines.append(f"| {method} | {seed}{state} | {span} | {'-' if lr is None else format(lr, 'g')} | {before:.4g} | {peak:.4g} ({peak_epoch}) | "
-                             + (f"{prior[-1]:.2f}" if prior else "-") + " | "
-                             + (f"{min(during):.2f}" if during else "-") + " |")
+                row = (method, f"{seed}{state}", f"{first}-{last}" if last is not None else f"{first}- (not recovered)",
+                       "-" if lr is None else f"{lr:g}", f"{before:.4g}", f"{peak:.4g} ({peak_epoch})",
+                       "-" if prior is None else f"{tested[prior]:.2f}", f"{min(during):.2f}" if during else "-")
+                lines.append("| " + " | ".join(row) + " |")
     path.write_text("\n".join(lines) + "\n")
     print(f"written: {path}")
 
@@ -325,6 +325,7 @@ def write_statistics_table(path: Path, cells: dict, table, header: tuple, format
         raise SystemExit(missing)
     path.write_text("\n".join(lines))
     print(f"written: {path}")
+
 
 if __name__ == "__main__":
     main()
