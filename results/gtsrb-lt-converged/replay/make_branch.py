@@ -4,7 +4,8 @@ compile flag) with another loss, so the branch sees the same model and the same 
 that diverged at epoch 147, and differs only in its loss.
 
     python make_branch.py NAME LOSS [key=value ...] [section.key=value ...]
-    # e.g. bs-from-146 bs; batchmean-from-146 ccar_bs weight_normalization=batch_mean; bs-lr0.2 bs optim.lr=0.2
+    # e.g. bs-from-146 bs; batchmean-from-146 ccar_bs weight_normalization=batch_mean; bs-lr0.2 bs optim.lr=0.2;
+    #      clip1-from-146 ccar_bs optim.clip_grad_norm=1.0
 A key=value is a loss option; a section.key=value sets that config key (the schedule recomputes the
 lr from optim.lr every step).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from longtail.engine.rundir.checkpoint import load_run_checkpoint, save_checkpoint
 import torch
+import yaml
 
 from longtail.engine.config import config_from_dict
 from longtail.engine.training.components import build_loss_fn
@@ -32,7 +34,8 @@ for file in ("class_counts.json", "data_fingerprint.json", "preprocessing.json",
 state["config"]["loss"] = {"name": loss_name, "options": options}
 for key, value in settings.items():
     section, field = key.split(".")
-    state["config"][section][field] = type(state["config"][section][field])(value)
+    current = state["config"][section][field]  # a key whose default is None (optim.clip_grad_norm) is read as YAML
+    state["config"][section][field] = yaml.safe_load(value) if current is None else type(current)(value)
 state["config"]["train"]["run_name"] = name
 state["config"]["train"]["output_dir"] = str(here)
 state["config"]["description"] = f"branch of ccar_bs seed 0 at epoch 146: {loss_name} {options} {settings}"
